@@ -1,0 +1,239 @@
+"""The Gmail "Send mail as" guide, rendered as Markdown from plain values.
+
+Pure: no Pulumi, no I/O. ``__main__.py`` feeds it resolved outputs (for example
+through ``pulumi.Output.all(...).apply(...)``) and exports the text as
+``gmailGuide``. The SMTP password is left out unless ``include_password`` is set:
+the guide is a plain (non-secret) output and is meant to be written to a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+MANUAL_DNS_MODES = frozenset({"manual", "none", "zone", "zonefile"})
+
+
+@dataclass(frozen=True)
+class SendAs:
+    """One "Send mail as" identity: the From address and the SMTP login for it."""
+
+    address: str
+    username: str
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class GuideInput:
+    smtp_server: str
+    smtp_port: int
+    identities: Sequence[SendAs]
+    domain: str
+    dns_provider: str = "cloudflare"
+    dns_records: Sequence[Mapping[str, object]] = field(default_factory=tuple)
+    # Only ever filled when the user explicitly asked for the password in the guide.
+    passwords: Mapping[str, str] | None = None
+    stack_name: str = ""
+
+
+def _md_cell(value: object) -> str:
+    """Escape a value for a Markdown table cell (pipes and newlines)."""
+    text = str(value).replace("\r", " ").replace("\n", " ")
+    return text.replace("|", "\\|")
+
+
+def _password_line(inp: GuideInput, ident: SendAs, index: int) -> str:
+    if inp.passwords is not None and ident.username in inp.passwords:
+        return f"   - **Password:** `{inp.passwords[ident.username]}`"
+    stack = f" --stack {inp.stack_name}" if inp.stack_name else ""
+    if index == 0:
+        cmd = f"pulumi stack output{stack} --show-secrets smtpPassword"
+    else:
+        cmd = (
+            f"pulumi stack output{stack} --show-secrets --json smtpPasswords"
+            f" | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"{ident.username}\"])'"
+        )
+    return f"   - **Password:** the relay password, printed by `{cmd}`"
+
+
+def is_manual_dns(dns_provider: str) -> bool:
+    return dns_provider.strip().lower() in MANUAL_DNS_MODES
+
+
+def render_dns_table(records: Sequence[Mapping[str, object]]) -> str:
+    lines = ["| Type | Name | Content | TTL |", "| --- | --- | --- | --- |"]
+    for rec in records:
+        content = _md_cell(rec.get("content", ""))
+        lines.append(
+            f"| {_md_cell(rec.get('type', ''))} | {_md_cell(rec.get('name', ''))} "
+            f"| `{content}` | {_md_cell(rec.get('ttl', ''))} |"
+        )
+    return "\n".join(lines)
+
+
+def render_guide(inp: GuideInput) -> str:
+    """Render the whole guide. Deterministic for equal inputs."""
+    if not inp.identities:
+        raise ValueError("at least one Send-mail-as identity is needed")
+    stack = f" --stack {inp.stack_name}" if inp.stack_name else ""
+    tls_note = (
+        'choose **"Secured connection using TLS"** (port 587 uses STARTTLS)'
+        if inp.smtp_port == 587
+        else f'choose **"Secured connection using TLS"** (port {inp.smtp_port})'
+    )
+    out: list[str] = [
+        f"# Sending as @{inp.domain} from Gmail through your DKIM relay",
+        "",
+        (
+            "Gmail hands mail for your domain to your own relay, which signs it with the "
+            f"DKIM key of `{inp.domain}` and delivers it. Do the steps below once per address."
+        ),
+        "",
+    ]
+    step = 1
+    if is_manual_dns(inp.dns_provider):
+        out += [
+            f"## {step}. Add these DNS records at your DNS host",
+            "",
+            (
+                f"This stack does not manage DNS for `{inp.domain}` (dnsProvider: "
+                f"`{inp.dns_provider}`). Sign in where your domain's DNS is hosted "
+                "(registrar or DNS provider) and add exactly these records. Names are fully "
+                "qualified; some providers want only the part before the domain "
+                f"(for example `mail` instead of `mail.{inp.domain}.`). A TXT value shown as "
+                'several quoted strings (`"..." "..."`) is one record: enter it as the '
+                "provider asks, usually the quoted parts as they are."
+            ),
+            "",
+            render_dns_table(inp.dns_records) if inp.dns_records else "_(no records)_",
+            "",
+            (
+                "If your DNS host accepts a zone file import (BIND format), the same records "
+                f"are in `pulumi stack output{stack} zoneSnippet`."
+            ),
+            "",
+            "Wait until the records are visible (a few minutes to an hour) before sending.",
+            "",
+        ]
+        step += 1
+
+    out += [
+        f"## {step}. Add the address in Gmail",
+        "",
+    ]
+    for index, ident in enumerate(inp.identities):
+        name_hint = (
+            f"`{ident.display_name}`"
+            if ident.display_name
+            else "the name recipients should see"
+        )
+        out += [
+            f"### `{ident.address}`",
+            "",
+            "1. Open Gmail on the web, click the gear icon, then **See all settings**.",
+            "2. Open the **Accounts and Import** tab.",
+            '3. In **"Send mail as"**, click **"Add another email address"**.',
+            (
+                f"4. Name: {name_hint}. Email address: `{ident.address}`. "
+                "Leave **Treat as an alias** checked unless you want replies kept apart. "
+                "Click **Next Step**."
+            ),
+            "5. Fill in the SMTP settings:",
+            f"   - **SMTP Server:** `{inp.smtp_server}`",
+            f"   - **Port:** `{inp.smtp_port}`",
+            f"   - **Username:** `{ident.username}`",
+            _password_line(inp, ident, index),
+            f"   - {tls_note}",
+            (
+                "6. Click **Add Account**. Gmail sends a confirmation code to "
+                f"`{ident.address}`; open that mail (or its link) and enter the code."
+            ),
+            (
+                "7. Optional: back in **Accounts and Import**, pick "
+                '**"Reply from the same address the message was sent to"**.'
+            ),
+            "",
+        ]
+    step += 1
+    out += [
+        f"## {step}. Check that mail is signed",
+        "",
+        (
+            f"1. Send a message from `{inp.identities[0].address}` (choose it in the "
+            "**From** field) to an address at another provider, or to another Gmail account."
+        ),
+        "2. Open the received message, click the three dots, then **Show original**.",
+        (
+            f"3. The summary at the top should say **DKIM: 'PASS' with domain {inp.domain}**, "
+            "and SPF and DMARC should say **PASS** too."
+        ),
+        (
+            "4. If DKIM shows a different domain (such as `gmail.com`) or FAIL, the mail did "
+            "not go through the relay or the DKIM record does not match: run "
+            "`python -m components.verify` with the stack outputs "
+            f"(`pulumi stack output{stack} --json --show-secrets | python -m components.verify`)."
+        ),
+        "",
+        "## Keep this guide",
+        "",
+        f"Write it to a file with `pulumi stack output{stack} gmailGuide > GMAIL.md`. "
+        "The password is not in it"
+        + (
+            " (except where you asked for it: keep that file private)."
+            if inp.passwords
+            else "."
+        )
+        + " Read it any time with `pulumi stack output"
+        + stack
+        + " --show-secrets smtpPassword`.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def render_from_outputs(
+    outputs: Mapping[str, object],
+    *,
+    from_addresses: Sequence[str] | None = None,
+    include_password: bool = False,
+    stack_name: str = "",
+) -> str:
+    """Render from a dict shaped like the stack outputs (``pulumi stack output --json``).
+
+    ``from_addresses`` defaults to the SMTP usernames when they look like addresses,
+    else ``<username>@<domain>``.
+    """
+    domain = str(outputs["domain"])
+    usernames_obj = outputs.get("smtpUsernames") or [outputs["smtpUsername"]]
+    if not isinstance(usernames_obj, (list, tuple)):
+        raise TypeError("smtpUsernames must be a list")
+    usernames = [str(u) for u in usernames_obj]
+    if from_addresses is None:
+        from_addresses = [u if "@" in u else f"{u}@{domain}" for u in usernames]
+    if len(from_addresses) != len(usernames):
+        raise ValueError("one From address per SMTP username is needed")
+    passwords: dict[str, str] | None = None
+    if include_password:
+        pw_map = outputs.get("smtpPasswords")
+        passwords = {}
+        if isinstance(pw_map, Mapping):
+            passwords.update({str(k): str(v) for k, v in pw_map.items()})
+        if outputs.get("smtpPassword") is not None:
+            passwords.setdefault(usernames[0], str(outputs["smtpPassword"]))
+    records_obj = outputs.get("dnsRecords") or []
+    if not isinstance(records_obj, (list, tuple)):
+        raise TypeError("dnsRecords must be a list")
+    return render_guide(
+        GuideInput(
+            smtp_server=str(outputs.get("smtpServer") or outputs["relayHost"]),
+            smtp_port=int(str(outputs.get("smtpPort") or 587)),
+            identities=[
+                SendAs(a, u) for a, u in zip(from_addresses, usernames, strict=True)
+            ],
+            domain=domain,
+            dns_provider=str(outputs.get("dnsProvider") or "cloudflare"),
+            dns_records=records_obj,
+            passwords=passwords,
+            stack_name=stack_name,
+        )
+    )

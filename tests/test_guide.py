@@ -1,0 +1,146 @@
+"""The Gmail guide holds the exact values, manual-DNS steps only when asked, no secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.guide import (
+    GuideInput,
+    SendAs,
+    render_dns_table,
+    render_from_outputs,
+    render_guide,
+)
+
+SECRET = "s3cr3t-Pa55word-XYZ"
+SECRET2 = "another-S3cret-QQQ"
+
+RECORDS = [
+    {"type": "A", "name": "mail.example.com.", "content": "203.0.113.10", "ttl": 300},
+    {
+        "type": "AAAA",
+        "name": "mail.example.com.",
+        "content": "2001:db8::10",
+        "ttl": 300,
+    },
+    {
+        "type": "TXT",
+        "name": "example.com.",
+        "content": '"v=spf1 ip4:203.0.113.10 -all"',
+        "ttl": 300,
+    },
+    {
+        "type": "TXT",
+        "name": "relay._domainkey.example.com.",
+        "content": '"v=DKIM1; k=rsa; p=MIIB" "AQAB"',
+        "ttl": 300,
+    },
+    {
+        "type": "TXT",
+        "name": "_dmarc.example.com.",
+        "content": '"v=DMARC1; p=quarantine"',
+        "ttl": 300,
+    },
+]
+
+
+def outputs(provider: str = "manual") -> dict[str, Any]:
+    return {
+        "domain": "example.com",
+        "relayHost": "mail.example.com",
+        "smtpServer": "mail.example.com",
+        "smtpPort": 587,
+        "smtpUsername": "me@example.com",
+        "smtpUsernames": ["me@example.com", "shop"],
+        "smtpPassword": SECRET,
+        "smtpPasswords": {"me@example.com": SECRET, "shop": SECRET2},
+        "dnsProvider": provider,
+        "dnsRecords": RECORDS,
+    }
+
+
+def test_guide_has_exact_server_port_usernames_and_gmail_path() -> None:
+    text = render_from_outputs(outputs("cloudflare"))
+    assert "**SMTP Server:** `mail.example.com`" in text
+    assert "**Port:** `587`" in text
+    assert "**Username:** `me@example.com`" in text
+    assert "**Username:** `shop`" in text
+    # The second user's From address defaults to user@domain.
+    assert "### `shop@example.com`" in text
+    for step in (
+        "Accounts and Import",
+        '"Send mail as"',
+        '"Add another email address"',
+    ):
+        assert step in text
+    assert "Secured connection using TLS" in text and "STARTTLS" in text
+    assert "DKIM: 'PASS' with domain example.com" in text
+    assert "Show original" in text
+    assert "pulumi stack output gmailGuide > GMAIL.md" in text
+    assert "pulumi stack output --show-secrets smtpPassword" in text
+    assert "smtpPasswords" in text  # how to read the second user's password
+
+
+@pytest.mark.parametrize("provider", ["cloudflare", "manual"])
+def test_no_secret_unless_asked(provider: str) -> None:
+    text = render_from_outputs(outputs(provider))
+    assert SECRET not in text
+    assert SECRET2 not in text
+
+
+def test_secret_only_when_explicitly_asked() -> None:
+    text = render_from_outputs(outputs(), include_password=True)
+    assert f"**Password:** `{SECRET}`" in text
+    assert f"**Password:** `{SECRET2}`" in text
+
+
+def test_manual_dns_mode_lists_every_record_and_zone_snippet() -> None:
+    text = render_from_outputs(outputs("manual"))
+    assert "Add these DNS records at your DNS host" in text
+    assert "pulumi stack output zoneSnippet" in text
+    table = render_dns_table(RECORDS)
+    assert table in text
+    for rec in RECORDS:
+        assert (
+            f"| {rec['type']} | {rec['name']} | `{rec['content']}` | {rec['ttl']} |"
+            in text
+        )
+    # DNS first, then Gmail.
+    assert text.index("DNS records") < text.index("Accounts and Import")
+
+
+def test_managed_dns_mode_has_no_manual_records() -> None:
+    text = render_from_outputs(outputs("cloudflare"))
+    assert "Add these DNS records" not in text
+    assert "zoneSnippet" not in text
+    assert "203.0.113.10" not in text
+
+
+def test_table_cells_escape_pipes() -> None:
+    table = render_dns_table(
+        [{"type": "TXT", "name": "a.", "content": "x|y", "ttl": 1}]
+    )
+    assert "x\\|y" in table
+
+
+def test_stack_name_and_other_port() -> None:
+    text = render_guide(
+        GuideInput(
+            smtp_server="relay.example.org",
+            smtp_port=2525,
+            identities=[SendAs("a@example.org", "a", "Alice")],
+            domain="example.org",
+            stack_name="prod",
+        )
+    )
+    assert "**Port:** `2525`" in text
+    assert "Name: `Alice`" in text
+    assert "pulumi stack output --stack prod gmailGuide > GMAIL.md" in text
+
+
+def test_render_is_deterministic_and_needs_an_identity() -> None:
+    assert render_from_outputs(outputs()) == render_from_outputs(outputs())
+    with pytest.raises(ValueError):
+        render_guide(GuideInput("h", 587, [], "example.com"))
