@@ -1,0 +1,164 @@
+"""Bad input gets one clear error naming every bad key, with the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.config import ConfigError, RelayConfig, config_keys, load_config, raw_from_strings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GOOD: dict[str, Any] = {
+    "domain": "example.com",
+    "vpsIpv4": "203.0.113.25",
+    "vpsIpv6": "2001:db8::25",
+    "acmeEmail": "postmaster@example.com",
+}
+SECRETS = {"sshPrivateKey"}
+
+
+def problems(**changes: Any) -> dict[str, str]:
+    raw = {**GOOD, **changes}
+    with pytest.raises(ConfigError) as info:
+        load_config({k: v for k, v in raw.items() if v is not None}, SECRETS)
+    return dict(info.value.problems)
+
+
+def test_good_config_loads_with_defaults() -> None:
+    cfg = load_config(GOOD, SECRETS)
+    assert cfg.relay_fqdn == "smtp.example.com"
+    assert cfg.ssh_target == "203.0.113.25"
+    assert cfg.dkim_key_bits == 2048 and cfg.smtp_users == ["gmail"]
+
+
+BAD_CASES = [
+    ("domain", {"domain": "not a domain"}, "not a fully qualified domain name"),
+    ("domain", {"domain": "localhost"}, "not a fully qualified domain name"),
+    ("relayHost", {"relayHost": "smtp"}, "not a fully qualified domain name"),
+    ("relayHost", {"relayHost": "smtp.other.org"}, "outside example.com"),
+    ("dkimSelector", {"dkimSelector": "bad_selector!"}, "not a valid DNS label"),
+    ("dkimSelector", {"dkimSelector": "-lead"}, "not a valid DNS label"),
+    ("vpsIpv4", {"vpsIpv4": "203.0.113.999"}, "not an IP address"),
+    ("vpsIpv4", {"vpsIpv4": "2001:db8::1"}, "IPv6 address; this key takes IPv4"),
+    ("vpsIpv6", {"vpsIpv6": "203.0.113.7"}, "IPv4 address; this key takes IPv6"),
+    ("dmarcPolicy", {"dmarcPolicy": "block"}, "one of none, quarantine, reject"),
+    ("dmarcSubdomainPolicy", {"dmarcSubdomainPolicy": "drop"}, "none, quarantine, reject"),
+    ("dmarcPct", {"dmarcPct": 150}, "outside 0-100"),
+    ("dmarcPct", {"dmarcPct": -1}, "outside 0-100"),
+    ("dmarcRua", {"dmarcRua": ["dmarc@example.com"]}, "not a mailto: URI"),
+    ("dmarcRuf", {"dmarcRuf": ["https://example.com/r"]}, "not a mailto: URI"),
+    ("dnsTtl", {"dnsTtl": 30}, "not a TTL Cloudflare accepts"),
+    ("dnsTtl", {"dnsTtl": 100000}, "not a TTL Cloudflare accepts"),
+    ("cloudflareZoneId", {"dnsProvider": "cloudflare"}, "no zone is given"),
+    ("dkimKeyBits", {"dkimKeyBits": 1024}, "under 2048 bits"),
+    ("dkimKeyBits", {"dkimKeyBits": 2500}, "not an allowed size"),
+    (
+        "dkimRetiredSelectors",
+        {"dkimSelector": "s1", "dkimRetiredSelectors": ["s0", "s1"]},
+        "signing selector",
+    ),
+    ("spfExtra", {"spfExtra": ["include:_spf.google.com", "-all"]}, "`all` term"),
+    ("spfExtra", {"spfExtra": [f"include:s{i}.example.net" for i in range(11)]}, "11 DNS lookups"),
+    ("spfExtra", {"spfExtra": ["redirect=_spf.example.net"]}, "spfAll unreachable"),
+    ("spfAll", {"spfAll": "+all"}, "~all or -all"),
+    ("forwardTo", {"forwardTo": "me@gmail.com"}, "needs dnsProvider cloudflare"),
+    (
+        "forwardTo",
+        {"forwardTo": "not-an-address", "dnsProvider": "cloudflare", "cloudflareZoneId": "z"},
+        "not an email address",
+    ),
+    ("acmeEmail", {"acmeEmail": None}, "Let's Encrypt"),
+    ("smtpUsers", {"smtpUsers": ["Bad User"]}, "not a valid user name"),
+    ("sshPort", {"sshPort": 70000}, "not a TCP port"),
+    ("dnsProvider", {"dnsProvider": "route53"}, "cloudflare or manual"),
+    ("domain", {"domain": None}, "is required"),
+    ("dmarcPolicyy", {"dmarcPolicyy": "none"}, "not a dkim-relay config key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("key", "change", "expected"), BAD_CASES, ids=[f"{c[0]}:{c[2][:20]}" for c in BAD_CASES]
+)
+def test_each_bad_input_names_its_key(key: str, change: dict[str, Any], expected: str) -> None:
+    found = problems(**change)
+    assert key in found, found
+    assert expected in found[key]
+
+
+def test_spf_lookups_count_email_routing_include() -> None:
+    ten = [f"include:s{i}.example.net" for i in range(10)]
+    load_config({**GOOD, "spfExtra": ten}, SECRETS)  # exactly ten is allowed
+    found = problems(
+        spfExtra=ten, forwardTo="me@gmail.com", dnsProvider="cloudflare", cloudflareZoneId="z"
+    )
+    assert "11 DNS lookups" in found["spfExtra"]
+
+
+def test_every_problem_reported_at_once_with_a_fix() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            {**GOOD, "domain": "bad domain", "dmarcPct": 101, "vpsIpv4": "::1", "dnsTtl": 5},
+            set(),
+        )
+    keys = [k for k, _ in info.value.problems]
+    assert set(keys) == {"domain", "dmarcPct", "vpsIpv4", "dnsTtl", "sshPrivateKey"}
+    text = str(info.value)
+    assert "5 problems" in text and "nothing was created or changed" in text
+    for key, msg in info.value.problems:
+        assert f"{key}:" in text and ("Fix:" in msg or "pulumi config" in msg), (key, msg)
+
+
+def test_local_target_needs_a_cert_dir_but_no_ssh() -> None:
+    raw = {"domain": "example.com", "vpsIpv4": "127.0.0.1", "deployTarget": "local"}
+    with pytest.raises(ConfigError) as info:
+        load_config(raw, set())
+    assert [k for k, _ in info.value.problems] == ["tlsCertDir"]
+    load_config({**raw, "tlsCertDir": "/tmp/le"}, set())
+
+
+def test_strings_from_pulumi_are_decoded_by_type() -> None:
+    raw = raw_from_strings(
+        {
+            "domain": "example.com",
+            "dkimSelector": "2024",
+            "dmarcPct": "50",
+            "spfExtra": '["mx"]',
+            "submissions465": "true",
+        }
+    )
+    assert raw == {
+        "domain": "example.com",
+        "dkimSelector": "2024",
+        "dmarcPct": 50,
+        "spfExtra": ["mx"],
+        "submissions465": True,
+    }
+
+
+def test_pulumi_yaml_declares_every_key_with_the_model_default() -> None:
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert sorted(declared) == sorted(config_keys())
+    kinds = {"string": str, "integer": int, "boolean": bool, "array": list}
+    for name, field in RelayConfig.model_fields.items():
+        key = field.alias or name
+        spec = declared[key]
+        assert spec.get("description"), key
+        if field.is_required():
+            assert "default" not in spec, key
+            continue
+        default = field.get_default(call_default_factory=True)
+        assert spec["default"] == ("" if default is None else default), key
+        assert isinstance(spec["default"], kinds[spec["type"]]), key
+
+
+def test_example_prod_stack_is_valid_and_holds_no_secret_value() -> None:
+    stack = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
+    raw = {k.split(":", 1)[1]: v for k, v in stack.items() if k.startswith("dkim-relay:")}
+    assert not set(raw) & {"sshPrivateKey", "smtpPasswords"}
+    assert not any(isinstance(v, dict) and "secure" in v for v in stack.values())
+    cfg = load_config(raw, SECRETS)
+    assert cfg.dns_provider == "cloudflare" and cfg.forward_to

@@ -1,0 +1,135 @@
+"""The whole program under Pulumi's mocks: which resources exist, with which inputs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pytest
+
+from tests.pulumi_harness import PRIVATE_MARKER, Run, run_program
+
+LOCAL: dict[str, Any] = {
+    "domain": "example.com",
+    "vpsIpv4": "127.0.0.1",
+    "deployTarget": "local",
+    "tlsCertDir": "/tmp/le",
+}
+CLOUDFLARE: dict[str, Any] = {
+    **LOCAL,
+    "vpsIpv4": "203.0.113.25",
+    "vpsIpv6": "2001:db8::25",
+    "dnsProvider": "cloudflare",
+    "cloudflareZoneId": "zone123",
+    "cloudflare:apiToken": "dummy-token-for-mocks",
+}
+
+
+def dns_records(run: Run) -> list[Any]:
+    return run.of_type("cloudflare:index/dnsRecord:DnsRecord")
+
+
+def test_manual_mode_creates_nothing_on_cloudflare(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(monkeypatch, LOCAL)
+    assert not [r for r in run.resources if "cloudflare" in r.type], run.resources
+    assert not run.calls
+    records = run.exports["dnsRecords"]
+    assert {(r["type"], r["name"]) for r in records} == {
+        ("A", "smtp.example.com"),
+        ("TXT", "example.com"),
+        ("TXT", "relay._domainkey.example.com"),
+        ("TXT", "_dmarc.example.com"),
+    }
+    assert "relay._domainkey.example.com.\t3600\tIN\tTXT" in run.exports["zoneSnippet"]
+    assert run.exports["dkimDnsValue"] == "v=DKIM1; k=rsa; p=MOCKrelay"
+
+
+def test_cloudflare_records_with_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(monkeypatch, CLOUDFLARE)
+    recs = {(r.inputs["type"], r.inputs["name"]): r.inputs for r in dns_records(run)}
+    assert set(recs) == {
+        ("A", "smtp.example.com"),
+        ("AAAA", "smtp.example.com"),
+        ("TXT", "example.com"),
+        ("TXT", "relay._domainkey.example.com"),
+        ("TXT", "_dmarc.example.com"),
+    }
+    for r in recs.values():
+        assert r["zoneId"] == "zone123" and r["ttl"] == 3600
+    assert recs[("A", "smtp.example.com")]["content"] == "203.0.113.25"
+    assert recs[("A", "smtp.example.com")]["proxied"] is False, "mail must not go through the CDN"
+    assert (
+        recs[("TXT", "example.com")]["content"] == '"v=spf1 ip4:203.0.113.25 ip6:2001:db8::25 ~all"'
+    )
+    assert (
+        recs[("TXT", "relay._domainkey.example.com")]["content"] == '"v=DKIM1; k=rsa; p=MOCKrelay"'
+    )
+    # what is exported is exactly what is published
+    exported = {(r["type"], r["name"]): r["content"] for r in run.exports["dnsRecords"]}
+    assert exported == {k: v["content"] for k, v in recs.items()}
+    assert not run.of_type("cloudflare:index/emailRouting")
+
+
+def test_cloudflare_without_ipv6_has_no_aaaa(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(monkeypatch, {**CLOUDFLARE, "vpsIpv6": ""})
+    assert "AAAA" not in {r.inputs["type"] for r in dns_records(run)}
+
+
+def test_forwarding_sets_up_email_routing(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(monkeypatch, {**CLOUDFLARE, "forwardTo": "me@gmail.com"})
+    types = {r.type for r in run.of_type("cloudflare:index/emailRouting")}
+    assert types == {
+        "cloudflare:index/emailRoutingSettings:EmailRoutingSettings",
+        "cloudflare:index/emailRoutingDns:EmailRoutingDns",
+        "cloudflare:index/emailRoutingAddress:EmailRoutingAddress",
+        "cloudflare:index/emailRoutingCatchAll:EmailRoutingCatchAll",
+    }
+    address = run.of_type("cloudflare:index/emailRoutingAddress")[0].inputs
+    assert address == {"accountId": "account-from-lookup", "email": "me@gmail.com"}
+    catch_all = run.of_type("cloudflare:index/emailRoutingCatchAll")[0].inputs
+    assert catch_all["actions"] == [{"type": "forward", "values": ["me@gmail.com"]}]
+    spf = [r.inputs["content"] for r in dns_records(run) if r.inputs["name"] == "example.com"]
+    assert spf == ['"v=spf1 ip4:203.0.113.25 ip6:2001:db8::25 include:_spf.mx.cloudflare.net ~all"']
+
+
+def test_zone_looked_up_by_domain_when_not_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = {k: v for k, v in CLOUDFLARE.items() if k != "cloudflareZoneId"}
+    run = run_program(monkeypatch, cfg)
+    assert run.calls[0][0] == "cloudflare:index/getZone:getZone"
+    assert run.calls[0][1]["filter"]["name"] == "example.com"
+    assert {r.inputs["zoneId"] for r in dns_records(run)} == {"zone-from-lookup"}
+
+
+def test_retired_selector_keeps_its_key_and_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(
+        monkeypatch, {**CLOUDFLARE, "dkimSelector": "new", "dkimRetiredSelectors": ["old"]}
+    )
+    keys = [r for r in run.of_type("pulumi-python:dynamic:Resource") if "bits" in r.inputs]
+    assert sorted(r.name for r in keys) == ["dkim-new-key", "dkim-old-key"]
+    names = {r.inputs["name"] for r in dns_records(run)}
+    assert {"new._domainkey.example.com", "old._domainkey.example.com"} <= names
+    assert run.exports["dkimSelector"] == "new"
+    assert run.exports["dkimDnsValue"] == "v=DKIM1; k=rsa; p=MOCKnew"
+
+
+def test_secrets_stay_secret_and_private_key_is_never_exported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = run_program(monkeypatch, {**LOCAL, "smtpUsers": ["gmail", "phone"]})
+    assert {"smtpPassword", "smtpPasswords"} <= run.secret_exports
+    assert "dkimDnsValue" not in run.secret_exports
+    assert run.exports["smtpPasswords"] == {"gmail": "generated-gmail", "phone": "generated-phone"}
+    assert PRIVATE_MARKER not in json.dumps(run.exports)
+
+
+def test_given_password_is_used_and_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(monkeypatch, LOCAL, secrets={"smtpPasswords": {"gmail": "my-own-password"}})
+    assert run.exports["smtpPassword"] == "my-own-password"
+    assert "smtpPassword" in run.secret_exports
+
+
+def test_bad_config_registers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(pulumi.RunError) as info:
+        run_program(monkeypatch, {**LOCAL, "dmarcPct": 300, "dkimSelector": "no good"})
+    assert "dmarcPct" in str(info.value) and "dkimSelector" in str(info.value)
