@@ -1,0 +1,402 @@
+"""RelayHost: the VPS prepared over SSH with pulumi-command remote commands.
+
+Steps (each a ``remote.Command`` whose script comes from
+``components/host_scripts.py``), in this order over one SSH connection::
+
+    preflight ──> firewall ──> docker ──> certificate
+        └───────> secrets
+
+* ``firewall`` has a ``delete`` that removes only the rules it added (never SSH);
+* ``certificate`` has no ``delete``: certificates survive ``pulumi destroy``;
+* ``secrets`` gets the key material on stdin (a secret Output), logs nothing,
+  and its ``delete`` removes the secrets directory;
+* the firewall and docker steps run before the certificate so apt never runs
+  twice at once.
+
+Host-key pinning: pulumi-command 1.2.1's ``remote.ConnectionArgs`` has
+``host_key`` ("The expected host key to verify the server's identity. If not
+provided, the host key will be ignored."), so ``sshHostKey`` is passed there and
+the provider refuses a different key before anything is sent. The value is one
+OpenSSH public key line, e.g. the content of ``/etc/ssh/ssh_host_ed25519_key.pub``
+(``ssh-ed25519 AAAA...``). A check run *inside* an already open connection
+would be meaningless (a man in the middle answers it too), so there is none.
+Without ``sshHostKey`` the provider accepts any host key (trust on first use is
+not available in pulumi-command): set it in production.
+
+Before the first command, :func:`preflight_check` (during ``pulumi up`` only,
+not preview) connects with the system ``ssh`` client using the same settings and
+turns the usual failures into errors naming the config key to fix
+(``sshHost``/``sshPort``, ``sshPrivateKey``, ``sshHostKey``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi_command import remote
+
+from components import host_scripts as hs
+
+
+class HostPreflightError(Exception):
+    """The VPS cannot be used with the given SSH settings; names the config key."""
+
+
+# --- SSH settings shared by the component, the preflight and the tests ---------
+@dataclass(frozen=True)
+class SshTarget:
+    host: str
+    port: int = 22
+    user: str = "root"
+    host_key: str | None = None  # one OpenSSH public key line, pinned
+
+
+_HOSTKEY_ALGOS = {
+    "ssh-ed25519": "ssh-ed25519",
+    "ssh-rsa": "rsa-sha2-512,rsa-sha2-256,ssh-rsa",
+    "ecdsa-sha2-nistp256": "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384": "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521": "ecdsa-sha2-nistp521",
+}
+
+
+def parse_host_key(line: str) -> tuple[str, str]:
+    """(key type, base64 blob) of an OpenSSH public key line, or ValueError."""
+    parts = line.strip().split()
+    if len(parts) < 2 or parts[0] not in _HOSTKEY_ALGOS:
+        raise ValueError(
+            "sshHostKey must be one OpenSSH public key line such as the content of "
+            "/etc/ssh/ssh_host_ed25519_key.pub ('ssh-ed25519 AAAA...')"
+        )
+    return parts[0], parts[1]
+
+
+@contextmanager
+def ssh_client_files(target: SshTarget, private_key: str) -> Iterator[list[str]]:
+    """Yields the ``ssh`` argv prefix (ending with ``user@host``) for ``target``.
+
+    The private key goes to a 0600 file in a private temporary directory that is
+    removed afterwards; it never appears on a command line.
+    """
+    d = tempfile.mkdtemp(prefix="dkim-relay-ssh-")
+    try:
+        os.chmod(d, 0o700)
+        key_path = os.path.join(d, "id")
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(private_key if private_key.endswith("\n") else private_key + "\n")
+        opts = [
+            "-F",
+            "none",
+            "-i",
+            key_path,
+            "-p",
+            str(target.port),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "PasswordAuthentication=no",
+            "-o",
+            "ConnectTimeout=10",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ServerAliveInterval=15",
+        ]
+        if target.host_key:
+            ktype, blob = parse_host_key(target.host_key)
+            kh = os.path.join(d, "known_hosts")
+            hostspec = target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+            with open(kh, "w") as f:
+                f.write(f"{hostspec} {ktype} {blob}\n")
+            opts += [
+                "-o",
+                "StrictHostKeyChecking=yes",
+                "-o",
+                f"UserKnownHostsFile={kh}",
+                "-o",
+                "GlobalKnownHostsFile=/dev/null",
+                "-o",
+                f"HostKeyAlgorithms={_HOSTKEY_ALGOS[ktype]}",
+            ]
+        else:
+            # Same as pulumi-command without hostKey: the host key is not checked.
+            opts += [
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ]
+        yield ["ssh", *opts, f"{target.user}@{target.host}"]
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run_over_ssh(
+    target: SshTarget,
+    private_key: str,
+    command: str,
+    stdin: str | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Runs ``command`` (e.g. ``host_scripts.remote_command(...)``) on the host."""
+    with ssh_client_files(target, private_key) as argv:
+        return subprocess.run(
+            [*argv, command],
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+def preflight_check(target: SshTarget, private_key: str, timeout: float = 10) -> str:
+    """Connects once and raises HostPreflightError naming the config key at fault.
+
+    Returns the remote ``uname -sr`` on success.
+    """
+    where = f"{target.host}:{target.port}"
+    if target.host_key:
+        try:
+            parse_host_key(target.host_key)
+        except ValueError as e:
+            raise HostPreflightError(str(e)) from None
+    if "PRIVATE KEY-----" not in private_key:
+        raise HostPreflightError(
+            "sshPrivateKey does not look like a private key (expected an OpenSSH/PEM "
+            "'-----BEGIN ... PRIVATE KEY-----' block)"
+        )
+    try:
+        with socket.create_connection((target.host, target.port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise HostPreflightError(
+            f"cannot reach the VPS at sshHost={target.host!r} sshPort={target.port}: {e}; "
+            "check sshHost/sshPort (and that the firewall lets SSH in)"
+        ) from None
+    if shutil.which("ssh") is None:
+        return "skipped: no ssh client"
+    res = run_over_ssh(target, private_key, "uname -sr", timeout=timeout + 20)
+    if res.returncode == 0:
+        return res.stdout.strip()
+    err = res.stderr
+    if "Host key verification failed" in err or "IDENTIFICATION HAS CHANGED" in err:
+        raise HostPreflightError(
+            f"the host key of {where} does not match sshHostKey; if the VPS was "
+            "reinstalled, update sshHostKey from its /etc/ssh/ssh_host_*_key.pub, "
+            "otherwise someone may be intercepting the connection"
+        )
+    if "Permission denied" in err or "Too many authentication failures" in err:
+        raise HostPreflightError(
+            f"{where} refused sshPrivateKey for sshUser={target.user!r}; check that "
+            "its public key is in that user's authorized_keys"
+        )
+    if "Load key" in err or "invalid format" in err or "libcrypto" in err:
+        raise HostPreflightError("sshPrivateKey could not be loaded (invalid format)")
+    if "timed out" in err or "Connection refused" in err or "No route" in err:
+        raise HostPreflightError(
+            f"cannot reach the VPS at sshHost={target.host!r} sshPort={target.port}: "
+            f"{err.strip()}"
+        )
+    raise HostPreflightError(
+        f"SSH to sshHost={target.host!r} sshPort={target.port} failed "
+        f"(exit {res.returncode}): {err.strip()[-300:]}"
+    )
+
+
+# --- the component ---------------------------------------------------------------
+@dataclass
+class RelayHostArgs:
+    """Plain values (and Outputs for secrets); filled from config in __main__."""
+
+    ssh_host: pulumi.Input[str]
+    ssh_private_key: pulumi.Input[str]  # secret
+    relay_host: str
+    acme_email: str
+    ssh_user: str = "root"
+    ssh_port: int = 22
+    ssh_host_key: str | None = None
+    acme_server: str = hs.DEFAULT_ACME_SERVER
+    acme_extra_names: Sequence[str] = ()
+    acme_ca_bundle: str | None = None  # path on the host; test CAs only
+    submissions465: bool = False
+    extra_ports: Sequence[int] = ()
+    container_name: str = hs.DEFAULT_CONTAINER_NAME
+    # relative path under host_scripts.SECRETS_DIR -> content; see
+    # host_scripts.secrets_payload for the layout. Secret Output.
+    secret_files: pulumi.Input[Mapping[str, str]] | None = None
+    docker_ipv6_cidr: str = hs.DEFAULT_DOCKER_IPV6_CIDR
+    docker_restart_command: str = hs.DEFAULT_DOCKER_RESTART
+    reload_command: str | None = None  # default: docker exec <container> relay-reload
+    preflight: bool = True
+    secret_file_mode: int = 0o600
+    secret_owner: tuple[int, int] = (0, 0)
+    extra_opts: dict[str, Any] = field(default_factory=dict)
+
+
+class RelayHost(pulumi.ComponentResource):
+    """Docker with IPv6, ufw, the certificate and the key material on the VPS."""
+
+    docker_ready: pulumi.Output[str]
+    cert_ready: pulumi.Output[str]
+    cert_dir: pulumi.Output[str]
+    secrets_dir: pulumi.Output[str]
+    firewall_ports: pulumi.Output[list[str]]
+    docker_host: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        args: RelayHostArgs,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("dkimrelay:index:RelayHost", name, None, opts)
+        if not args.acme_email:
+            raise ValueError("acmeEmail is required (the ACME account e-mail)")
+        sudo = args.ssh_user != "root"
+        if args.ssh_host_key:
+            parse_host_key(args.ssh_host_key)
+
+        private_key = pulumi.Output.secret(args.ssh_private_key)
+        connection = remote.ConnectionArgs(
+            host=args.ssh_host,
+            port=float(args.ssh_port),
+            user=args.ssh_user,
+            private_key=private_key,
+            host_key=args.ssh_host_key,
+            dial_error_limit=5,
+            per_dial_timeout=15,
+        )
+
+        triggers: list[Any] = []
+        if args.preflight:
+            target_host = pulumi.Output.from_input(args.ssh_host)
+
+            def _check(values: list[Any]) -> str:
+                if pulumi.runtime.is_dry_run():
+                    return "ok"
+                host, key = values
+                preflight_check(
+                    SshTarget(host, args.ssh_port, args.ssh_user, args.ssh_host_key), key
+                )
+                return "ok"
+
+            triggers.append(pulumi.Output.all(target_host, private_key).apply(_check))
+
+        def child(extra: list[pulumi.Resource] | None = None, **kw: Any) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(parent=self, depends_on=extra or [], **kw)
+
+        log = remote.Logging.STDOUT_AND_STDERR
+        self.preflight_step = remote.Command(
+            f"{name}-preflight",
+            connection=connection,
+            create=hs.remote_command(hs.render_preflight(), sudo),
+            triggers=triggers or None,
+            logging=log,
+            opts=child(),
+        )
+        self.firewall_step = remote.Command(
+            f"{name}-firewall",
+            connection=connection,
+            create=hs.remote_command(
+                hs.render_firewall(args.ssh_port, args.submissions465, args.extra_ports), sudo
+            ),
+            delete=hs.remote_command(hs.render_firewall_delete(), sudo),
+            logging=log,
+            opts=child([self.preflight_step], delete_before_replace=True),
+        )
+        self.docker_step = remote.Command(
+            f"{name}-docker",
+            connection=connection,
+            create=hs.remote_command(
+                hs.render_docker(args.docker_ipv6_cidr, args.docker_restart_command), sudo
+            ),
+            logging=log,
+            opts=child([self.firewall_step]),
+        )
+        self.certificate_step = remote.Command(
+            f"{name}-certificate",
+            connection=connection,
+            create=hs.remote_command(
+                hs.render_certificate(
+                    args.relay_host,
+                    args.acme_email,
+                    args.acme_server,
+                    args.acme_extra_names,
+                    args.container_name,
+                    args.reload_command,
+                    args.acme_ca_bundle,
+                ),
+                sudo,
+            ),
+            logging=log,
+            opts=child([self.firewall_step, self.docker_step]),
+        )
+        self.secrets_step: remote.Command | None = None
+        if args.secret_files is not None:
+            payload = pulumi.Output.secret(
+                pulumi.Output.from_input(args.secret_files).apply(_json_payload)
+            )
+            uid, gid = args.secret_owner
+            self.secrets_step = remote.Command(
+                f"{name}-secrets",
+                connection=connection,
+                create=hs.remote_command(
+                    hs.render_secrets(hs.SECRETS_DIR, args.secret_file_mode, uid, gid), sudo
+                ),
+                delete=hs.remote_command(hs.render_secrets_delete(hs.SECRETS_DIR), sudo),
+                stdin=payload,
+                logging=remote.Logging.NONE,
+                opts=child(
+                    [self.preflight_step],
+                    delete_before_replace=True,
+                    additional_secret_outputs=["stdin", "stdout", "stderr"],
+                ),
+            )
+
+        live = hs.cert_dir(args.relay_host)
+        self.docker_ready = self.docker_step.stdout.apply(lambda _: "ready")
+        self.cert_ready = self.certificate_step.stdout.apply(lambda _: "ready")
+        self.cert_dir = self.certificate_step.stdout.apply(lambda _: live)
+        if self.secrets_step is not None:
+            self.secrets_dir = self.secrets_step.stdout.apply(lambda _: hs.SECRETS_DIR)
+        else:
+            self.secrets_dir = pulumi.Output.from_input(hs.SECRETS_DIR)
+        ports = [
+            spec
+            for spec, _role in hs._port_rules(
+                args.ssh_port, args.submissions465, args.extra_ports
+            )
+        ]
+        self.firewall_ports = self.firewall_step.stdout.apply(lambda _: ports)
+        self.docker_host = pulumi.Output.concat(
+            "ssh://", args.ssh_user, "@", args.ssh_host, ":", str(args.ssh_port)
+        )
+        self.register_outputs(
+            {
+                "docker_ready": self.docker_ready,
+                "cert_ready": self.cert_ready,
+                "cert_dir": self.cert_dir,
+                "secrets_dir": self.secrets_dir,
+                "firewall_ports": self.firewall_ports,
+                "docker_host": self.docker_host,
+            }
+        )
+
+
+def _json_payload(files: Mapping[str, str]) -> str:
+    import json
+
+    return json.dumps(dict(files), sort_keys=True)
