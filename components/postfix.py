@@ -1,0 +1,450 @@
+"""Pure renderers for every file the relay container needs.
+
+No Pulumi, no I/O: plain typed arguments in, ``dict[str, str]`` (path -> content) out.
+``components/relay.py`` ships the result into the container; the tests feed it to the
+real image.
+
+Contract with the image (``relay/entrypoint.sh``):
+
+* Non-secret config is delivered under ``CONFIG_DIR`` (``/etc/relay/config``) with the
+  relative paths returned by :func:`render_config`:
+  ``postfix/main.cf``, ``postfix/master.cf``, ``postfix/sender_login``,
+  ``postfix/sasl/smtpd.conf``, ``opendkim/opendkim.conf``, ``opendkim/KeyTable``,
+  ``opendkim/SigningTable``, ``opendkim/TrustedHosts``.
+* Secrets are delivered under ``SECRETS_DIR`` (``/run/relay-secrets``), either as
+  container uploads or as a host directory bind-mounted read-only. Layout
+  (rendered by :func:`render_secrets` for uploads; the host writes the same layout):
+
+  - ``dkim/<selector>.private``: the PEM private key of each selector;
+  - ``smtp-users``: one ``login:password`` line per SMTP user, where ``login`` is the
+    full login (``alice@example.com``); the password runs to the end of the line.
+
+  The entrypoint copies both trees into place with tight modes (keys root-owned tree,
+  key files ``opendkim`` 0400; the sasldb ``root:postfix`` 0640) and never echoes them.
+* TLS: Postfix reads ``<cert_dir>/live/<relay_host>/privkey.pem`` and
+  ``fullchain.pem``; the host's ``/etc/letsencrypt`` is mounted read-only at
+  ``/etc/letsencrypt`` (live/ holds symlinks into archive/, so the whole tree).
+* SMTP users log in with ``<name>@<domain>`` (what Gmail's "Send mail as" dialog
+  wants in its Username field).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+CONFIG_DIR = "/etc/relay/config"
+SECRETS_DIR = "/run/relay-secrets"
+CERT_MOUNT = "/etc/letsencrypt"
+OPENDKIM_SOCKET_PORT = 8891
+SASLDB_PATH = "/etc/sasldb2"
+DKIM_KEY_DIR = "/etc/opendkim/keys"
+
+#: The seed's signed-header list (seed/000_*.txt, panubo defaults), Resent-* expanded
+#: because OpenDKIM's SignHeaders takes names, not patterns.
+SIGNED_HEADERS: tuple[str, ...] = (
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Date",
+    "Message-Id",
+    "Subject",
+    "From",
+    "Sender",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Resent-Date",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-To",
+    "Resent-Cc",
+    "Resent-Message-Id",
+    "In-Reply-To",
+    "References",
+)
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,62}[A-Za-z0-9])?$")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
+_SELECTOR_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})$")
+
+
+@dataclass(frozen=True)
+class SmtpUser:
+    """One SMTP login.
+
+    ``name`` is the local part (``alice``); the login is ``alice@<domain>``.
+    ``may_send_as`` lists addresses (``alice@example.com``) or whole domains
+    (``@example.com``); empty means any address at the relay's domain.
+    """
+
+    name: str
+    may_send_as: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Anvil limits per client IP per ``time_unit`` (Postfix's anvil service)."""
+
+    auth_per_unit: int = 10
+    connections_per_unit: int = 30
+    concurrent_connections: int = 10
+    messages_per_unit: int = 100
+    time_unit: str = "60s"
+
+
+@dataclass(frozen=True)
+class PostfixSettings:
+    """Everything the relay's config files depend on (no secrets)."""
+
+    domain: str
+    relay_host: str
+    dkim_selector: str
+    users: tuple[SmtpUser, ...]
+    dkim_selectors: tuple[str, ...] = ()
+    submissions_465: bool = False
+    nexthop: str | None = None
+    cert_dir: str = CERT_MOUNT
+    rate_limits: RateLimits = field(default_factory=RateLimits)
+    message_size_limit: int = 36_700_160
+
+    def __post_init__(self) -> None:
+        for label, host in (("domain", self.domain), ("relay_host", self.relay_host)):
+            if not _HOST_RE.match(host):
+                raise ValueError(f"{label} is not a hostname: {host!r}")
+        for sel in (self.dkim_selector, *self.dkim_selectors):
+            if not _SELECTOR_RE.match(sel):
+                raise ValueError(f"bad DKIM selector: {sel!r}")
+        if not self.users:
+            raise ValueError("at least one SMTP user is required")
+        seen: set[str] = set()
+        for user in self.users:
+            if not _NAME_RE.match(user.name):
+                raise ValueError(f"bad SMTP user name: {user.name!r}")
+            if user.name.lower() in seen:
+                raise ValueError(f"duplicate SMTP user: {user.name!r}")
+            seen.add(user.name.lower())
+            for addr in user.may_send_as:
+                _check_sender_pattern(addr)
+        if self.nexthop is not None:
+            parse_nexthop(self.nexthop)
+        if not self.cert_dir.startswith("/"):
+            raise ValueError("cert_dir must be an absolute path inside the container")
+
+    @property
+    def all_selectors(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.dkim_selector, *self.dkim_selectors)))
+
+
+def _check_sender_pattern(addr: str) -> None:
+    if addr.startswith("@"):
+        if not _HOST_RE.match(addr[1:]):
+            raise ValueError(f"bad sender domain: {addr!r}")
+        return
+    local, sep, dom = addr.rpartition("@")
+    if not sep or not local or not _HOST_RE.match(dom) or re.search(r"[\s,:<>@]", local):
+        raise ValueError(f"bad sender address: {addr!r}")
+
+
+def parse_nexthop(nexthop: str) -> tuple[str, int]:
+    """Parse ``host:port``/``[v6]:port`` into (host, port); raise ValueError if bad."""
+    m = re.match(r"^\[?([^\[\]]+?)\]?:(\d{1,5})$", nexthop)
+    if not m:
+        raise ValueError(f"nexthop must be host:port or [ipv6]:port, got {nexthop!r}")
+    host, port = m.group(1), int(m.group(2))
+    if not 0 < port < 65536:
+        raise ValueError(f"bad nexthop port: {port}")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_RE.match(host) and host != "localhost":
+            raise ValueError(f"bad nexthop host: {host!r}") from None
+    return host, port
+
+
+def login_name(user: SmtpUser, domain: str) -> str:
+    """The SMTP AUTH username of ``user`` (what Gmail's Username field gets)."""
+    return f"{user.name}@{domain}"
+
+
+def cert_paths(settings: PostfixSettings) -> tuple[str, str]:
+    """(privkey, fullchain) paths inside the container."""
+    live = f"{settings.cert_dir}/live/{settings.relay_host}"
+    return f"{live}/privkey.pem", f"{live}/fullchain.pem"
+
+
+def _lines(pairs: Sequence[tuple[str, str]]) -> str:
+    return "".join(f"{k} = {v}\n" if v else f"{k} =\n" for k, v in pairs)
+
+
+def render_main_cf(s: PostfixSettings) -> str:
+    """Postfix main.cf: a submission-only relay that never delivers locally."""
+    privkey, fullchain = cert_paths(s)
+    rl = s.rate_limits
+    relayhost = ""
+    if s.nexthop:
+        host, port = parse_nexthop(s.nexthop)
+        relayhost = f"[{host}]:{port}"
+    pairs: list[tuple[str, str]] = [
+        ("compatibility_level", "3.6"),
+        ("myhostname", s.relay_host),
+        ("mydomain", s.domain),
+        ("myorigin", "$myhostname"),
+        # No local delivery at all: nothing is "local", the local transport is an error.
+        ("mydestination", ""),
+        ("local_recipient_maps", ""),
+        ("local_transport", "error:5.1.1 local delivery is disabled"),
+        ("alias_maps", ""),
+        ("alias_database", ""),
+        ("relay_domains", ""),
+        ("relayhost", relayhost),
+        # Loopback only; and the submission services never consult it.
+        ("mynetworks", "127.0.0.0/8 [::1]/128"),
+        ("inet_interfaces", "all"),
+        ("inet_protocols", "all"),
+        ("smtpd_banner", "$myhostname ESMTP"),
+        ("biff", "no"),
+        ("append_dot_mydomain", "no"),
+        ("readme_directory", "no"),
+        ("disable_vrfy_command", "yes"),
+        ("smtpd_helo_required", "yes"),
+        ("message_size_limit", str(s.message_size_limit)),
+        ("maillog_file", "/dev/stdout"),
+        # Server TLS: 1.2 or newer only, cert+key loaded together (atomic on renewal).
+        ("smtpd_tls_chain_files", f"{privkey}, {fullchain}"),
+        ("smtpd_tls_security_level", "encrypt"),
+        ("smtpd_tls_auth_only", "yes"),
+        ("smtpd_tls_protocols", ">=TLSv1.2"),
+        ("smtpd_tls_mandatory_protocols", ">=TLSv1.2"),
+        ("smtpd_tls_mandatory_ciphers", "high"),
+        ("smtpd_tls_loglevel", "1"),
+        ("smtpd_tls_received_header", "yes"),
+        ("smtpd_tls_session_cache_database", "btree:${data_directory}/smtpd_scache"),
+        # Outbound: opportunistic TLS to the recipient's MX.
+        ("smtp_tls_security_level", "may"),
+        ("smtp_tls_loglevel", "1"),
+        ("smtp_tls_session_cache_database", "btree:${data_directory}/smtp_scache"),
+        # SASL (Cyrus, sasldb); config in $config_directory/sasl/smtpd.conf.
+        ("smtpd_sasl_type", "cyrus"),
+        ("smtpd_sasl_path", "smtpd"),
+        ("smtpd_sasl_auth_enable", "no"),
+        ("smtpd_sasl_security_options", "noanonymous"),
+        ("smtpd_sasl_tls_security_options", "noanonymous"),
+        ("smtpd_sasl_authenticated_header", "no"),
+        ("broken_sasl_auth_clients", "no"),
+        ("smtpd_sasl_local_domain", "$mydomain"),
+        ("smtpd_sender_login_maps", "texthash:/etc/postfix/sender_login"),
+        # Default restrictions: deny everything not authenticated (submission repeats it).
+        ("smtpd_client_restrictions", "permit_sasl_authenticated, reject"),
+        ("smtpd_helo_restrictions", ""),
+        (
+            "smtpd_sender_restrictions",
+            "reject_non_fqdn_sender, reject_sender_login_mismatch, "
+            "permit_sasl_authenticated, reject",
+        ),
+        ("smtpd_relay_restrictions", "permit_sasl_authenticated, reject"),
+        (
+            "smtpd_recipient_restrictions",
+            "reject_non_fqdn_recipient, permit_sasl_authenticated, reject",
+        ),
+        ("smtpd_data_restrictions", "reject_unauth_pipelining"),
+        ("allow_percent_hack", "no"),
+        ("swap_bangpath", "no"),
+        ("strict_rfc821_envelopes", "yes"),
+        # Anvil: rate limits per client, mynetworks not exempt.
+        ("anvil_rate_time_unit", rl.time_unit),
+        ("smtpd_client_auth_rate_limit", str(rl.auth_per_unit)),
+        ("smtpd_client_connection_rate_limit", str(rl.connections_per_unit)),
+        ("smtpd_client_connection_count_limit", str(rl.concurrent_connections)),
+        ("smtpd_client_message_rate_limit", str(rl.messages_per_unit)),
+        ("smtpd_client_event_limit_exceptions", ""),
+        ("smtpd_soft_error_limit", "3"),
+        ("smtpd_hard_error_limit", "10"),
+        # DKIM: OpenDKIM milter; with it down, clients get a temporary failure.
+        ("smtpd_milters", f"inet:127.0.0.1:{OPENDKIM_SOCKET_PORT}"),
+        ("non_smtpd_milters", "$smtpd_milters"),
+        ("milter_default_action", "tempfail"),
+        ("milter_protocol", "6"),
+    ]
+    return "# Rendered by dkim-relay components/postfix.py; do not edit.\n" + _lines(pairs)
+
+
+_SUBMISSION_OPTS: tuple[str, ...] = (
+    "smtpd_tls_security_level=encrypt",
+    "smtpd_tls_auth_only=yes",
+    "smtpd_sasl_auth_enable=yes",
+    "smtpd_client_restrictions=permit_sasl_authenticated,reject",
+    "smtpd_helo_restrictions=",
+    "smtpd_sender_restrictions=reject_non_fqdn_sender,reject_sender_login_mismatch,"
+    "permit_sasl_authenticated,reject",
+    "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
+    "smtpd_recipient_restrictions=reject_non_fqdn_recipient,permit_sasl_authenticated,reject",
+    "milter_macro_daemon_name=ORIGINATING",
+)
+
+# Postfix's internal services, chroot off (a chrooted smtpd cannot see the sasldb).
+_INTERNAL_SERVICES: tuple[tuple[str, str, str, str, str, str, str], ...] = (
+    ("pickup", "unix", "n", "-", "n", "60", "1 pickup"),
+    ("cleanup", "unix", "n", "-", "n", "-", "0 cleanup"),
+    ("qmgr", "unix", "n", "-", "n", "300", "1 qmgr"),
+    ("tlsmgr", "unix", "-", "-", "n", "1000?", "1 tlsmgr"),
+    ("rewrite", "unix", "-", "-", "n", "-", "- trivial-rewrite"),
+    ("bounce", "unix", "-", "-", "n", "-", "0 bounce"),
+    ("defer", "unix", "-", "-", "n", "-", "0 bounce"),
+    ("trace", "unix", "-", "-", "n", "-", "0 bounce"),
+    ("verify", "unix", "-", "-", "n", "-", "1 verify"),
+    ("flush", "unix", "n", "-", "n", "1000?", "0 flush"),
+    ("proxymap", "unix", "-", "-", "n", "-", "- proxymap"),
+    ("proxywrite", "unix", "-", "-", "n", "-", "1 proxymap"),
+    ("smtp", "unix", "-", "-", "n", "-", "- smtp"),
+    ("relay", "unix", "-", "-", "n", "-", "- smtp"),
+    ("showq", "unix", "n", "-", "n", "-", "- showq"),
+    ("error", "unix", "-", "-", "n", "-", "- error"),
+    ("retry", "unix", "-", "-", "n", "-", "- error"),
+    ("discard", "unix", "-", "-", "n", "-", "- discard"),
+    ("anvil", "unix", "-", "-", "n", "-", "1 anvil"),
+    ("scache", "unix", "-", "-", "n", "-", "1 scache"),
+    ("postlog", "unix-dgram", "n", "-", "n", "-", "1 postlogd"),
+)
+
+
+def render_master_cf(s: PostfixSettings) -> str:
+    """master.cf: no port 25, submission on 587, optional implicit TLS on 465."""
+    out = ["# Rendered by dkim-relay components/postfix.py; do not edit.\n"]
+    out.append("# service type  private unpriv  chroot  wakeup  maxproc command\n")
+    out.append("submission inet n       -       n       -       -       smtpd\n")
+    out.append("  -o syslog_name=postfix/submission\n")
+    out.extend(f"  -o {opt}\n" for opt in _SUBMISSION_OPTS)
+    if s.submissions_465:
+        out.append("submissions inet n      -       n       -       -       smtpd\n")
+        out.append("  -o syslog_name=postfix/submissions\n")
+        out.append("  -o smtpd_tls_wrappermode=yes\n")
+        out.extend(f"  -o {opt}\n" for opt in _SUBMISSION_OPTS)
+    for name, typ, private, unpriv, chroot, wakeup, rest in _INTERNAL_SERVICES:
+        maxproc, command = rest.split(" ", 1)
+        out.append(
+            f"{name:<10} {typ:<5} {private:<7} {unpriv:<7} {chroot:<7} {wakeup:<7} "
+            f"{maxproc:<7} {command}\n"
+        )
+    return "".join(out)
+
+
+def render_sender_login_map(s: PostfixSettings) -> str:
+    """texthash map: envelope sender (address or @domain) -> logins that own it.
+
+    An address key also lists the owners of its whole domain, because Postfix stops at
+    the first key that matches (address before @domain).
+    """
+    owners: dict[str, list[str]] = {}
+    for user in s.users:
+        login = login_name(user, s.domain)
+        patterns = user.may_send_as or (f"@{s.domain}",)
+        for pat in patterns:
+            owners.setdefault(pat.lower(), [])
+            if login not in owners[pat.lower()]:
+                owners[pat.lower()].append(login)
+    for key in list(owners):
+        if not key.startswith("@"):
+            dom_owners = owners.get("@" + key.rpartition("@")[2], [])
+            owners[key].extend(o for o in dom_owners if o not in owners[key])
+    body = "".join(f"{key} {','.join(logins)}\n" for key, logins in sorted(owners.items()))
+    return "# envelope sender -> SASL logins allowed to use it\n" + body
+
+
+def render_sasl_smtpd_conf() -> str:
+    """Cyrus SASL config for Postfix's smtpd ($config_directory/sasl/smtpd.conf)."""
+    return (
+        "pwcheck_method: auxprop\n"
+        "auxprop_plugin: sasldb\n"
+        "mech_list: PLAIN LOGIN\n"
+        f"sasldb_path: {SASLDB_PATH}\n"
+    )
+
+
+def render_opendkim_conf(s: PostfixSettings) -> str:
+    """opendkim.conf: sign-only, relaxed/relaxed, seed's header list, From oversigned."""
+    pairs = [
+        ("Syslog", "no"),
+        ("LogWhy", "no"),
+        ("UMask", "007"),
+        ("Mode", "s"),
+        ("Canonicalization", "relaxed/relaxed"),
+        ("SignatureAlgorithm", "rsa-sha256"),
+        ("SignHeaders", ",".join(SIGNED_HEADERS)),
+        ("OversignHeaders", "From"),
+        ("KeyTable", "refile:/etc/opendkim/KeyTable"),
+        ("SigningTable", "refile:/etc/opendkim/SigningTable"),
+        ("InternalHosts", "refile:/etc/opendkim/TrustedHosts"),
+        ("ExternalIgnoreList", "refile:/etc/opendkim/TrustedHosts"),
+        # Postfix's submission services tag their mail with this daemon name.
+        ("MTA", "ORIGINATING"),
+        ("Socket", f"inet:{OPENDKIM_SOCKET_PORT}@127.0.0.1"),
+        ("PidFile", "/run/opendkim/opendkim.pid"),
+        ("UserID", "opendkim:opendkim"),
+        ("RequireSafeKeys", "yes"),
+        ("SoftwareHeader", "no"),
+    ]
+    head = "# Rendered by dkim-relay components/postfix.py; do not edit.\n"
+    return head + "".join(f"{k} {v}\n" for k, v in pairs)
+
+
+def render_key_table(s: PostfixSettings) -> str:
+    return "".join(
+        f"{sel}._domainkey.{s.domain} {s.domain}:{sel}:{DKIM_KEY_DIR}/{sel}.private\n"
+        for sel in s.all_selectors
+    )
+
+
+def render_signing_table(s: PostfixSettings) -> str:
+    """Every sender address at the domain is signed with the active selector."""
+    return f"*@{s.domain} {s.dkim_selector}._domainkey.{s.domain}\n"
+
+
+def render_trusted_hosts() -> str:
+    return "127.0.0.1\n::1\n"
+
+
+def render_config(s: PostfixSettings) -> dict[str, str]:
+    """All non-secret files, relative to ``CONFIG_DIR``."""
+    return {
+        "postfix/main.cf": render_main_cf(s),
+        "postfix/master.cf": render_master_cf(s),
+        "postfix/sender_login": render_sender_login_map(s),
+        "postfix/sasl/smtpd.conf": render_sasl_smtpd_conf(),
+        "opendkim/opendkim.conf": render_opendkim_conf(s),
+        "opendkim/KeyTable": render_key_table(s),
+        "opendkim/SigningTable": render_signing_table(s),
+        "opendkim/TrustedHosts": render_trusted_hosts(),
+    }
+
+
+def render_smtp_users(domain: str, passwords: Mapping[str, str]) -> str:
+    """The ``smtp-users`` secret file: ``login:password`` lines (login = name@domain)."""
+    out = []
+    for name in sorted(passwords):
+        pw = passwords[name]
+        if not _NAME_RE.match(name):
+            raise ValueError(f"bad SMTP user name: {name!r}")
+        if not pw or any(c in pw for c in "\r\n\0"):
+            raise ValueError(f"password of {name!r} is empty or has a line break")
+        out.append(f"{name}@{domain}:{pw}\n")
+    return "".join(out)
+
+
+def render_secrets(
+    domain: str, dkim_keys: Mapping[str, str], passwords: Mapping[str, str]
+) -> dict[str, str]:
+    """All secret files, relative to ``SECRETS_DIR`` (the layout the host also writes)."""
+    files = {"smtp-users": render_smtp_users(domain, passwords)}
+    for sel, pem in dkim_keys.items():
+        if not _SELECTOR_RE.match(sel):
+            raise ValueError(f"bad DKIM selector: {sel!r}")
+        if "PRIVATE KEY-----" not in pem:
+            raise ValueError(f"DKIM key for selector {sel!r} is not a PEM private key")
+        files[f"dkim/{sel}.private"] = pem if pem.endswith("\n") else pem + "\n"
+    return files

@@ -1,0 +1,495 @@
+"""Support for the relay's end-to-end tests: a real Docker engine, the real image,
+a throwaway CA laid out like /etc/letsencrypt (live/ symlinks into archive/), and an
+aiosmtpd sink bound on the test network's gateway (reachable from the container,
+never from outside).
+
+Traffic only goes to loopback and the docker bridge this module creates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import hashlib
+import ipaddress
+import os
+import smtplib
+import ssl
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as AioSMTP
+from aiosmtpd.smtp import Envelope, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from components import postfix
+
+REPO = Path(__file__).resolve().parent.parent
+ENGINE_SCRIPT = REPO / "scripts" / "docker-engine.sh"
+RELAY_DIR = REPO / "relay"
+
+DOMAIN = "example.com"
+RELAY_HOST = "relay.example.com"
+SELECTOR = "relay"
+SINK_HOSTNAME = "sink.test"  # not the relay's myhostname, or Postfix may see a loop
+
+try:  # the lead's DkimKey code; a local fallback keeps this usable before it lands
+    from components.dkim import dkim_txt_value, generate_private_key_pem
+except ImportError:  # pragma: no cover
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    def generate_private_key_pem(bits: int = 2048) -> str:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        return key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+
+    def dkim_txt_value(private_pem: str) -> str:
+        key = serialization.load_pem_private_key(private_pem.encode(), None)
+        der = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
+
+
+__all__ = ["dkim_txt_value", "generate_private_key_pem"]
+
+
+# ---------------------------------------------------------------- docker helpers
+def run(
+    *args: str, check: bool = True, input: bytes | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[bytes]:
+    proc = subprocess.run(list(args), input=input, capture_output=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(args[:4])}... exited {proc.returncode}: "
+            f"{proc.stderr.decode(errors='replace')[-2000:]}"
+        )
+    return proc
+
+
+def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
+    return run("docker", *args, check=check, timeout=timeout).stdout.decode().strip()
+
+
+_engine_lock = threading.Lock()
+_engine_ready = False
+
+
+def ensure_engine() -> None:
+    """Start dockerd and the offline base image via scripts/docker-engine.sh (or fail)."""
+    global _engine_ready
+    with _engine_lock:
+        if _engine_ready:
+            return
+        proc = subprocess.run(
+            ["bash", str(ENGINE_SCRIPT)], capture_output=True, timeout=900, stdin=subprocess.DEVNULL
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                "scripts/docker-engine.sh failed:\n" + proc.stderr.decode(errors="replace")[-3000:]
+            )
+        _engine_ready = True
+
+
+def build_image(tag: str, build_args: dict[str, str] | None = None) -> str:
+    ensure_engine()
+    cmd = ["build", "-q", "-t", tag]
+    for k, v in (build_args or {}).items():
+        cmd += ["--build-arg", f"{k}={v}"]
+    docker(*cmd, str(RELAY_DIR), timeout=900)
+    return docker("image", "inspect", "-f", "{{.Id}}", tag)
+
+
+def wait_for(what: str, pred: Callable[[], bool], timeout: float = 60, every: float = 0.2) -> None:
+    """Poll until pred() is true; fail with `what` after timeout (readiness, not timing)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def health(container: str) -> str:
+    return docker("inspect", "-f", "{{.State.Health.Status}}", container, check=False)
+
+
+# ---------------------------------------------------------------- network
+@dataclass
+class TestNetwork:
+    name: str
+    v4_subnet: str
+    v6_subnet: str
+    v4_gateway: str
+    v6_gateway: str
+
+    @classmethod
+    def create(cls, name: str, v4_subnet: str, v6_subnet: str) -> TestNetwork:
+        ensure_engine()
+        docker("network", "rm", name, check=False)
+        v4 = str(next(ipaddress.ip_network(v4_subnet).hosts()))
+        v6 = str(next(ipaddress.ip_network(v6_subnet).hosts()))
+        docker(
+            "network",
+            "create",
+            "--ipv6",
+            "--subnet",
+            v4_subnet,
+            "--gateway",
+            v4,
+            "--subnet",
+            v6_subnet,
+            "--gateway",
+            v6,
+            name,
+        )
+        return cls(name, v4_subnet, v6_subnet, v4, v6)
+
+    def remove(self) -> None:
+        docker("network", "rm", self.name, check=False)
+
+
+# ---------------------------------------------------------------- certificates
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@dataclass
+class TestCA:
+    """A throwaway CA issuing certs into a letsencrypt-like tree (live/ -> archive/)."""
+
+    root: Path
+    key: ec.EllipticCurvePrivateKey = field(
+        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
+    )
+    generation: int = 0
+
+    def __post_init__(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dkim-relay test CA")])
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.ca_pem = self.cert.public_bytes(serialization.Encoding.PEM)
+        (self.root / "test-ca.pem").write_bytes(self.ca_pem)
+
+    def issue(self, hostname: str) -> int:
+        """Issue a new cert for hostname like certbot renew does; return its serial."""
+        self.generation += 1
+        g = self.generation
+        now = dt.datetime.now(dt.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        serial = x509.random_serial_number()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=10))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+        archive = self.root / "archive" / hostname
+        live = self.root / "live" / hostname
+        archive.mkdir(parents=True, exist_ok=True, mode=0o700)
+        live.mkdir(parents=True, exist_ok=True, mode=0o755)
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        files = {
+            "cert": cert_pem,
+            "chain": self.ca_pem,
+            "fullchain": cert_pem + self.ca_pem,
+            "privkey": _pem_key(key),
+        }
+        for stem, data in files.items():
+            path = archive / f"{stem}{g}.pem"
+            fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if stem == "privkey" else 0o644
+            )
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            link = live / f"{stem}.pem"
+            tmp = live / f".{stem}.pem.new"
+            if tmp.is_symlink():
+                tmp.unlink()
+            tmp.symlink_to(f"../../archive/{hostname}/{stem}{g}.pem")
+            os.replace(tmp, link)  # atomic flip, like certbot
+        return serial
+
+    def client_context(self, **kw: object) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
+        for k, v in kw.items():
+            setattr(ctx, k, v)
+        return ctx
+
+
+# ---------------------------------------------------------------- the sink
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    peer: str
+
+
+class _Handler:
+    def __init__(self, store: Sink) -> None:
+        self.store = store
+
+    async def handle_DATA(self, server: AioSMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        with self.store.lock:
+            self.store.messages.append(
+                Received(
+                    str(envelope.mail_from),
+                    [str(r) for r in envelope.rcpt_tos],
+                    bytes(data),
+                    str(session.peer),
+                )
+            )
+        return "250 OK kept"
+
+
+class Sink:
+    """An aiosmtpd sink on a given address (the docker network gateway)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.messages: list[Received] = []
+        self.lock = threading.Lock()
+        self.controller: Controller | None = None
+
+    def start(self) -> None:
+        self.controller = Controller(
+            _Handler(self),
+            hostname=self.host,
+            port=self.port,
+            server_hostname=SINK_HOSTNAME,
+            ready_timeout=10,
+        )
+        self.controller.start()
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def snapshot(self) -> list[Received]:
+        with self.lock:
+            return list(self.messages)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.messages)
+
+
+# ---------------------------------------------------------------- the relay under test
+@dataclass
+class RelaySpec:
+    name: str
+    image: str
+    network: TestNetwork
+    ip4: str
+    ip6: str
+    cert_root: Path
+    volume: str
+    settings: postfix.PostfixSettings
+    passwords: dict[str, str]
+    dkim_keys: dict[str, str]
+    port_587: int
+    port_465: int | None = None
+    secrets_host_dir: Path | None = None  # None: deliver secrets with docker cp (uploads)
+    cert_poll_seconds: int = 0
+    publish_v4: str = "127.0.0.1"
+    publish_v6: str = "::1"
+
+
+def secret_digest(files: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(files):
+        h.update(k.encode() + b"\0" + files[k].encode() + b"\0")
+    return h.hexdigest()
+
+
+def _copy_tree_into(container: str, files: dict[str, str], dest: str, tmp: Path) -> None:
+    """Deliver files like pulumi-docker's `uploads`: written before the container starts."""
+    staging = tmp / f"stage-{uuid.uuid4().hex}"
+    for rel, content in files.items():
+        p = staging / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+    docker("cp", f"{staging}/.", f"{container}:{dest}")
+    for p in sorted(staging.rglob("*"), reverse=True):
+        p.unlink() if p.is_file() else p.rmdir()
+    staging.rmdir()
+
+
+def write_secrets_dir(root: Path, files: dict[str, str]) -> None:
+    """The layout the host component writes: 0700 dirs, 0600 files, root-owned."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for rel, content in files.items():
+        p = root / rel
+        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(content)
+
+
+def start_relay(spec: RelaySpec, tmp: Path) -> str:
+    """docker create + deliver files + start, as the SmtpRelay component does."""
+    docker("rm", "-f", spec.name, check=False)
+    config = postfix.render_config(spec.settings)
+    secrets = postfix.render_secrets(spec.settings.domain, spec.dkim_keys, spec.passwords)
+    args = [
+        "create",
+        "--name",
+        spec.name,
+        "--network",
+        spec.network.name,
+        "--ip",
+        spec.ip4,
+        "--ip6",
+        spec.ip6,
+        "--hostname",
+        spec.settings.relay_host,
+        "--label",
+        f"dkim-relay.secrets-sha256={secret_digest(secrets)}",
+        "-e",
+        f"RELAY_CERT_POLL_SECONDS={spec.cert_poll_seconds}",
+        "-v",
+        f"{spec.volume}:/var/spool/postfix",
+        "-v",
+        f"{spec.cert_root}:{postfix.CERT_MOUNT}:ro",
+        "--log-opt",
+        "max-size=10m",
+        "--log-opt",
+        "max-file=3",
+        "-p",
+        f"{spec.publish_v4}:{spec.port_587}:587",
+        "-p",
+        f"[{spec.publish_v6}]:{spec.port_587}:587",
+    ]
+    if spec.port_465 is not None:
+        args += [
+            "-p",
+            f"{spec.publish_v4}:{spec.port_465}:465",
+            "-p",
+            f"[{spec.publish_v6}]:{spec.port_465}:465",
+        ]
+    if spec.secrets_host_dir is not None:
+        write_secrets_dir(spec.secrets_host_dir, secrets)
+        args += ["-v", f"{spec.secrets_host_dir}:{postfix.SECRETS_DIR}:ro"]
+    docker(*args, spec.image)
+    _copy_tree_into(spec.name, config, postfix.CONFIG_DIR, tmp)
+    if spec.secrets_host_dir is None:
+        _copy_tree_into(spec.name, secrets, postfix.SECRETS_DIR, tmp)
+    docker("start", spec.name)
+    return spec.name
+
+
+def wait_healthy(container: str, timeout: float = 60) -> None:
+    def ok() -> bool:
+        st = health(container)
+        if (
+            st == "unhealthy"
+            or docker("inspect", "-f", "{{.State.Running}}", container, check=False) != "true"
+        ):
+            raise AssertionError(f"{container} is {st}; logs:\n{logs(container)}")
+        return st == "healthy"
+
+    wait_for(f"{container} healthy", ok, timeout)
+
+
+def logs(container: str) -> str:
+    proc = run("docker", "logs", "--tail", "200", container, check=False)
+    return (proc.stdout + proc.stderr).decode(errors="replace")
+
+
+def queue_is_empty(container: str) -> bool:
+    out = docker("exec", container, "postqueue", "-c", "/etc/postfix", "-j", check=False)
+    return out == ""
+
+
+def flush_queue(container: str) -> None:
+    docker("exec", container, "postqueue", "-c", "/etc/postfix", "-f", check=False)
+
+
+# ---------------------------------------------------------------- SMTP client
+def make_message(sender: str, rcpt: str, subject: str) -> bytes:
+    msgid = email.utils.make_msgid(domain=DOMAIN)
+    return (
+        f"From: Tester <{sender}>\r\n"
+        f"To: <{rcpt}>\r\n"
+        f"Subject: {subject}\r\n"
+        f"Date: {email.utils.formatdate()}\r\n"
+        f"Message-ID: {msgid}\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        "\r\n"
+        f"Hello from the dkim-relay tests ({subject}).\r\n"
+    ).encode()
+
+
+def submit(
+    host: str,
+    port: int,
+    ctx: ssl.SSLContext,
+    login: str | None,
+    password: str | None,
+    sender: str,
+    rcpt: str,
+    subject: str,
+    implicit_tls: bool = False,
+) -> None:
+    msg = make_message(sender, rcpt, subject)
+    if implicit_tls:
+        with smtplib.SMTP_SSL(
+            host, port, local_hostname="client.test", context=ctx, timeout=30
+        ) as s:
+            if login is not None and password is not None:
+                s.login(login, password)
+            s.sendmail(sender, [rcpt], msg)
+        return
+    with smtplib.SMTP(host, port, local_hostname="client.test", timeout=30) as s:
+        s.starttls(context=ctx)
+        if login is not None and password is not None:
+            s.login(login, password)
+        s.sendmail(sender, [rcpt], msg)
+
+
+def dnsfunc_for(records: dict[str, str]) -> Callable[..., bytes]:
+    """dkimpy's dnsfunc: name -> TXT value, from what the stack would publish."""
+
+    def lookup(name: bytes | str, timeout: int = 5) -> bytes:
+        key = name.decode() if isinstance(name, bytes) else name
+        return records.get(key.rstrip(".").lower(), "").encode()
+
+    return lookup
