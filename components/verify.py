@@ -226,7 +226,7 @@ def evaluate_plain_ehlo(features: Mapping[str, str], label: str) -> list[Result]
             Result(
                 FAIL,
                 f"smtp.auth-before-tls[{label}]",
-                f"AUTH {features['auth']} offered before STARTTLS (passwords in clear)",
+                f"AUTH {features['auth'].strip()} offered before STARTTLS (passwords in clear)",
                 "set smtpd_tls_auth_only=yes on the submission service",
             )
         )

@@ -1,0 +1,352 @@
+"""`python -m components.verify` against real parts on loopback.
+
+DNS: nsd (Debian) serving zones built by components.dns from the stack's own records.
+SMTP: a Postfix from Debian's package with the relay's submission settings, plus
+services broken on purpose, each on its own port. All checks pass on the good setup;
+each broken setup fails the check it breaks, with its message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components.config import load_config
+from components.dkim import dkim_txt_value, generate_private_key_pem
+from components.dns import Record, build_records, zone_snippet
+from tests.verify_support import Leaf, Nsd, Postfix, Service, TestCA, free_port, zone_file
+
+REPO = Path(__file__).resolve().parent.parent
+USER = "gmail"
+DOMAINS = ("good.test", "baddkim.test", "badspf.test")
+
+
+@dataclass
+class Env:
+    nsd: Nsd
+    postfix: Postfix
+    ca_file: Path
+    password: str
+    dkim_value: str
+    records: dict[str, list[Record]]
+    snippets: dict[str, str]
+    sink_messages: list[bytes]
+    closed_port: int
+
+
+def cfg_for(domain: str) -> Any:
+    return load_config(
+        {
+            "domain": domain,
+            "vpsIpv4": "127.0.0.1",
+            "vpsIpv6": "::1",
+            "acmeEmail": f"postmaster@{domain}",
+            "dmarcPolicy": "quarantine",
+            "dmarcRua": [f"mailto:dmarc-reports@{domain}"],
+            "dnsTtl": 300,
+        },
+        {"sshPrivateKey"},
+    )
+
+
+def start_sink() -> tuple[Any, list[bytes]]:
+    from aiosmtpd.controller import Controller
+
+    got: list[bytes] = []
+
+    class Handler:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            got.append(envelope.original_content or envelope.content)
+            return "250 stored"
+
+    ctl = Controller(Handler(), hostname="127.0.0.1", port=free_port(), server_hostname="sink.test")
+    ctl.start()
+    return ctl, got
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    base = tmp_path_factory.mktemp("verify-e2e")
+    signing = dkim_txt_value(generate_private_key_pem(2048))
+    other = dkim_txt_value(generate_private_key_pem(2048))
+    records: dict[str, list[Record]] = {}
+    snippets: dict[str, str] = {}
+    for domain in DOMAINS:
+        cfg = cfg_for(domain)
+        recs = build_records(
+            cfg, {cfg.dkim_selector: other if domain == "baddkim.test" else signing}
+        )
+        if domain == "badspf.test":
+            recs = [
+                Record(r.role, r.type, r.name, '"v=spf1 ip4:192.0.2.7 -all"', r.ttl, r.why)
+                if r.role == "spf"
+                else r
+                for r in recs
+            ]
+        records[domain] = recs
+        snippets[domain] = zone_snippet(domain, recs)
+    nsd = Nsd(base / "nsd", {d: zone_file(d, snippets[d]) for d in DOMAINS})
+
+    ca = TestCA()
+    ca_file = base / "ca.pem"
+    ca_file.write_bytes(ca.pem)
+    now = dt.datetime.now(dt.UTC)
+    relay_names = [f"smtp.{d}" for d in DOMAINS]
+    tls: dict[str, Leaf] = {
+        "good": ca.issue(relay_names, now - dt.timedelta(days=1), now + dt.timedelta(days=80)),
+        "wrongname": ca.issue(
+            ["smtp.other.test"], now - dt.timedelta(days=1), now + dt.timedelta(days=80)
+        ),
+        "expired": ca.issue(relay_names, now - dt.timedelta(days=100), now - dt.timedelta(days=10)),
+    }
+    password = secrets.token_urlsafe(18)
+    sink, got = start_sink()
+    postfix = Postfix(
+        base / "postfix",
+        hostname="relay.good.test",
+        sasl_domain="good.test",
+        users={USER: password},
+        tls_files=tls,
+        relayhost=f"[127.0.0.1]:{sink.port}",
+        services=[
+            Service("good", ipv6=True),
+            Service(
+                "authplain",
+                (("smtpd_tls_security_level", "may"), ("smtpd_tls_auth_only", "no")),
+                ipv6=True,
+            ),
+            Service(
+                "openrelay",
+                (
+                    (
+                        "smtpd_relay_restrictions",
+                        "permit_mynetworks, permit_sasl_authenticated, reject",
+                    ),
+                    ("smtpd_recipient_restrictions", "permit_mynetworks, reject"),
+                ),
+                ipv6=True,
+            ),
+            Service("wrongname", (("smtpd_tls_chain_files", "$tls_chain_wrongname"),), ipv6=True),
+            Service("expired", (("smtpd_tls_chain_files", "$tls_chain_expired"),), ipv6=True),
+        ],
+    )
+    try:
+        yield Env(nsd, postfix, ca_file, password, signing, records, snippets, got, free_port())
+    finally:
+        postfix.stop()
+        nsd.stop()
+        sink.stop()
+
+
+def outputs(env: Env, domain: str = "good.test", service: str = "good") -> dict[str, Any]:
+    port = env.closed_port if service == "closed" else env.postfix.ports[service]
+    return {
+        "domain": domain,
+        "relayHost": f"smtp.{domain}",
+        "vpsIpv4": "127.0.0.1",
+        "vpsIpv6": "::1",
+        "smtpServer": f"smtp.{domain}",
+        "smtpPort": port,
+        "smtpUsername": USER,
+        "smtpUsernames": [USER],
+        "smtpPassword": env.password,
+        "smtpPasswords": {USER: env.password},
+        "dkimSelector": "relay",
+        "dkimDnsValue": env.dkim_value,
+        "dnsRecords": [r.public() for r in env.records[domain]],
+        "zoneSnippet": env.snippets[domain],
+        "dnsProvider": "manual",
+    }
+
+
+@dataclass
+class Run:
+    rc: int
+    lines: list[str]
+    out: str
+
+    def status(self, prefix: str) -> set[str]:
+        return {line.split()[0] for line in self.lines if line.split()[1].startswith(prefix)}
+
+    def failing(self) -> list[str]:
+        return [line for line in self.lines if line.startswith("FAIL")]
+
+
+def verify(env: Env, outs: dict[str, Any], *extra: str, nameserver: str | None = None) -> Run:
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components.verify",
+            "--nameserver",
+            nameserver or env.nsd.address,
+            "--cafile",
+            str(env.ca_file),
+            "--timeout",
+            "5",
+            *extra,
+        ],
+        input=json.dumps(outs),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    text = res.stdout + res.stderr
+    # The password goes in on stdin only and never comes out.
+    assert env.password not in text
+    lines = [
+        line
+        for line in res.stdout.splitlines()
+        if line.split(" ", 1)[0] in ("PASS", "FAIL", "WARN")
+    ]
+    return Run(res.returncode, lines, text)
+
+
+def test_good_setup_passes_every_check(env: Env) -> None:
+    run = verify(env, outputs(env))
+    assert run.rc == 0, run.out + env.postfix.log()
+    assert all(line.startswith("PASS") for line in run.lines), run.out
+    checks = {line.split()[1].split("[")[0].rstrip(":") for line in run.lines}
+    assert checks >= {
+        "dns.a",
+        "dns.aaaa",
+        "dns.spf",
+        "dns.dkim",
+        "dns.dmarc",
+        "smtp.connect",
+        "smtp.starttls",
+        "smtp.auth-before-tls",
+        "tls.cert-name",
+        "tls.cert-expiry",
+        "tls.chain",
+        "relay.refused",
+        "smtp.auth",
+    }, run.out
+    for family in ("ipv4", "ipv6"):
+        assert f"PASS smtp.connect[{family}]" in run.out, run.out
+        assert f"PASS smtp.auth[{family}:{USER}]" in run.out, run.out
+    assert run.out.count("PASS relay.refused[") == 12  # six probes, two families
+
+
+def test_send_to_goes_through_the_relay(env: Env) -> None:
+    before = len(env.sink_messages)
+    run = verify(env, outputs(env), "--send-to", "someone@example.net")
+    assert run.rc == 0, run.out
+    assert "PASS smtp.send[ipv4]" in run.out, run.out
+    deadline = time.monotonic() + 20
+    while len(env.sink_messages) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(env.sink_messages) > before, env.postfix.log()
+    assert b"dkim-relay verify test" in env.sink_messages[-1]
+
+
+def only_failures(run: Run, *prefixes: str) -> None:
+    for line in run.failing():
+        assert line.split()[1].startswith(prefixes), f"unexpected failure: {line}\n{run.out}"
+
+
+def test_dkim_txt_for_another_key_fails(env: Env) -> None:
+    run = verify(env, outputs(env, "baddkim.test"))
+    assert run.rc == 1, run.out
+    assert "FAIL dns.dkim: relay._domainkey.baddkim.test holds a different key" in run.out, run.out
+    assert "[fix: publish TXT relay._domainkey.baddkim.test" in run.out, run.out
+    only_failures(run, "dns.dkim")
+    assert run.status("smtp.auth") == {"PASS"}
+
+
+def test_spf_without_the_vps_address_fails(env: Env) -> None:
+    run = verify(env, outputs(env, "badspf.test"))
+    assert run.rc == 1, run.out
+    assert "FAIL dns.spf[127.0.0.1]: SPF of badspf.test gives 'fail' for 127.0.0.1" in run.out, (
+        run.out
+    )
+    assert "FAIL dns.spf[::1]" in run.out, run.out
+    assert "add ip4:127.0.0.1 to the SPF record of badspf.test" in run.out, run.out
+    only_failures(run, "dns.spf")
+
+
+def test_auth_offered_before_tls_fails(env: Env) -> None:
+    run = verify(env, outputs(env, service="authplain"))
+    assert run.rc == 1, run.out
+    assert "FAIL smtp.auth-before-tls[ipv4]: AUTH PLAIN LOGIN offered before STARTTLS" in run.out, (
+        run.out
+    )
+    assert "smtpd_tls_auth_only=yes" in run.out, run.out
+    only_failures(run, "smtp.auth-before-tls")
+
+
+def test_open_relay_fails(env: Env) -> None:
+    run = verify(env, outputs(env, service="openrelay"))
+    assert run.rc == 1, run.out
+    assert "FAIL relay.refused[ipv4:outside-recipient]: OPEN RELAY" in run.out, run.out
+    assert "FAIL relay.refused[ipv6:own-domain-sender]: OPEN RELAY" in run.out, run.out
+    assert "never permit_mynetworks" in run.out, run.out
+    only_failures(run, "relay.refused")
+
+
+def test_wrong_name_certificate_fails(env: Env) -> None:
+    run = verify(env, outputs(env, service="wrongname"))
+    assert run.rc == 1, run.out
+    assert (
+        "FAIL tls.cert-name[ipv4]: certificate is for smtp.other.test, not smtp.good.test"
+        in run.out
+    ), run.out
+    assert "FAIL tls.chain[ipv4]: certificate not trusted" in run.out, run.out
+    assert "FAIL smtp.auth[ipv4]: not tried" in run.out  # no password to a wrong server
+    assert "PASS relay.refused[ipv4:outside-recipient]" in run.out, run.out
+    only_failures(run, "tls.", "smtp.auth")
+
+
+def test_expired_certificate_fails(env: Env) -> None:
+    run = verify(env, outputs(env, service="expired"))
+    assert run.rc == 1, run.out
+    assert "FAIL tls.cert-expiry[ipv4]: certificate expired 10 day(s) ago" in run.out, run.out
+    assert "FAIL tls.chain[ipv4]: certificate not trusted: certificate has expired" in run.out, (
+        run.out
+    )
+    assert "PASS tls.cert-name[ipv4]" in run.out, run.out
+    only_failures(run, "tls.", "smtp.auth")
+
+
+def test_closed_port_fails(env: Env) -> None:
+    run = verify(env, outputs(env, service="closed"))
+    assert run.rc == 1, run.out
+    assert "FAIL smtp.connect[ipv4]: 127.0.0.1:" in run.out, run.out
+    assert "connection refused" in run.out, run.out
+    assert "FAIL smtp.connect[ipv6]: [::1]:" in run.out, run.out
+    assert "ufw allow" in run.out, run.out
+    only_failures(run, "smtp.connect")
+    assert run.status("dns.") == {"PASS"}
+
+
+def test_no_dns_answer_is_a_clear_failure(env: Env) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    run = verify(env, outputs(env), "--timeout", "1", nameserver=dead)
+    assert run.rc == 1, run.out
+    assert "FAIL dns.a: smtp.good.test: DNS timeout" in run.out, run.out
+    assert "FAIL dns.dkim: relay._domainkey.good.test: DNS timeout" in run.out, run.out
+    assert "FAIL dns.dmarc" in run.out, run.out
+    # SMTP checks do not need DNS: they still pass.
+    assert run.status("smtp.connect") == {"PASS"}
+
+
+def test_wrong_password_fails_without_echoing_it(env: Env) -> None:
+    outs = outputs(env)
+    outs["smtpPassword"] = "not-the-password-123"
+    outs["smtpPasswords"] = {USER: "not-the-password-123"}
+    run = verify(env, outs, "--skip-dns")
+    assert run.rc == 1, run.out
+    assert f"FAIL smtp.auth[ipv4:{USER}]: login as {USER} refused: 535" in run.out, run.out
+    assert "not-the-password-123" not in run.out, run.out

@@ -1,0 +1,425 @@
+"""Real parts for verify's end-to-end test: a test CA, nsd, and a loopback Postfix.
+
+nsd serves zones built from the stack's own zone snippet (components.dns). One Postfix
+instance (its own config dir, `postfix -c DIR`) runs several submission services on
+loopback ports, one per scenario: the good relay, and relays broken on purpose (AUTH
+before TLS, an open relay through permit_mynetworks, a wrong-name and an expired
+certificate). Debian packages: nsd, postfix, sasl2-bin, libsasl2-modules
+(scripts/setup.d/40-actionlint.sh installs them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+NSD = shutil.which("nsd") or "/usr/sbin/nsd"
+POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
+SASLPASSWD2 = shutil.which("saslpasswd2") or "/usr/sbin/saslpasswd2"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP and UDP on host (small race, fine for tests)."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(fam, socket.SOCK_STREAM) as t:
+            t.bind((host, 0))
+            port = int(t.getsockname()[1])
+            try:
+                with socket.socket(fam, socket.SOCK_DGRAM) as u:
+                    u.bind((host, port))
+            except OSError:
+                continue
+            if fam == socket.AF_INET:
+                try:
+                    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as t6:
+                        t6.bind(("::1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_for(pred: object, timeout: float, what: str) -> None:
+    assert callable(pred)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout} s")
+
+
+# ------------------------------------------------------------------- test CA
+
+
+@dataclass(frozen=True)
+class Leaf:
+    key_pem: bytes
+    cert_pem: bytes
+
+
+class TestCA:
+    __test__ = False  # not a pytest class
+
+    def __init__(self) -> None:
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dkim-relay verify test CA")])
+        now = dt.datetime.now(dt.UTC)
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=400))
+            .not_valid_after(now + dt.timedelta(days=400))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+
+    @property
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(self, names: Iterable[str], not_before: dt.datetime, not_after: dt.datetime) -> Leaf:
+        key = ec.generate_private_key(ec.SECP256R1())
+        names = list(names)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        return Leaf(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+            cert.public_bytes(serialization.Encoding.PEM),
+        )
+
+
+# ------------------------------------------------------------------- nsd
+
+
+def zone_file(origin: str, snippet: str) -> str:
+    """A complete zone: SOA and NS added in front of the stack's zone snippet."""
+    origin = origin.rstrip(".") + "."
+    head = (
+        f"$ORIGIN {origin}\n$TTL 300\n"
+        f"@ IN SOA ns1.{origin} hostmaster.{origin} 1 3600 600 86400 300\n"
+        f"@ IN NS ns1.{origin}\n"
+        f"@ IN MX 10 ns1.{origin}\n"  # the DMARC rua address must be deliverable
+        f"ns1 IN A 127.0.0.1\n"
+    )
+    return head + snippet
+
+
+class Nsd:
+    """nsd in the foreground, on loopback, with its own config dir."""
+
+    def __init__(self, workdir: Path, zones: Mapping[str, str], host: str = "127.0.0.1") -> None:
+        self.dir = workdir
+        self.host = host
+        self.port = free_port(host)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        zone_conf = ""
+        for origin, text in zones.items():
+            (self.dir / f"{origin}.zone").write_text(text)
+            zone_conf += f'zone:\n  name: "{origin}"\n  zonefile: "{origin}.zone"\n'
+        conf = self.dir / "nsd.conf"
+        conf.write_text(
+            "server:\n"
+            f"  ip-address: {host}@{self.port}\n"
+            f"  port: {self.port}\n"
+            '  username: ""\n'
+            '  chroot: ""\n'
+            f'  zonesdir: "{self.dir}"\n'
+            f'  pidfile: "{self.dir}/nsd.pid"\n'
+            '  database: ""\n'
+            f'  xfrdfile: "{self.dir}/xfrd.state"\n'
+            f'  zonelistfile: "{self.dir}/zone.list"\n'
+            f'  logfile: "{self.dir}/nsd.log"\n'
+            "  server-count: 1\n"
+            "  verbosity: 1\n"
+            "  hide-version: yes\n"
+            "remote-control:\n"
+            "  control-enable: no\n" + zone_conf
+        )
+        check = subprocess.run(
+            ["nsd-checkconf", str(conf)], capture_output=True, text=True, check=False
+        )
+        if check.returncode != 0:
+            raise RuntimeError(f"nsd.conf: {check.stderr}")
+        self.proc = subprocess.Popen(
+            [NSD, "-d", "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.dir / "nsd.stderr").open("wb"),
+        )
+        first = next(iter(zones))
+        try:
+            wait_for(lambda: self._answers(first), 15, "nsd")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"nsd did not start: {self.log()}") from None
+
+    def _answers(self, origin: str) -> bool:
+        import dns.message
+        import dns.query
+
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"nsd exited {self.proc.returncode}: {self.log()}")
+        q = dns.message.make_query(origin, "SOA")
+        try:
+            r = dns.query.udp(q, self.host, port=self.port, timeout=0.5)
+        except (OSError, dns.exception.Timeout):
+            return False
+        return bool(r.answer)
+
+    def log(self) -> str:
+        out = []
+        for name in ("nsd.log", "nsd.stderr"):
+            p = self.dir / name
+            if p.exists():
+                out.append(p.read_text(errors="replace")[-2000:])
+        return "\n".join(out)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+# ------------------------------------------------------------------- Postfix
+
+
+@dataclass(frozen=True)
+class Service:
+    """One submission service on its own port; ``overrides`` are master.cf -o settings."""
+
+    name: str
+    overrides: tuple[tuple[str, str], ...] = ()
+    ipv6: bool = False
+
+
+class Postfix:
+    """A loopback Postfix from Debian's package, config in its own dir, several smtpd ports.
+
+    The base settings are the relay's: TLS required, AUTH only after STARTTLS, relay only
+    for SASL-authenticated clients. Each Service may override them to break one thing.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        hostname: str,
+        sasl_domain: str,
+        users: Mapping[str, str],
+        tls_files: Mapping[str, Leaf],
+        services: Iterable[Service],
+        relayhost: str = "",
+    ) -> None:
+        # Postfix opens data_directory files as mail_owner, who cannot walk into pytest's
+        # 0700 tmp tree: keep the instance in a 0755 dir of its own (removed by stop()).
+        self.dir = Path(tempfile.mkdtemp(prefix=f"dkr-postfix-{workdir.name}-"))
+        cfg = self.dir / "etc"
+        spool = self.dir / "spool"
+        data = self.dir / "data"
+        for d in (cfg, cfg / "sasl", spool, data):
+            d.mkdir(parents=True, exist_ok=True)
+        # Postfix refuses a queue/config tree others can write; pytest's tmp dirs are 0700.
+        for d in (self.dir, cfg, spool, data):
+            os.chmod(d, 0o755)
+        shutil.chown(data, "postfix")
+        self.log_file = self.dir / "postfix.log"
+
+        tls_params = ""
+        for label, leaf in tls_files.items():
+            (cfg / f"{label}.key").write_bytes(leaf.key_pem)
+            (cfg / f"{label}.crt").write_bytes(leaf.cert_pem)
+            os.chmod(cfg / f"{label}.key", 0o600)
+            tls_params += f"tls_chain_{label} = {cfg}/{label}.key, {cfg}/{label}.crt\n"
+
+        sasldb = cfg / "sasl" / "sasldb2"
+        for user, password in users.items():
+            subprocess.run(
+                [SASLPASSWD2, "-p", "-c", "-f", str(sasldb), "-u", sasl_domain, user],
+                input=password.encode(),
+                check=True,
+                timeout=20,
+            )
+        shutil.chown(sasldb, "root", "postfix")
+        os.chmod(sasldb, 0o640)
+        (cfg / "sasl" / "smtpd.conf").write_text(
+            f"pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\n"
+            f"sasldb_path: {sasldb}\n"
+        )
+
+        self.ports: dict[str, int] = {}
+        master = [
+            line
+            for line in Path("/etc/postfix/master.cf").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        # Only the core services, unchrooted (the sasldb lives outside any chroot).
+        keep: list[str] = []
+        skipping = False
+        for line in master:
+            if line[0].isspace():
+                if not skipping:
+                    keep.append(line)
+                continue
+            fields = line.split()
+            skipping = len(fields) < 8 or fields[1] == "inet" or fields[7] not in {
+                "pickup", "cleanup", "qmgr", "tlsmgr", "trivial-rewrite", "bounce", "verify",
+                "flush", "proxymap", "smtp", "showq", "error", "discard", "anvil", "scache",
+                "postlogd",
+            }  # fmt: skip
+            if not skipping:
+                fields[4] = "n"
+                keep.append(" ".join(fields))
+        for svc in services:
+            port = free_port()
+            self.ports[svc.name] = port
+            opts = "".join(f"\n  -o {{ {k} = {v} }}" for k, v in svc.overrides)
+            opts += f"\n  -o syslog_name=postfix/{svc.name}"
+            keep.append(f"127.0.0.1:{port} inet n - n - - smtpd{opts}")
+            if svc.ipv6:
+                keep.append(f"[::1]:{port} inet n - n - - smtpd{opts}")
+        (cfg / "master.cf").write_text("\n".join(keep) + "\n")
+        (cfg / "main.cf").write_text(
+            f"""compatibility_level = 3.6
+queue_directory = {spool}
+data_directory = {data}
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {hostname}
+mydomain = {sasl_domain}
+myorigin = $myhostname
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+inet_interfaces = loopback-only
+inet_protocols = all
+mynetworks = 127.0.0.0/8 [::1]/128
+maillog_file = {self.log_file}
+maillog_file_prefixes = {self.dir}
+biff = no
+smtputf8_enable = no
+relayhost = {relayhost}
+smtp_tls_security_level = none
+smtp_dns_support_level = disabled
+{tls_params}smtpd_tls_chain_files = $tls_chain_good
+smtpd_tls_security_level = encrypt
+smtpd_tls_auth_only = yes
+smtpd_sasl_auth_enable = yes
+smtpd_sasl_type = cyrus
+smtpd_sasl_path = smtpd
+smtpd_sasl_local_domain = {sasl_domain}
+smtpd_client_restrictions =
+smtpd_relay_restrictions = permit_sasl_authenticated, reject
+smtpd_recipient_restrictions = permit_sasl_authenticated, reject
+"""
+        )
+        # Postfix waits for a just-written main.cf to settle: back-date the files.
+        old = time.time() - 60
+        for p in cfg.iterdir():
+            if p.is_file():
+                os.utime(p, (old, old))
+        self.cfg = cfg
+        check = subprocess.run(
+            [POSTFIX, "-c", str(cfg), "check"], capture_output=True, text=True, check=False
+        )
+        if check.returncode != 0:
+            raise RuntimeError(f"postfix check: {check.stderr}")
+        start = subprocess.run(
+            [POSTFIX, "-c", str(cfg), "start"], capture_output=True, text=True, check=False
+        )
+        if start.returncode != 0:
+            raise RuntimeError(f"postfix start: {start.stderr} {self.log()}")
+        try:
+            for port in self.ports.values():
+                wait_for(lambda p=port: _banner("127.0.0.1", p), 20, f"postfix port {port}")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"postfix did not answer: {self.log()}") from None
+
+    def log(self) -> str:
+        if self.log_file.exists():
+            return self.log_file.read_text(errors="replace")[-4000:]
+        return ""
+
+    def stop(self) -> None:
+        subprocess.run(
+            [POSTFIX, "-c", str(self.cfg), "stop"], capture_output=True, check=False, timeout=60
+        )
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _banner(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1) as s:
+            s.settimeout(2)
+            return s.recv(64).startswith(b"220")
+    except OSError:
+        return False
