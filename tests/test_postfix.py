@@ -1,0 +1,267 @@
+"""The relay's config renderers, tested directly (pure functions, no Docker).
+
+The same files are run for real by tests/test_relay_e2e.py; here each policy of issue 3
+is pinned to the exact lines that implement it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from components import postfix
+from components.postfix import PostfixSettings, SmtpUser
+
+
+def settings(**kw: object) -> PostfixSettings:
+    base: dict[str, object] = {
+        "domain": "example.com",
+        "relay_host": "smtp.example.com",
+        "dkim_selector": "relay",
+        "users": (SmtpUser("gmail"), SmtpUser("bob", ("bob@example.com", "@bob.example"))),
+    }
+    base.update(kw)
+    return PostfixSettings(**base)  # type: ignore[arg-type]
+
+
+def main_cf(**kw: object) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in postfix.render_main_cf(settings(**kw)).splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, _, value = line.partition(" = ")
+        if not _:
+            key, value = line.rstrip(" ="), ""
+        assert key not in out, f"{key} set twice"
+        out[key] = value
+    return out
+
+
+def services(master: str) -> dict[str, list[str]]:
+    """service name -> its '-o' overrides (plus the service line itself first)."""
+    out: dict[str, list[str]] = {}
+    current = ""
+    for line in master.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        if line.startswith(" "):
+            out[current].append(line.strip().removeprefix("-o "))
+        else:
+            current = line.split()[0]
+            out[current] = [line]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("mydestination", ""),
+        ("local_recipient_maps", ""),
+        ("local_transport", "error:5.1.1 local delivery is disabled"),
+        ("alias_maps", ""),
+        ("relay_domains", ""),
+        ("mynetworks", "127.0.0.0/8 [::1]/128"),
+        ("smtpd_tls_security_level", "encrypt"),
+        ("smtpd_tls_auth_only", "yes"),
+        ("smtpd_tls_protocols", ">=TLSv1.2"),
+        ("smtpd_tls_mandatory_protocols", ">=TLSv1.2"),
+        ("smtp_tls_security_level", "may"),
+        ("smtpd_sasl_auth_enable", "no"),
+        ("smtpd_sasl_security_options", "noanonymous"),
+        ("smtpd_relay_restrictions", "permit_sasl_authenticated, reject"),
+        ("smtpd_sender_login_maps", "texthash:/etc/postfix/sender_login"),
+        ("smtpd_milters", "inet:127.0.0.1:8891"),
+        ("milter_default_action", "tempfail"),
+        ("smtpd_client_event_limit_exceptions", ""),
+        ("smtpd_client_auth_rate_limit", "10"),
+        ("anvil_rate_time_unit", "60s"),
+        ("allow_percent_hack", "no"),
+        ("relayhost", ""),
+        ("myhostname", "smtp.example.com"),
+        ("maillog_file", "/dev/stdout"),
+        (
+            "smtpd_tls_chain_files",
+            "/etc/letsencrypt/live/smtp.example.com/privkey.pem, "
+            "/etc/letsencrypt/live/smtp.example.com/fullchain.pem",
+        ),
+    ],
+)
+def test_main_cf_policy(key: str, value: str) -> None:
+    assert main_cf()[key] == value
+
+
+def test_main_cf_never_permits_mynetworks() -> None:
+    text = postfix.render_main_cf(settings()) + postfix.render_master_cf(
+        settings(submissions_465=True)
+    )
+    assert "permit_mynetworks" not in text
+
+
+def test_sender_restrictions_check_ownership_before_permitting() -> None:
+    rules = [r.strip() for r in main_cf()["smtpd_sender_restrictions"].split(",")]
+    assert rules.index("reject_sender_login_mismatch") < rules.index("permit_sasl_authenticated")
+    assert rules[-1] == "reject"
+
+
+def test_nexthop_becomes_relayhost_without_mx_lookup() -> None:
+    assert main_cf(nexthop="172.30.0.1:2525")["relayhost"] == "[172.30.0.1]:2525"
+    assert main_cf(nexthop="[fd00::1]:25")["relayhost"] == "[fd00::1]:25"
+    assert main_cf(nexthop="sink.test:25")["relayhost"] == "[sink.test]:25"
+
+
+@pytest.mark.parametrize("bad", ["sink.test", "1.2.3.4:0", "1.2.3.4:99999", "a b:25", ":25"])
+def test_bad_nexthop_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        settings(nexthop=bad)
+
+
+def test_rate_limits_are_configurable() -> None:
+    cf = main_cf(rate_limits=postfix.RateLimits(auth_per_unit=3, time_unit="1h"))
+    assert cf["smtpd_client_auth_rate_limit"] == "3"
+    assert cf["anvil_rate_time_unit"] == "1h"
+
+
+def test_master_cf_has_submission_only_by_default() -> None:
+    svc = services(postfix.render_master_cf(settings()))
+    inet = [n for n, lines in svc.items() if lines[0].split()[1] == "inet"]
+    assert inet == ["submission"]
+    assert "smtp" in svc and svc["smtp"][0].split()[1] == "unix"  # outbound client only
+    assert "local" not in svc and "virtual" not in svc
+
+
+def test_master_cf_submission_overrides() -> None:
+    svc = services(postfix.render_master_cf(settings(submissions_465=True)))
+    for name in ("submission", "submissions"):
+        opts = svc[name][1:]
+        assert "smtpd_tls_security_level=encrypt" in opts
+        assert "smtpd_tls_auth_only=yes" in opts
+        assert "smtpd_sasl_auth_enable=yes" in opts
+        assert "smtpd_relay_restrictions=permit_sasl_authenticated,reject" in opts
+        assert "smtpd_client_restrictions=permit_sasl_authenticated,reject" in opts
+        assert "milter_macro_daemon_name=ORIGINATING" in opts
+    assert "smtpd_tls_wrappermode=yes" in svc["submissions"]
+    assert "smtpd_tls_wrappermode=yes" not in svc["submission"]
+
+
+def test_no_service_is_chrooted() -> None:
+    # a chrooted smtpd cannot read the sasldb (field notes): every chroot column is n
+    for line in postfix.render_master_cf(settings(submissions_465=True)).splitlines():
+        if line and not line.startswith(("#", " ")):
+            assert line.split()[4] == "n", line
+
+
+def test_sender_login_map() -> None:
+    text = postfix.render_sender_login_map(settings())
+    lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    assert lines == [
+        "@bob.example bob@example.com",
+        "@example.com gmail@example.com",
+        # an address key also names the owners of its domain (first match wins)
+        "bob@example.com bob@example.com,gmail@example.com",
+    ]
+
+
+def test_opendkim_conf() -> None:
+    text = postfix.render_opendkim_conf(settings())
+    lines = set(text.splitlines())
+    assert "Canonicalization relaxed/relaxed" in lines
+    assert "OversignHeaders From" in lines
+    assert "Mode s" in lines
+    assert "MTA ORIGINATING" in lines
+    assert "Socket inet:8891@127.0.0.1" in lines
+    assert "RequireSafeKeys yes" in lines
+    sign = next(ln for ln in lines if ln.startswith("SignHeaders "))
+    headers = sign.split(" ", 1)[1].split(",")
+    for h in (
+        "MIME-Version",
+        "Content-Type",
+        "Content-Transfer-Encoding",
+        "Date",
+        "Message-Id",
+        "Subject",
+        "From",
+        "Sender",
+        "To",
+        "Cc",
+        "Reply-To",
+        "In-Reply-To",
+        "References",
+    ):
+        assert h in headers
+    assert any(h.startswith("Resent-") for h in headers)
+
+
+def test_key_and_signing_tables() -> None:
+    s = settings(dkim_selector="r2024", dkim_selectors=("r2023",))
+    assert postfix.render_key_table(s) == (
+        "r2024._domainkey.example.com example.com:r2024:/etc/opendkim/keys/r2024.private\n"
+        "r2023._domainkey.example.com example.com:r2023:/etc/opendkim/keys/r2023.private\n"
+    )
+    assert postfix.render_signing_table(s) == "*@example.com r2024._domainkey.example.com\n"
+
+
+def test_sasl_conf() -> None:
+    assert postfix.render_sasl_smtpd_conf().splitlines() == [
+        "pwcheck_method: auxprop",
+        "auxprop_plugin: sasldb",
+        "mech_list: PLAIN LOGIN",
+        "sasldb_path: /etc/sasldb2",
+    ]
+
+
+def test_render_config_paths() -> None:
+    assert sorted(postfix.render_config(settings())) == [
+        "opendkim/KeyTable",
+        "opendkim/SigningTable",
+        "opendkim/TrustedHosts",
+        "opendkim/opendkim.conf",
+        "postfix/main.cf",
+        "postfix/master.cf",
+        "postfix/sasl/smtpd.conf",
+        "postfix/sender_login",
+    ]
+
+
+def test_config_never_contains_secrets() -> None:
+    rendered = "".join(postfix.render_config(settings()).values())
+    assert "PRIVATE KEY" not in rendered
+    assert not re.search(r"password", rendered, re.I)
+
+
+def test_secrets_layout() -> None:
+    pem = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"
+    files = postfix.render_secrets("example.com", {"relay": pem}, {"gmail": "p:w d", "bob": "x"})
+    assert files == {
+        "smtp-users": "bob@example.com:x\ngmail@example.com:p:w d\n",
+        "dkim/relay.private": pem + "\n",
+    }
+
+
+@pytest.mark.parametrize("pw", ["", "a\nb", "a\rb"])
+def test_bad_password_refused(pw: str) -> None:
+    with pytest.raises(ValueError):
+        postfix.render_smtp_users("example.com", {"gmail": pw})
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"domain": "not a domain"},
+        {"relay_host": "-bad.example.com"},
+        {"dkim_selector": "bad_selector!"},
+        {"users": ()},
+        {"users": (SmtpUser("a"), SmtpUser("A"))},
+        {"users": (SmtpUser("a:b"),)},
+        {"users": (SmtpUser("a", ("not-an-address",)),)},
+        {"users": (SmtpUser("a", ("a b@example.com",)),)},
+        {"cert_dir": "relative/path"},
+    ],
+)
+def test_invalid_settings_refused(kw: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        settings(**kw)
+
+
+def test_login_name_is_full_address() -> None:
+    assert postfix.login_name(SmtpUser("gmail"), "example.com") == "gmail@example.com"
