@@ -1,0 +1,210 @@
+"""The real Pulumi engine, built by scripts/pulumi-toolchain.sh, runs here.
+
+These tests use the CLI, the Python language host and the resource plugins
+from the toolchain cache (never mocks) and fail when any part is missing or at
+another version than the one the venv's Python packages ask for. The smoke
+previews run with the network unplugged (a fresh network namespace with only
+loopback) when that is possible, so they also prove that a preview of new
+resources needs no network.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CACHE = pathlib.Path(
+    os.environ.get("DKIM_RELAY_CACHE", pathlib.Path.home() / ".cache" / "dkim-relay")
+)
+BIN = CACHE / "bin"
+PLUGINS = ("command", "docker", "cloudflare")
+
+# Resources that each plugin's smoke program registers (type tokens).
+EXPECTED_TYPES = {
+    "command": "command:local:Command",
+    "docker": "pulumi:providers:docker",
+    "cloudflare": "cloudflare:index/dnsRecord:DnsRecord",
+}
+
+SMOKE_PROGRAM = """\
+import os
+import pulumi
+
+which = os.environ["SMOKE_PLUGINS"].split(",")
+
+if "command" in which:
+    import pulumi_command as command
+    command.local.Command("hello", create="echo hello")
+
+if "docker" in which:
+    import pulumi_docker as docker
+    # A provider only: nothing here needs a Docker daemon during preview.
+    docker.Provider("docker", host="unix:///nonexistent/dkim-relay-smoke.sock")
+
+if "cloudflare" in which:
+    import pulumi_cloudflare as cloudflare
+    # A dummy token, not a credential: preview of new records must not call the API.
+    cf = cloudflare.Provider("cf", api_token=pulumi.Output.secret("0" * 40))
+    cloudflare.DnsRecord(
+        "spf",
+        zone_id="023e105f4ecef8ad9ca31a8372d0c353",
+        name="example.com",
+        type="TXT",
+        content="v=spf1 -all",
+        ttl=1,
+        opts=pulumi.ResourceOptions(provider=cf),
+    )
+"""
+
+
+def wanted_version(name: str) -> str:
+    spec = importlib.util.find_spec(f"pulumi_{name}")
+    assert spec is not None and spec.origin is not None, f"pulumi_{name} is not installed"
+    meta = json.loads((pathlib.Path(spec.origin).parent / "pulumi-plugin.json").read_text())
+    assert meta["name"] == name
+    return str(meta["version"])
+
+
+@pytest.fixture(scope="module")
+def engine_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    pulumi = BIN / "pulumi"
+    assert pulumi.is_file() and os.access(pulumi, os.X_OK), (
+        f"{pulumi} missing: run scripts/pulumi-toolchain.sh"
+    )
+    state = tmp_path_factory.mktemp("pulumi-state")
+    passphrase = state / "passphrase"
+    fd = os.open(passphrase, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(os.urandom(24).hex())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
+    env.update(
+        PATH=os.pathsep.join(
+            [str(BIN), str(pathlib.Path(sys.executable).parent), env.get("PATH", "")]
+        ),
+        PULUMI_HOME=str(CACHE / "pulumi-home"),
+        PULUMI_SKIP_UPDATE_CHECK="1",
+        PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
+        PULUMI_IGNORE_AMBIENT_PLUGINS="true",
+        PULUMI_BACKEND_URL=f"file://{state}",
+        PULUMI_CONFIG_PASSPHRASE_FILE=str(passphrase),
+    )
+    return env
+
+
+def run(
+    args: list[str],
+    env: dict[str, str],
+    cwd: pathlib.Path | None = None,
+    offline: bool = False,
+    timeout: int = 300,
+) -> subprocess.CompletedProcess[str]:
+    if offline:
+        args = offline_prefix() + args
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def offline_prefix() -> list[str]:
+    """Run in a new network namespace with only loopback up (root only)."""
+    if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip"):
+        return ["unshare", "--net", "--", "sh", "-c", 'ip link set lo up && exec "$@"', "offline"]
+    return []
+
+
+def write_project(d: pathlib.Path) -> None:
+    (d / "Pulumi.yaml").write_text(
+        "name: toolchain-smoke\n"
+        "runtime:\n"
+        "  name: python\n"
+        "  options:\n"
+        "    toolchain: pip\n"
+        f"    virtualenv: {pathlib.Path(sys.executable).parent.parent}\n"
+    )
+
+
+def test_cli_is_at_least_the_python_sdk_version(engine_env: dict[str, str]) -> None:
+    out = run([str(BIN / "pulumi"), "version"], engine_env)
+    assert out.returncode == 0, out.stderr
+    cli = tuple(int(x) for x in out.stdout.strip().lstrip("v").split("-")[0].split("."))
+    sdk = tuple(int(x) for x in importlib.metadata.version("pulumi").split("."))
+    assert cli >= sdk, (cli, sdk)
+
+
+def test_language_host_is_on_path(engine_env: dict[str, str]) -> None:
+    for exe in ("pulumi-language-python", "pulumi-language-python-exec"):
+        assert shutil.which(exe, path=engine_env["PATH"]) == str(BIN / exe)
+
+
+@pytest.mark.parametrize("name", PLUGINS)
+def test_plugin_registered_at_the_sdk_version(engine_env: dict[str, str], name: str) -> None:
+    out = run([str(BIN / "pulumi"), "plugin", "ls", "--json"], engine_env)
+    assert out.returncode == 0, out.stderr
+    have = {
+        (p["name"], p["version"]) for p in json.loads(out.stdout or "[]") if p["kind"] == "resource"
+    }
+    want = wanted_version(name)
+    versions = sorted(v for n, v in have if n == name)
+    assert (name, want) in have, (
+        f"resource plugin {name} v{want} is not registered (have: {versions})"
+    )
+
+
+@pytest.mark.parametrize("name", PLUGINS)
+def test_preview_with_the_real_plugin(
+    engine_env: dict[str, str], tmp_path: pathlib.Path, name: str
+) -> None:
+    write_project(tmp_path)
+    (tmp_path / "__main__.py").write_text(SMOKE_PROGRAM)
+    env = dict(engine_env, SMOKE_PLUGINS=name)
+    pulumi = str(BIN / "pulumi")
+    out = run(
+        [pulumi, "stack", "init", f"smoke-{name}", "--secrets-provider", "passphrase"],
+        env,
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = run(
+        [pulumi, "preview", "--json", "--non-interactive", "--stack", f"smoke-{name}"],
+        env,
+        tmp_path,
+        offline=True,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    steps = json.loads(out.stdout)["steps"]
+    creates = {s["urn"].split("::")[2] for s in steps if s["op"] == "create"}
+    assert EXPECTED_TYPES[name] in creates, creates
+
+
+def test_preview_fails_without_the_plugin_version(
+    engine_env: dict[str, str], tmp_path: pathlib.Path
+) -> None:
+    """The engine must refuse, not download or substitute, a plugin version it lacks."""
+    write_project(tmp_path)
+    (tmp_path / "__main__.py").write_text(
+        "import pulumi, pulumi_command as command\n"
+        "command.local.Command('c', create='true', opts=pulumi.ResourceOptions(version='0.0.1'))\n"
+    )
+    pulumi = str(BIN / "pulumi")
+    out = run(
+        [pulumi, "stack", "init", "missing", "--secrets-provider", "passphrase"],
+        engine_env,
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = run(
+        [pulumi, "preview", "--non-interactive", "--stack", "missing"],
+        engine_env,
+        tmp_path,
+        offline=True,
+    )
+    assert out.returncode != 0
+    assert "no resource plugin 'pulumi-resource-command' found" in out.stdout + out.stderr
+    assert "v0.0.1" in out.stdout + out.stderr
