@@ -38,7 +38,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pulumi
@@ -207,8 +207,7 @@ def preflight_check(target: SshTarget, private_key: str, timeout: float = 10) ->
         raise HostPreflightError("sshPrivateKey could not be loaded (invalid format)")
     if "timed out" in err or "Connection refused" in err or "No route" in err:
         raise HostPreflightError(
-            f"cannot reach the VPS at sshHost={target.host!r} sshPort={target.port}: "
-            f"{err.strip()}"
+            f"cannot reach the VPS at sshHost={target.host!r} sshPort={target.port}: {err.strip()}"
         )
     raise HostPreflightError(
         f"SSH to sshHost={target.host!r} sshPort={target.port} failed "
@@ -243,7 +242,6 @@ class RelayHostArgs:
     preflight: bool = True
     secret_file_mode: int = 0o600
     secret_owner: tuple[int, int] = (0, 0)
-    extra_opts: dict[str, Any] = field(default_factory=dict)
 
 
 class RelayHost(pulumi.ComponentResource):
@@ -263,9 +261,6 @@ class RelayHost(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("dkimrelay:index:RelayHost", name, None, opts)
-        if not args.acme_email:
-            raise ValueError("acmeEmail is required (the ACME account e-mail)")
-        sudo = args.ssh_user != "root"
         if args.ssh_host_key:
             parse_host_key(args.ssh_host_key)
 
@@ -298,11 +293,12 @@ class RelayHost(pulumi.ComponentResource):
         def child(extra: list[pulumi.Resource] | None = None, **kw: Any) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=extra or [], **kw)
 
+        steps = host_steps(args)
         log = remote.Logging.STDOUT_AND_STDERR
         self.preflight_step = remote.Command(
             f"{name}-preflight",
             connection=connection,
-            create=hs.remote_command(hs.render_preflight(), sudo),
+            create=steps["preflight"].create,
             triggers=triggers or None,
             logging=log,
             opts=child(),
@@ -310,53 +306,36 @@ class RelayHost(pulumi.ComponentResource):
         self.firewall_step = remote.Command(
             f"{name}-firewall",
             connection=connection,
-            create=hs.remote_command(
-                hs.render_firewall(args.ssh_port, args.submissions465, args.extra_ports), sudo
-            ),
-            delete=hs.remote_command(hs.render_firewall_delete(), sudo),
+            create=steps["firewall"].create,
+            delete=steps["firewall"].delete,
             logging=log,
+            # delete-then-create: a replacement must not remove the new rules.
             opts=child([self.preflight_step], delete_before_replace=True),
         )
         self.docker_step = remote.Command(
             f"{name}-docker",
             connection=connection,
-            create=hs.remote_command(
-                hs.render_docker(args.docker_ipv6_cidr, args.docker_restart_command), sudo
-            ),
+            create=steps["docker"].create,
             logging=log,
             opts=child([self.firewall_step]),
         )
+        # No delete: certificates survive `pulumi destroy`.
         self.certificate_step = remote.Command(
             f"{name}-certificate",
             connection=connection,
-            create=hs.remote_command(
-                hs.render_certificate(
-                    args.relay_host,
-                    args.acme_email,
-                    args.acme_server,
-                    args.acme_extra_names,
-                    args.container_name,
-                    args.reload_command,
-                    args.acme_ca_bundle,
-                ),
-                sudo,
-            ),
+            create=steps["certificate"].create,
             logging=log,
             opts=child([self.firewall_step, self.docker_step]),
         )
         self.secrets_step: remote.Command | None = None
         if args.secret_files is not None:
-            payload = pulumi.Output.secret(
-                pulumi.Output.from_input(args.secret_files).apply(_json_payload)
-            )
-            uid, gid = args.secret_owner
+            files: pulumi.Output[Mapping[str, str]] = pulumi.Output.from_input(args.secret_files)
+            payload: pulumi.Output[str] = pulumi.Output.secret(files.apply(hs.secrets_stdin))
             self.secrets_step = remote.Command(
                 f"{name}-secrets",
                 connection=connection,
-                create=hs.remote_command(
-                    hs.render_secrets(hs.SECRETS_DIR, args.secret_file_mode, uid, gid), sudo
-                ),
-                delete=hs.remote_command(hs.render_secrets_delete(hs.SECRETS_DIR), sudo),
+                create=steps["secrets"].create,
+                delete=steps["secrets"].delete,
                 stdin=payload,
                 logging=remote.Logging.NONE,
                 opts=child(
@@ -376,9 +355,7 @@ class RelayHost(pulumi.ComponentResource):
             self.secrets_dir = pulumi.Output.from_input(hs.SECRETS_DIR)
         ports = [
             spec
-            for spec, _role in hs._port_rules(
-                args.ssh_port, args.submissions465, args.extra_ports
-            )
+            for spec, _role in hs.port_rules(args.ssh_port, args.submissions465, args.extra_ports)
         ]
         self.firewall_ports = self.firewall_step.stdout.apply(lambda _: ports)
         self.docker_host = pulumi.Output.concat(
@@ -396,7 +373,59 @@ class RelayHost(pulumi.ComponentResource):
         )
 
 
-def _json_payload(files: Mapping[str, str]) -> str:
-    import json
+@dataclass(frozen=True)
+class HostStep:
+    """One remote step: the command lines SSH runs (no secret in them)."""
 
-    return json.dumps(dict(files), sort_keys=True)
+    name: str
+    create: str
+    delete: str | None = None
+    stdin_secrets: bool = False
+
+
+def host_steps(args: RelayHostArgs) -> dict[str, HostStep]:
+    """The command lines RelayHost sends, in execution order (also used by tests)."""
+    if not args.acme_email:
+        raise ValueError("acmeEmail is required (the ACME account e-mail for the certificate)")
+    sudo = args.ssh_user != "root"
+    uid, gid = args.secret_owner
+    steps = [
+        HostStep("preflight", hs.remote_command(hs.render_preflight(), sudo)),
+        HostStep(
+            "firewall",
+            hs.remote_command(
+                hs.render_firewall(args.ssh_port, args.submissions465, args.extra_ports), sudo
+            ),
+            hs.remote_command(hs.render_firewall_delete(), sudo),
+        ),
+        HostStep(
+            "docker",
+            hs.remote_command(
+                hs.render_docker(args.docker_ipv6_cidr, args.docker_restart_command), sudo
+            ),
+        ),
+        HostStep(
+            "certificate",
+            hs.remote_command(
+                hs.render_certificate(
+                    args.relay_host,
+                    args.acme_email,
+                    args.acme_server,
+                    args.acme_extra_names,
+                    args.container_name,
+                    args.reload_command,
+                    args.acme_ca_bundle,
+                ),
+                sudo,
+            ),
+        ),
+        HostStep(
+            "secrets",
+            hs.remote_command(
+                hs.render_secrets(hs.SECRETS_DIR, args.secret_file_mode, uid, gid), sudo
+            ),
+            hs.remote_command(hs.render_secrets_delete(hs.SECRETS_DIR), sudo),
+            stdin_secrets=True,
+        ),
+    ]
+    return {s.name: s for s in steps}

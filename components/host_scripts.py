@@ -13,11 +13,12 @@ Every script:
 ``pulumi_command.remote.Command``; ``tests/test_host_vps.py`` sends the very
 same strings over SSH to a local VPS (a network namespace).
 
-Key-material layout (relative to :data:`SECRETS_DIR`, the single place to change
-it; agreed with the relay component, which mounts the directory read-only)::
+Key-material layout (relative to :data:`SECRETS_DIR`; the same layout as
+``components/postfix.py``'s ``render_secrets``, which the relay reads from
+``/run/relay-secrets`` where this directory is bind-mounted read-only)::
 
     dkim/<selector>.private   PEM private key, one per DKIM selector
-    smtp-users                 lines ``user:password`` for SMTP AUTH
+    smtp-users                 lines ``login:password`` (login = name@domain)
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ log() { printf 'dkim-relay[%s]: %s\n' "${STEP}" "$*"; }
 die() { printf 'dkim-relay[%s]: error: %s\n' "${STEP}" "$*" >&2; exit 1; }
 [[ "$(id -u)" -eq 0 ]] || die "must run as root (use sshUser=root or a user with passwordless sudo)"
 require_supported_os() {
-  [[ -r /etc/os-release ]] || die "unsupported OS: /etc/os-release missing; dkim-relay supports Ubuntu 22.04/24.04 and Debian 12"
+  local supported="dkim-relay supports Ubuntu 22.04/24.04 and Debian 12"
+  [[ -r /etc/os-release ]] || die "unsupported OS: /etc/os-release missing; ${supported}"
   local id ver
   # shellcheck source=/dev/null
   id="$(. /etc/os-release && printf '%s' "${ID:-}")"
@@ -95,7 +97,7 @@ require_supported_os() {
   ver="$(. /etc/os-release && printf '%s' "${VERSION_ID:-}")"
   case "${id}:${ver}" in
     ubuntu:22.04 | ubuntu:24.04 | debian:12) ;;
-    *) die "unsupported OS '${id} ${ver}': dkim-relay supports Ubuntu 22.04/24.04 and Debian 12" ;;
+    *) die "unsupported OS '${id} ${ver}': ${supported}" ;;
   esac
 }
 require_supported_os
@@ -103,7 +105,8 @@ apt_install() {
   # Installs the named packages only when one is missing.
   local missing=() p
   for p in "$@"; do
-    dpkg-query -W -f='${Status}' "${p}" 2>/dev/null | grep -q "install ok installed" || missing+=("${p}")
+    [[ "$(dpkg-query -W -f='${Status}' "${p}" 2>/dev/null || true)" == "install ok installed" ]] ||
+      missing+=("${p}")
   done
   ((${#missing[@]})) || return 0
   log "installing ${missing[*]}"
@@ -113,13 +116,19 @@ apt_install() {
 }
 # install_file MODE PATH: writes stdin to PATH only if content or mode differ.
 install_file() {
-  local mode="$1" path="$2" tmp
-  tmp="$(mktemp "${path}.XXXXXX")"
-  cat >"${tmp}"
-  if [[ -f "${path}" ]] && cmp -s "${tmp}" "${path}" && [[ "$(stat -c %a "${path}")" == "${mode#0}" ]]; then
-    rm -f "${tmp}"
+  # Compares in a scratch file outside the target directory, so an unchanged
+  # file leaves even the directory's mtime alone.
+  local mode="$1" path="$2" scratch tmp
+  scratch="$(mktemp)"
+  cat >"${scratch}"
+  if [[ -f "${path}" ]] && cmp -s "${scratch}" "${path}" &&
+    [[ "$(stat -c %a "${path}")" == "${mode#0}" ]]; then
+    rm -f "${scratch}"
     return 0
   fi
+  tmp="$(mktemp "${path}.XXXXXX")"
+  cat "${scratch}" >"${tmp}"
+  rm -f "${scratch}"
   chmod "${mode}" "${tmp}"
   mv -f "${tmp}" "${path}"
   log "wrote ${path}"
@@ -246,12 +255,13 @@ allow_rule() {  # allow_rule PORT/PROTO ROLE
   CHANGED=1
 }
 our_rules() {  # prints "PORT/PROTO ROLE" for every rule this project added
-  sed -nE "s/^ufw allow ([0-9]+\/(tcp|udp)) comment 'dkim-relay ([a-z0-9-]+)'$/\1 \3/p" <<<"${RULES}"
+  sed -nE "s/^ufw allow ([0-9]+\/(tcp|udp)) comment 'dkim-relay ([a-z0-9-]+)'$/\1 \3/p" \
+    <<<"${RULES}"
 }
 """
 
 
-def _port_rules(
+def port_rules(
     ssh_port: int, submissions465: bool, extra_ports: Sequence[int]
 ) -> list[tuple[str, str]]:
     rules = [(f"{_check_port(ssh_port, 'sshPort')}/tcp", "ssh"), ("587/tcp", "submission")]
@@ -270,7 +280,7 @@ def render_firewall(
     Rules carry the comment ``dkim-relay <role>``; rules of ours that are no
     longer wanted (465 turned off) are removed, the SSH rule never is.
     """
-    rules = _port_rules(ssh_port, submissions465, extra_ports)
+    rules = port_rules(ssh_port, submissions465, extra_ports)
     wanted_items = [f"{spec}:{role}" for spec, role in rules]
     wanted_array = " ".join(_q(i) for i in wanted_items)
     wanted_str = " " + " ".join(wanted_items) + " "
@@ -311,7 +321,8 @@ if ! ufw_active; then
   ufw --force enable
   CHANGED=1
 fi
-log "firewall allows: $(ufw status | sed -nE 's/^([0-9]+\\/tcp) .*ALLOW.*/\\1/p' | sort -u | tr '\\n' ' ')"
+allowed="$(ufw status | sed -nE 's/^([0-9]+\\/tcp) .*ALLOW.*/\\1/p' | sort -u | tr '\\n' ' ')"
+log "firewall allows: ${{allowed}}"
 """
     )
     return _script("firewall", body)
@@ -376,7 +387,8 @@ def _hook_deploy(relay_host: str, container_name: str, reload_command: str | Non
         name = _q(container_name)
         reload_command = (
             f"if command -v docker >/dev/null && "
-            f'[[ "$(docker inspect -f \'{{{{.State.Running}}}}\' {name} 2>/dev/null)" == true ]]; then\n'
+            f"[[ \"$(docker inspect -f '{{{{.State.Running}}}}' {name} 2>/dev/null)\" == true ]]"
+            "; then\n"
             f"  docker exec {name} relay-reload\n"
             f"else\n"
             f'  echo "dkim-relay: container {container_name} not running;'
@@ -434,9 +446,7 @@ def render_certificate(
         for kind, text in hooks.items()
     )
     domain_args = " ".join(f"-d {_q(n)}" for n in names)
-    ca_export = (
-        f"export REQUESTS_CA_BUNDLE={_q(acme_ca_bundle)}\n" if acme_ca_bundle else ""
-    )
+    ca_export = f"export REQUESTS_CA_BUNDLE={_q(acme_ca_bundle)}\n" if acme_ca_bundle else ""
     body = f"""
 {ca_export}CERT_NAME={_q(host)}
 ACME_SERVER={_q(acme_server)}
@@ -469,7 +479,8 @@ if [[ -n "${{need}}" ]]; then
     --deploy-hook {HOOK_DIR}/deploy/dkim-relay.sh
   CHANGED=1
 else
-  log "certificate for ${{WANT_NAMES}} present ($(openssl x509 -in "${{LIVE}}/cert.pem" -noout -enddate))"
+  not_after="$(openssl x509 -in "${{LIVE}}/cert.pem" -noout -enddate)"
+  log "certificate for ${{WANT_NAMES}} present (${{not_after}})"
 fi
 if [[ -d /run/systemd/system ]] && systemctl list-unit-files certbot.timer >/dev/null 2>&1 &&
   ! systemctl is-enabled --quiet certbot.timer; then
@@ -485,7 +496,9 @@ _WRITE_SECRETS = r"""
 import json, os, stat, sys
 root, mode, uid, gid = sys.argv[1], int(sys.argv[2], 8), int(sys.argv[3]), int(sys.argv[4])
 files = json.load(sys.stdin)
-if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+if not isinstance(files, dict) or not all(
+    isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+):
     sys.exit("stdin must be a JSON object of relative path -> file content")
 changed = []
 os.makedirs(root, mode=0o700, exist_ok=True)
@@ -511,7 +524,12 @@ for rel, content in sorted(files.items()):
         st = os.lstat(path)
         with open(path, "rb") as f:
             same = f.read() == data
-        ok = same and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == mode and (st.st_uid, st.st_gid) == (uid, gid)
+        ok = (
+            same
+            and stat.S_ISREG(st.st_mode)
+            and stat.S_IMODE(st.st_mode) == mode
+            and (st.st_uid, st.st_gid) == (uid, gid)
+        )
     except FileNotFoundError:
         ok = False
     if ok:
@@ -573,18 +591,17 @@ fi
     return _script("secrets-delete", body)
 
 
-def secrets_payload(
-    dkim_keys: Mapping[str, str], smtp_users: Mapping[str, str]
-) -> str:
-    """The stdin for :func:`render_secrets`: JSON of relative path -> content."""
-    files: dict[str, str] = {}
-    for selector, pem in dkim_keys.items():
-        files[secret_file_path("dkim_key", selector)] = pem if pem.endswith("\n") else pem + "\n"
-    lines = []
-    for user, password in smtp_users.items():
-        if not user or ":" in user or "\n" in user or "\n" in password:
-            raise ValueError(f"invalid SMTP user name {user!r}")
-        lines.append(f"{user}:{password}\n")
-    if lines:
-        files[secret_file_path("smtp_users")] = "".join(lines)
-    return json.dumps(files, sort_keys=True)
+def secrets_stdin(files: Mapping[str, str]) -> str:
+    """The stdin of :func:`render_secrets`: JSON of relative path -> content.
+
+    ``files`` is what ``components.postfix.render_secrets`` returns (the relay's
+    layout, see :data:`SECRETS_LAYOUT`). Paths are checked here as well as on
+    the host.
+    """
+    for rel, content in files.items():
+        parts = rel.split("/")
+        if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"secret file path {rel!r} must be relative, without '..'")
+        if not isinstance(content, str):
+            raise ValueError(f"secret file {rel!r} content must be text")
+    return json.dumps(dict(files), sort_keys=True)

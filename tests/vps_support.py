@@ -92,7 +92,7 @@ def _wait_tcp(host: str, port: int, timeout: float = 30) -> None:
 
 def _write_pebble_tls(d: str) -> tuple[str, str, str]:
     """CA + server certificate for pebble's own HTTPS listener (not the ACME CA)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dkim-relay test pebble TLS CA")])
     ca = (
