@@ -187,11 +187,14 @@ recipe_command() {
     || { REASON="go build failed, see $CACHE/logs/plugin-command.log"; return 1; }
 }
 recipe_bridged() { # docker and cloudflare are bridged Terraform providers
-  local name=$1 v=$2 m
+  local name=$1 v=$2 m mod="github.com/pulumi/pulumi-$1/provider/v${2%%.*}"
+  # Even where the module proxy serves $mod, its go.mod replaces the upstream
+  # Terraform provider with ../upstream (a patched git submodule that a module
+  # zip does not carry), so `go install`/a wrapper module cannot build it.
   m=$(mirror_repo "pulumi/pulumi-$name")
-  [[ -n "$m" ]] || { REASON="github.com/pulumi/pulumi-$name/provider is refused by the module proxy and there is no git mirror of pulumi/pulumi-$name"; return 3; }
+  [[ -n "$m" ]] || { REASON="$mod is refused by the module proxy and there is no git mirror of pulumi/pulumi-$name"; return 3; }
   if ! git -C "$m" rev-parse -q --verify "refs/tags/v$v" >/dev/null; then
-    REASON="the module proxy refuses github.com/pulumi/pulumi-$name/provider and the git mirror's newest release is $(git -C "$m" describe --tags --abbrev=0 HEAD 2>/dev/null || echo none), not v$v"
+    REASON="the module proxy refuses $mod and the git mirror's newest release is $(git -C "$m" describe --tags --abbrev=0 HEAD 2>/dev/null || echo none), not v$v"
     return 3
   fi
   # A tagged tree also needs the upstream Terraform provider (a git submodule,
@@ -212,7 +215,7 @@ build_plugin() {
   fi
   if ! stamp_ok "plugin-$name" "$v" "$bin"; then
     need_go "pulumi-resource-$name"
-    log "building pulumi-resource-$name v$v"
+    log "pulumi-resource-$name v$v: not built yet, trying"
     : >"$CACHE/logs/plugin-$name.log"
     REASON=""; "recipe_$name" "$v" || rc=$?
     if (( rc == 3 )); then
@@ -226,11 +229,12 @@ build_plugin() {
   STATUS[$name]="v$v (built and registered)"
 }
 
-build_cli
-build_langhost
-for p in command docker cloudflare; do build_plugin "$p"; done
+main() {
+  build_cli
+  build_langhost
+  for p in command docker cloudflare; do build_plugin "$p"; done
 
-cat >&2 <<EOF
+  cat >&2 <<EOF
 [pulumi-toolchain] cache:          $CACHE
 [pulumi-toolchain] venv:           $VENV (pulumi SDK $PY_SDK_VERSION)
 [pulumi-toolchain] pulumi CLI:     ${STATUS[cli]}
@@ -240,7 +244,11 @@ cat >&2 <<EOF
 [pulumi-toolchain] cloudflare:     ${STATUS[cloudflare]}
 [pulumi-toolchain] to use it:      source $REPO/scripts/pulumi-env.sh
 EOF
-# Lines a caller can eval (also what scripts/pulumi-env.sh sets).
-echo "export PATH=\"$BIN:\$PATH\""
-echo "export PULUMI_HOME=\"$PULUMI_HOME\""
-if (( UNAVAILABLE )); then exit 3; fi
+  # Lines a caller can eval (also what scripts/pulumi-env.sh sets).
+  echo "export PATH=\"$BIN:\$PATH\""
+  echo "export PULUMI_HOME=\"$PULUMI_HOME\""
+  if (( UNAVAILABLE )); then return 3; fi
+}
+
+# Called last, so that the whole file is parsed before anything runs.
+main "$@"
