@@ -1,0 +1,246 @@
+"""RelayHost wiring under Pulumi's mocks: order, options, and where secrets go."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+import pytest
+from pulumi_command import remote
+
+from components import host as host_mod
+from components import host_scripts as hs
+from components.host import RelayHost, RelayHostArgs, SshTarget
+
+SSH_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nc3NoLWtleS1zZWNyZXQtbW9jaw==\n"
+    "-----END OPENSSH PRIVATE KEY-----\n"
+)
+DKIM_KEY = "-----BEGIN PRIVATE KEY-----\nZGtpbS1zZWNyZXQtbW9jaw==\n-----END PRIVATE KEY-----\n"
+PASSWORD = "smtp-secret-mock-9f8e7d"
+SECRET_STRINGS = ("c3NoLWtleS1zZWNyZXQtbW9jaw", "ZGtpbS1zZWNyZXQtbW9jaw", PASSWORD)
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockHostKeyMockHostKeyMockHostKeyMock"
+
+
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker for a secret value
+
+
+def strip_secrets(v: Any) -> Any:
+    """The plain part of an input: every secret-wrapped value becomes '<secret>'."""
+    if isinstance(v, dict):
+        if SECRET_SIG in v:
+            return "<secret>"
+        return {k: strip_secrets(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [strip_secrets(x) for x in v]
+    return v
+
+
+def unwrap(v: Any) -> Any:
+    if isinstance(v, dict):
+        if SECRET_SIG in v:
+            return unwrap(v["value"])
+        return {k: unwrap(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [unwrap(x) for x in v]
+    return v
+
+
+@dataclass
+class Registered:
+    type: str
+    name: str
+    inputs: dict[str, Any]
+
+
+@dataclass
+class World:
+    resources: list[Registered] = field(default_factory=list)
+    kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    objects: dict[int, str] = field(default_factory=dict)
+
+    def named(self, name: str) -> Registered:
+        found = [r for r in self.resources if r.name == name]
+        assert found, f"no resource {name}: {[r.name for r in self.resources]}"
+        return found[0]
+
+
+class Mocks(pulumi.runtime.Mocks):
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        self.world.resources.append(Registered(args.typ, args.name, dict(args.inputs)))
+        outs = dict(args.inputs)
+        if args.typ == "command:remote:Command":
+            outs.setdefault("stdout", "dkim-relay: no change")
+            outs.setdefault("stderr", "")
+        return f"{args.name}-id", outs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
+        return {}, []
+
+
+def build(
+    monkeypatch: pytest.MonkeyPatch,
+    preview: bool = False,
+    **over: Any,
+) -> tuple[World, RelayHost, dict[str, Any]]:
+    world = World()
+    real = remote.Command
+
+    class SpyCommand(real):  # type: ignore[misc, valid-type]
+        def __init__(self, resource_name: str, *a: Any, **kw: Any) -> None:
+            world.kwargs[resource_name] = kw
+            super().__init__(resource_name, *a, **kw)
+            world.objects[id(self)] = resource_name
+
+    monkeypatch.setattr(remote, "Command", SpyCommand)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    pulumi.runtime.set_mocks(Mocks(world), project="dkim-relay", stack="test", preview=preview)
+    files = {"dkim/mail.private": DKIM_KEY, "smtp-users": f"me@example.com:{PASSWORD}\n"}
+    base: dict[str, Any] = dict(
+        ssh_host="203.0.113.7",
+        ssh_private_key=pulumi.Output.secret(SSH_KEY),
+        ssh_port=2222,
+        ssh_host_key=HOST_KEY,
+        relay_host="relay.example.com",
+        acme_email="me@example.com",
+        acme_extra_names=["smtp.example.com"],
+        secret_files=pulumi.Output.secret(files),
+        preflight=False,
+    )
+    base.update(over)
+    component = RelayHost("vps", RelayHostArgs(**base))
+    results: dict[str, Any] = {}
+
+    async def settle() -> None:
+        for key in ("docker_ready", "cert_ready", "cert_dir", "secrets_dir", "firewall_ports"):
+            results[key] = await getattr(component, key).future()
+        for name, kw in world.kwargs.items():
+            if isinstance(kw.get("stdin"), pulumi.Output):
+                results[f"{name}.stdin.secret"] = await kw["stdin"].is_secret()
+            pk = kw["connection"].private_key
+            results[f"{name}.key.secret"] = await pulumi.Output.from_input(pk).is_secret()
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current]
+        await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 30)
+
+    loop.run_until_complete(settle())
+    loop.close()
+    return world, component, results
+
+
+def deps(world: World, name: str) -> set[str]:
+    opts = world.kwargs[name]["opts"]
+    return {world.objects[id(d)] for d in opts.depends_on or []}
+
+
+def test_component_type_and_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, _, results = build(monkeypatch)
+    comp = [r for r in world.resources if r.type == "dkimrelay:index:RelayHost"]
+    assert [r.name for r in comp] == ["vps"]
+    cmds = sorted(r.name for r in world.resources if r.type == "command:remote:Command")
+    assert cmds == ["vps-certificate", "vps-docker", "vps-firewall", "vps-preflight", "vps-secrets"]
+    assert results["cert_dir"] == "/etc/letsencrypt/live/relay.example.com"
+    assert results["secrets_dir"] == hs.SECRETS_DIR
+    assert results["docker_ready"] == "ready" and results["cert_ready"] == "ready"
+    assert results["firewall_ports"] == ["2222/tcp", "587/tcp"]
+
+
+def test_ordering(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, comp, _ = build(monkeypatch)
+    assert deps(world, "vps-preflight") == set()
+    assert deps(world, "vps-firewall") == {"vps-preflight"}
+    assert deps(world, "vps-docker") == {"vps-firewall"}
+    assert deps(world, "vps-certificate") == {"vps-firewall", "vps-docker"}
+    assert deps(world, "vps-secrets") == {"vps-preflight"}
+    for name, kw in world.kwargs.items():
+        assert kw["opts"].parent is comp, name
+
+
+def test_delete_commands_and_replacement_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, _, _ = build(monkeypatch)
+    fw = world.named("vps-firewall").inputs
+    assert "ufw delete allow" in fw["delete"]
+    assert "certificate" in world.named("vps-certificate").inputs["create"]
+    assert "delete" not in world.named("vps-certificate").inputs  # certificates are kept
+    assert "delete" not in world.named("vps-docker").inputs
+    assert world.kwargs["vps-firewall"]["opts"].delete_before_replace is True
+    assert world.kwargs["vps-secrets"]["opts"].delete_before_replace is True
+
+
+def test_connection_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, _, _ = build(monkeypatch)
+    cmds = [r for r in world.resources if r.type == "command:remote:Command"]
+    conns = {json.dumps(unwrap(r.inputs["connection"]), sort_keys=True) for r in cmds}
+    assert len(conns) == 1, "one SSH connection for every step"
+    conn = unwrap(world.named("vps-docker").inputs["connection"])
+    assert conn["host"] == "203.0.113.7" and conn["port"] == 2222 and conn["user"] == "root"
+    assert conn["hostKey"] == HOST_KEY  # pinned in the provider itself
+    assert conn["privateKey"] == SSH_KEY
+
+
+def test_no_secret_in_command_lines_or_plain_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, _, results = build(monkeypatch)
+    for r in world.resources:
+        plain = json.dumps(strip_secrets(r.inputs))
+        for s in SECRET_STRINGS:
+            assert s not in plain, f"secret in a plain input of {r.type} {r.name}"
+        for key in ("create", "delete", "update"):
+            value = r.inputs.get(key)
+            assert value is None or isinstance(value, str), (r.name, key)
+    # The key material travels only on the secrets step's stdin, as a secret.
+    assert strip_secrets(world.named("vps-secrets").inputs["stdin"]) == "<secret>"
+    stdin = json.loads(unwrap(world.named("vps-secrets").inputs["stdin"]))
+    assert stdin["dkim/mail.private"] == DKIM_KEY
+    assert results["vps-secrets.stdin.secret"] is True
+    assert all(v for k, v in results.items() if k.endswith(".key.secret"))
+    kw = world.kwargs["vps-secrets"]
+    assert kw["logging"] == remote.Logging.NONE
+    assert {"stdin", "stdout", "stderr"} <= set(kw["opts"].additional_secret_outputs)
+    for name in ("vps-preflight", "vps-firewall", "vps-docker", "vps-certificate"):
+        assert "stdin" not in world.named(name).inputs
+
+
+def test_non_root_user_runs_through_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, _, _ = build(monkeypatch, ssh_user="deploy")
+    for r in world.resources:
+        if r.type == "command:remote:Command":
+            assert r.inputs["create"].startswith("sudo -n bash -c "), r.name
+
+
+def test_without_secret_files_no_secrets_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, _, results = build(monkeypatch, secret_files=None)
+    assert "vps-secrets" not in world.kwargs
+    assert results["secrets_dir"] == hs.SECRETS_DIR
+
+
+def test_preflight_runs_on_up_not_preview(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[SshTarget] = []
+
+    def fake(target: SshTarget, key: str, timeout: float = 10) -> str:
+        assert key == SSH_KEY
+        calls.append(target)
+        return "Linux 6.1"
+
+    monkeypatch.setattr(host_mod, "preflight_check", fake)
+    world, _, _ = build(monkeypatch, preview=True, preflight=True)
+    assert calls == []
+    world, _, _ = build(monkeypatch, preview=False, preflight=True)
+    assert calls == [SshTarget("203.0.113.7", 2222, "root", HOST_KEY)]
+    assert unwrap(world.named("vps-preflight").inputs["triggers"]) == ["ok"]
+
+
+def test_missing_acme_email_is_an_error_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="acmeEmail"):
+        build(monkeypatch, acme_email="")
+
+
+def test_bad_host_key_is_an_error_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="sshHostKey"):
+        build(monkeypatch, ssh_host_key="fingerprint-only")
