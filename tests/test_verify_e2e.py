@@ -8,6 +8,7 @@ each broken setup fails the check it breaks, with its message.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import secrets
@@ -95,7 +96,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             ]
         records[domain] = recs
         snippets[domain] = zone_snippet(domain, recs)
-    nsd = Nsd(base / "nsd", {d: zone_file(d, snippets[d]) for d in DOMAINS})
 
     ca = TestCA()
     ca_file = base / "ca.pem"
@@ -110,42 +110,45 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         "expired": ca.issue(relay_names, now - dt.timedelta(days=100), now - dt.timedelta(days=10)),
     }
     password = secrets.token_urlsafe(18)
-    sink, got = start_sink()
-    postfix = Postfix(
-        base / "postfix",
-        hostname="relay.good.test",
-        sasl_domain="good.test",
-        users={USER: password},
-        tls_files=tls,
-        relayhost=f"[127.0.0.1]:{sink.port}",
-        services=[
-            Service("good", ipv6=True),
-            Service(
-                "authplain",
-                (("smtpd_tls_security_level", "may"), ("smtpd_tls_auth_only", "no")),
-                ipv6=True,
-            ),
-            Service(
-                "openrelay",
-                (
-                    (
-                        "smtpd_relay_restrictions",
-                        "permit_mynetworks, permit_sasl_authenticated, reject",
-                    ),
-                    ("smtpd_recipient_restrictions", "permit_mynetworks, reject"),
+    cleanup = contextlib.ExitStack()
+    with cleanup:
+        nsd = Nsd(base / "nsd", {d: zone_file(d, snippets[d]) for d in DOMAINS})
+        cleanup.callback(nsd.stop)
+        sink, got = start_sink()
+        cleanup.callback(sink.stop)
+        postfix = Postfix(
+            base / "postfix",
+            hostname="relay.good.test",
+            sasl_domain="good.test",
+            users={USER: password},
+            tls_files=tls,
+            relayhost=f"[127.0.0.1]:{sink.port}",
+            services=[
+                Service("good", ipv6=True),
+                Service(
+                    "authplain",
+                    (("smtpd_tls_security_level", "may"), ("smtpd_tls_auth_only", "no")),
+                    ipv6=True,
                 ),
-                ipv6=True,
-            ),
-            Service("wrongname", (("smtpd_tls_chain_files", "$tls_chain_wrongname"),), ipv6=True),
-            Service("expired", (("smtpd_tls_chain_files", "$tls_chain_expired"),), ipv6=True),
-        ],
-    )
-    try:
+                Service(
+                    "openrelay",
+                    (
+                        (
+                            "smtpd_relay_restrictions",
+                            "permit_mynetworks, permit_sasl_authenticated, reject",
+                        ),
+                        ("smtpd_recipient_restrictions", "permit_mynetworks, reject"),
+                    ),
+                    ipv6=True,
+                ),
+                Service(
+                    "wrongname", (("smtpd_tls_chain_files", "$tls_chain_wrongname"),), ipv6=True
+                ),
+                Service("expired", (("smtpd_tls_chain_files", "$tls_chain_expired"),), ipv6=True),
+            ],
+        )
+        cleanup.callback(postfix.stop)
         yield Env(nsd, postfix, ca_file, password, signing, records, snippets, got, free_port())
-    finally:
-        postfix.stop()
-        nsd.stop()
-        sink.stop()
 
 
 def outputs(env: Env, domain: str = "good.test", service: str = "good") -> dict[str, Any]:

@@ -9,6 +9,7 @@ key nsd serves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
@@ -56,51 +57,57 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayEnv]:
     tag = uuid.uuid4().hex[:8]
     image = rs.build_image("dkim-relay:verify")
     net = rs.TestNetwork.create(f"dkr-verify-{tag}", "172.29.213.0/24", "fd00:d6b1:213::/64")
-    sink = rs.Sink(net.v4_gateway, free_port())
-    sink.start()
-    ca = rs.TestCA(tmp / "letsencrypt")
-    ca.issue(RELAY)
-    pem = generate_private_key_pem(2048)
-    value = dkim_txt_value(pem)
-    password = secrets.token_urlsafe(18)
-    settings = postfix.PostfixSettings(
-        domain=DOMAIN,
-        relay_host=RELAY,
-        dkim_selector="relay",
-        users=(postfix.SmtpUser("gmail"),),
-        nexthop=f"{net.v4_gateway}:{sink.port}",
-    )
-    port = free_port()
-    spec = rs.RelaySpec(
-        name=f"dkr-verify-relay-{tag}",
-        image=image,
-        network=net,
-        ip4="172.29.213.10",
-        ip6="fd00:d6b1:213::10",
-        cert_root=tmp / "letsencrypt",
-        volume=f"dkr-verify-spool-{tag}",
-        settings=settings,
-        passwords={"gmail": password},
-        dkim_keys={"relay": pem},
-        port_587=port,
-    )
-    cfg = load_config(
-        {
-            "domain": DOMAIN,
-            "relayHost": RELAY,
-            "vpsIpv4": "127.0.0.1",
-            "vpsIpv6": "::1",
-            "acmeEmail": f"postmaster@{DOMAIN}",
-            "dmarcPolicy": "reject",
-            "dmarcRua": [f"mailto:dmarc-reports@{DOMAIN}"],
-            "dnsTtl": 300,
-        },
-        {"sshPrivateKey"},
-    )
-    recs = build_records(cfg, {"relay": value})
-    snippet = zone_snippet(DOMAIN, recs)
-    nsd = Nsd(tmp / "nsd", {DOMAIN: zone_file(DOMAIN, snippet)})
-    try:
+    stack = contextlib.ExitStack()
+    stack.callback(net.remove)
+    with stack:
+        sink = rs.Sink(net.v4_gateway, free_port())
+        sink.start()
+        stack.callback(sink.stop)
+        ca = rs.TestCA(tmp / "letsencrypt")
+        ca.issue(RELAY)
+        pem = generate_private_key_pem(2048)
+        value = dkim_txt_value(pem)
+        password = secrets.token_urlsafe(18)
+        settings = postfix.PostfixSettings(
+            domain=DOMAIN,
+            relay_host=RELAY,
+            dkim_selector="relay",
+            users=(postfix.SmtpUser("gmail"),),
+            nexthop=f"{net.v4_gateway}:{sink.port}",
+        )
+        port = free_port()
+        spec = rs.RelaySpec(
+            name=f"dkr-verify-relay-{tag}",
+            image=image,
+            network=net,
+            ip4="172.29.213.10",
+            ip6="fd00:d6b1:213::10",
+            cert_root=tmp / "letsencrypt",
+            volume=f"dkr-verify-spool-{tag}",
+            settings=settings,
+            passwords={"gmail": password},
+            dkim_keys={"relay": pem},
+            port_587=port,
+        )
+        cfg = load_config(
+            {
+                "domain": DOMAIN,
+                "relayHost": RELAY,
+                "vpsIpv4": "127.0.0.1",
+                "vpsIpv6": "::1",
+                "acmeEmail": f"postmaster@{DOMAIN}",
+                "dmarcPolicy": "reject",
+                "dmarcRua": [f"mailto:dmarc-reports@{DOMAIN}"],
+                "dnsTtl": 300,
+            },
+            {"sshPrivateKey"},
+        )
+        recs = build_records(cfg, {"relay": value})
+        snippet = zone_snippet(DOMAIN, recs)
+        nsd = Nsd(tmp / "nsd", {DOMAIN: zone_file(DOMAIN, snippet)})
+        stack.callback(nsd.stop)
+        stack.callback(rs.docker, "volume", "rm", "-f", spec.volume, check=False)
+        stack.callback(rs.docker, "rm", "-f", spec.name, check=False)
         rs.start_relay(spec, tmp)
         rs.wait_healthy(spec.name, timeout=120)
         yield RelayEnv(
@@ -115,12 +122,6 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayEnv]:
             snippet,
             spec.name,
         )
-    finally:
-        rs.docker("rm", "-f", spec.name, check=False)
-        rs.docker("volume", "rm", "-f", spec.volume, check=False)
-        net.remove()
-        sink.stop()
-        nsd.stop()
 
 
 def stack_outputs(env: RelayEnv) -> dict[str, Any]:
