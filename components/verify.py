@@ -58,13 +58,15 @@ class Target:
 
     domain: str
     relay_host: str
-    ipv4: str | None
+    ipv4: str | None  # the VPS addresses (stack outputs): what DNS and SPF must name
     ipv6: str | None
     port: int
     selector: str
     dkim_value: str
     credentials: tuple[tuple[str, str], ...] = ()  # (username, password); never printed
     usernames: tuple[str, ...] = ()
+    connect_ipv4: str | None = None  # where to connect (--ipv4/--ipv6, else the VPS's)
+    connect_ipv6: str | None = None
 
 
 class InputError(Exception):
@@ -304,16 +306,21 @@ def target_from_outputs(
     pw = outputs.get("smtpPassword")
     if first and _is_secret_value(pw):
         creds.setdefault(str(first), str(pw))
-    v4 = ipv4 or outputs.get("vpsIpv4")
-    v6 = ipv6 or outputs.get("vpsIpv6")
-    for a, fam in ((v4, 4), (v6, 6)):
-        if a and ipaddress.ip_address(str(a)).version != fam:
-            raise InputError(f"{a} is not an IPv{fam} address")
+    v4, v6 = outputs.get("vpsIpv4"), outputs.get("vpsIpv6")
+    c4, c6 = ipv4 or v4, ipv6 or v6
+    for a, fam in ((v4, 4), (v6, 6), (c4, 4), (c6, 6)):
+        try:
+            if a and ipaddress.ip_address(str(a)).version != fam:
+                raise InputError(f"{a} is not an IPv{fam} address")
+        except ValueError:
+            raise InputError(f"{a!r} is not an IP address") from None
     return Target(
         domain=domain,
         relay_host=relay_host.rstrip("."),
         ipv4=str(v4) if v4 else None,
         ipv6=str(v6) if v6 else None,
+        connect_ipv4=str(c4) if c4 else None,
+        connect_ipv6=str(c6) if c6 else None,
         port=int(port or outputs.get("smtpPort") or 587),
         selector=str(need("dkimSelector")),
         dkim_value=str(need("dkimDnsValue")),
@@ -735,7 +742,7 @@ def run_checks(
     results: list[Result] = []
     if not skip_dns:
         results += dns_checks(t, make_resolver(nameserver, timeout), timeout)
-    for addr, label in ((t.ipv4, "ipv4"), (t.ipv6, "ipv6")):
+    for addr, label in ((t.connect_ipv4, "ipv4"), (t.connect_ipv6, "ipv6")):
         if addr:
             results += smtp_checks(t, addr, label, opts)
             if any(r.check.startswith("smtp.send[") for r in results):

@@ -168,7 +168,15 @@ def test_target_from_outputs() -> None:
     )
     assert dict(t.credentials) == {"gmail": "pw-one", "shop": "pw-two"}
     o = v.target_from_outputs(outputs(), host="relay.test", ipv4="127.0.0.1", ipv6="::1", port=2525)
-    assert (o.relay_host, o.ipv4, o.ipv6, o.port) == ("relay.test", "127.0.0.1", "::1", 2525)
+    assert (o.relay_host, o.connect_ipv4, o.connect_ipv6, o.port) == (
+        "relay.test",
+        "127.0.0.1",
+        "::1",
+        2525,
+    )
+    # DNS and SPF still judge the VPS addresses from the outputs.
+    assert (o.ipv4, o.ipv6) == ("203.0.113.10", None)
+    assert (t.connect_ipv4, t.connect_ipv6) == ("203.0.113.10", None)
 
 
 def test_target_without_show_secrets_has_no_credentials() -> None:
@@ -182,6 +190,7 @@ def test_target_without_show_secrets_has_no_credentials() -> None:
         ({"domain": None}, "'domain' is missing"),
         ({"dkimDnsValue": ""}, "'dkimDnsValue' is missing"),
         ({"vpsIpv4": "2001:db8::1"}, "not an IPv4"),
+        ({"vpsIpv6": "nope"}, "not an IP address"),
     ],
 )
 def test_target_input_errors(changes: dict[str, Any], message: str) -> None:
