@@ -350,7 +350,10 @@ class RelayHost(pulumi.ComponentResource):
         self.cert_ready = self.certificate_step.stdout.apply(lambda _: "ready")
         self.cert_dir = self.certificate_step.stdout.apply(lambda _: live)
         if self.secrets_step is not None:
-            self.secrets_dir = self.secrets_step.stdout.apply(lambda _: hs.SECRETS_DIR)
+            # stdout is a secret output; the path derived from it is not.
+            self.secrets_dir = pulumi.Output.unsecret(
+                self.secrets_step.stdout.apply(lambda _: hs.SECRETS_DIR)
+            )
         else:
             self.secrets_dir = pulumi.Output.from_input(hs.SECRETS_DIR)
         ports = [

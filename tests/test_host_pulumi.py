@@ -1,0 +1,255 @@
+"""RelayHost deployed by the real Pulumi engine and pulumi-command plugin.
+
+A fresh local VPS (tests/vps_support.py), a tiny program that builds only the
+RelayHost component, and the toolchain from scripts/pulumi-toolchain.sh:
+``pulumi up`` twice (the second changes nothing), host-key pinning done by the
+provider itself, secrets absent from the state and the logs, ``pulumi destroy``
+removing the firewall rules it added (not SSH) and the key files, keeping the
+certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from components import host_scripts as hs
+from tests.vps_support import (
+    EXTRA_NAME,
+    RELAY_HOST,
+    SSH_PORT,
+    VPS_IP4,
+    LocalVps,
+    local_vps,
+    openssh_private_key,
+    openssh_public_key,
+)
+
+pytestmark = pytest.mark.timeout(900)
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+CACHE = pathlib.Path(
+    os.environ.get("DKIM_RELAY_CACHE", pathlib.Path.home() / ".cache" / "dkim-relay")
+)
+BIN = CACHE / "bin"
+PASSWORD = os.urandom(12).hex()
+DKIM_BODY = os.urandom(24).hex()
+SECRET_FILES = {
+    "dkim/mail.private": f"-----BEGIN PRIVATE KEY-----\n{DKIM_BODY}\n-----END PRIVATE KEY-----\n",
+    "smtp-users": f"gmail@dkim-relay.test:{PASSWORD}\n",
+}
+
+PROGRAM = f"""\
+import json, os, sys
+sys.path.insert(0, {str(REPO)!r})
+import pulumi
+from components.host import RelayHost, RelayHostArgs
+
+cfg = json.load(open(os.environ["DKR_HOST_CONFIG"]))
+with open(cfg.pop("key_file")) as f:
+    key = f.read()
+with open(cfg.pop("secret_files_file")) as f:
+    files = json.load(f)
+host = RelayHost(
+    "vps",
+    RelayHostArgs(
+        ssh_private_key=pulumi.Output.secret(key),
+        secret_files=pulumi.Output.secret(files),
+        **cfg,
+    ),
+)
+for name in ("docker_ready", "cert_ready", "cert_dir", "secrets_dir", "firewall_ports"):
+    pulumi.export(name, getattr(host, name))
+"""
+
+
+def _write_private(path: pathlib.Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+class Stack:
+    def __init__(self, d: pathlib.Path, name: str, env: dict[str, str]) -> None:
+        self.d, self.name, self.env = d, name, env
+
+    def run(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "pulumi"), *args, "--stack", self.name, "--non-interactive"],
+            cwd=self.d,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@pytest.fixture(scope="module")
+def vps() -> Iterator[LocalVps]:
+    with local_vps() as v:
+        yield v
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, vps: LocalVps) -> pathlib.Path:
+    pulumi = BIN / "pulumi"
+    assert pulumi.is_file(), f"{pulumi} missing: run scripts/pulumi-toolchain.sh"
+    d = tmp_path_factory.mktemp("host-project")
+    (d / "Pulumi.yaml").write_text(
+        "name: host-test\n"
+        "runtime:\n"
+        "  name: python\n"
+        "  options:\n"
+        "    toolchain: pip\n"
+        f"    virtualenv: {pathlib.Path(sys.executable).parent.parent}\n"
+    )
+    (d / "__main__.py").write_text(PROGRAM)
+    _write_private(d / "key", vps.private_key)
+    _write_private(d / "files.json", json.dumps(SECRET_FILES))
+    _write_private(d / "passphrase", os.urandom(24).hex())
+    return d
+
+
+def make_stack(project: pathlib.Path, vps: LocalVps, name: str, **over: Any) -> Stack:
+    cfg: dict[str, Any] = dict(
+        ssh_host=VPS_IP4,
+        ssh_port=SSH_PORT,
+        ssh_user="root",
+        ssh_host_key=vps.host_key,
+        key_file=str(project / "key"),
+        secret_files_file=str(project / "files.json"),
+        relay_host=RELAY_HOST,
+        acme_email="postmaster@dkim-relay.test",
+        acme_server=vps.acme_server,
+        acme_extra_names=[EXTRA_NAME],
+        acme_ca_bundle=vps.acme_ca_bundle,
+        docker_restart_command="mkdir -p /var/log/dkim-relay-test && date >> "
+        "/var/log/dkim-relay-test/docker-restarts.log",
+        reload_command='echo "reload ${RENEWED_LINEAGE}" >> /var/log/dkim-relay-test/reload.log',
+    )
+    cfg.update(over)
+    cfg_file = project / f"{name}.json"
+    cfg_file.write_text(json.dumps(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
+    env.update(
+        PATH=os.pathsep.join([str(BIN), str(pathlib.Path(sys.executable).parent), env["PATH"]]),
+        PULUMI_HOME=str(CACHE / "pulumi-home"),
+        PULUMI_SKIP_UPDATE_CHECK="1",
+        PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
+        PULUMI_IGNORE_AMBIENT_PLUGINS="true",
+        PULUMI_BACKEND_URL=f"file://{project}",
+        PULUMI_CONFIG_PASSPHRASE_FILE=str(project / "passphrase"),
+        DKR_HOST_CONFIG=str(cfg_file),
+    )
+    stack = Stack(project, name, env)
+    res = subprocess.run(
+        [str(BIN / "pulumi"), "stack", "init", name, "--secrets-provider", "passphrase"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return stack
+
+
+def assert_no_secret(text: str, where: str) -> None:
+    for s in (PASSWORD, DKIM_BODY):
+        assert s not in text, f"key material in {where}"
+
+
+def ufw_ports(vps: LocalVps) -> set[str]:
+    out = vps.ssh("ufw show added").stdout
+    return {line.split()[2] for line in out.splitlines() if line.startswith("ufw allow")}
+
+
+@pytest.fixture(scope="module")
+def deployed(project: pathlib.Path, vps: LocalVps) -> Stack:
+    stack = make_stack(project, vps, "main")
+    res = stack.run("up", "--yes", "--skip-preview")
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    assert_no_secret(res.stdout + res.stderr, "pulumi up output")
+    return stack
+
+
+def test_up_prepares_the_host(deployed: Stack, vps: LocalVps) -> None:
+    out = deployed.run("stack", "output", "--json")
+    outputs = json.loads(out.stdout)
+    assert outputs["cert_dir"] == hs.cert_dir(RELAY_HOST)
+    assert outputs["secrets_dir"] == hs.SECRETS_DIR
+    assert outputs["firewall_ports"] == [f"{SSH_PORT}/tcp", "587/tcp"]
+    assert ufw_ports(vps) == {f"{SSH_PORT}/tcp", "587/tcp"}
+    assert vps.ssh(f"test -s {hs.cert_dir(RELAY_HOST)}/fullchain.pem && echo ok").stdout
+    modes = vps.ssh(f"stat -c '%a %U' {hs.SECRETS_DIR}/smtp-users").stdout.split()
+    assert modes == ["600", "root"]
+    daemon = json.loads(vps.ssh("cat /etc/docker/daemon.json").stdout)
+    assert daemon["ipv6"] is True and daemon["ip6tables"] is True
+
+
+def test_state_keeps_secrets_encrypted(deployed: Stack) -> None:
+    res = deployed.run("stack", "export")
+    assert res.returncode == 0, res.stderr
+    assert_no_secret(res.stdout, "the exported state")
+    state = json.loads(res.stdout)
+    ssh_key_marker = "OPENSSH PRIVATE KEY"
+    assert ssh_key_marker not in res.stdout, "SSH private key in plain state"
+    secrets_cmd = [
+        r for r in state["deployment"]["resources"] if r["urn"].endswith("::vps-secrets")
+    ]
+    assert secrets_cmd and "ciphertext" in json.dumps(secrets_cmd[0]["inputs"]["stdin"])
+
+
+def test_second_up_changes_nothing(deployed: Stack) -> None:
+    res = deployed.run("preview", "--expect-no-changes", "--diff")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    res = deployed.run("up", "--yes", "--expect-no-changes", "--skip-preview")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+
+
+def test_provider_refuses_a_host_key_that_does_not_match(
+    project: pathlib.Path, vps: LocalVps, deployed: Stack
+) -> None:
+    """Pinning happens in pulumi-command itself (ConnectionArgs.host_key)."""
+    other = openssh_public_key(ed25519.Ed25519PrivateKey.generate())
+    stack = make_stack(project, vps, "badkey", ssh_host_key=other, preflight=False)
+    res = stack.run("up", "--yes", "--skip-preview")
+    assert res.returncode != 0, res.stdout[-3000:]
+    text = (res.stdout + res.stderr).lower()
+    assert "host key" in text or "hostkey" in text, text[-3000:]
+    assert "dkim-relay[" not in res.stdout, "a script ran despite the wrong host key"
+    # With the preflight on (the default), the error names the config key.
+    stack2 = make_stack(project, vps, "badkey2", ssh_host_key=other)
+    res2 = stack2.run("up", "--yes", "--skip-preview")
+    assert res2.returncode != 0
+    assert "does not match sshHostKey" in res2.stdout + res2.stderr, res2.stdout[-3000:]
+
+
+def test_wrong_private_key_is_named(project: pathlib.Path, vps: LocalVps, deployed: Stack) -> None:
+    wrong = project / "wrong-key"
+    _write_private(wrong, openssh_private_key(ed25519.Ed25519PrivateKey.generate()))
+    stack = make_stack(project, vps, "wrongkey", key_file=str(wrong))
+    res = stack.run("up", "--yes", "--skip-preview")
+    assert res.returncode != 0
+    assert "refused sshPrivateKey" in res.stdout + res.stderr, res.stdout[-3000:]
+
+
+def test_destroy_removes_rules_and_keys_keeps_ssh_and_certificate(
+    deployed: Stack, vps: LocalVps
+) -> None:
+    res = deployed.run("destroy", "--yes", "--skip-preview")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert ufw_ports(vps) == {f"{SSH_PORT}/tcp"}
+    assert "Status: active" in vps.ssh("ufw status").stdout
+    assert vps.ssh(f"test -e {hs.SECRETS_DIR} && echo present || echo gone").stdout.strip() == (
+        "gone"
+    )
+    assert vps.ssh(f"test -s {hs.cert_dir(RELAY_HOST)}/fullchain.pem && echo kept").stdout
