@@ -21,6 +21,8 @@ class SendAs:
     address: str
     username: str
     display_name: str = ""
+    # The key of this login in the smtpPasswords output, when it differs from username.
+    password_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,15 +45,16 @@ def _md_cell(value: object) -> str:
 
 
 def _password_line(inp: GuideInput, ident: SendAs, index: int) -> str:
-    if inp.passwords is not None and ident.username in inp.passwords:
-        return f"   - **Password:** `{inp.passwords[ident.username]}`"
+    key = ident.password_key or ident.username
+    if inp.passwords is not None and key in inp.passwords:
+        return f"   - **Password:** `{inp.passwords[key]}`"
     stack = f" --stack {inp.stack_name}" if inp.stack_name else ""
     if index == 0:
         cmd = f"pulumi stack output{stack} --show-secrets smtpPassword"
     else:
         cmd = (
             f"pulumi stack output{stack} --show-secrets --json smtpPasswords"
-            f" | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"{ident.username}\"])'"
+            f" | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"{key}\"])'"
         )
     return f"   - **Password:** the relay password, printed by `{cmd}`"
 
@@ -123,9 +126,7 @@ def render_guide(inp: GuideInput) -> str:
     ]
     for index, ident in enumerate(inp.identities):
         name_hint = (
-            f"`{ident.display_name}`"
-            if ident.display_name
-            else "the name recipients should see"
+            f"`{ident.display_name}`" if ident.display_name else "the name recipients should see"
         )
         out += [
             f"### `{ident.address}`",
@@ -178,11 +179,7 @@ def render_guide(inp: GuideInput) -> str:
         "",
         f"Write it to a file with `pulumi stack output{stack} gmailGuide > GMAIL.md`. "
         "The password is not in it"
-        + (
-            " (except where you asked for it: keep that file private)."
-            if inp.passwords
-            else "."
-        )
+        + (" (except where you asked for it: keep that file private)." if inp.passwords else ".")
         + " Read it any time with `pulumi stack output"
         + stack
         + " --show-secrets smtpPassword`.",
@@ -212,14 +209,22 @@ def render_from_outputs(
         from_addresses = [u if "@" in u else f"{u}@{domain}" for u in usernames]
     if len(from_addresses) != len(usernames):
         raise ValueError("one From address per SMTP username is needed")
+    pw_map = outputs.get("smtpPasswords")
+    map_keys = [str(k) for k in pw_map] if isinstance(pw_map, Mapping) else []
+
+    def key_for(login: str) -> str:
+        # smtpPasswords may be keyed by login ("alice@example.com") or by name ("alice").
+        local = login.split("@", 1)[0]
+        return login if login in map_keys or local not in map_keys else local
+
+    keys = [key_for(u) for u in usernames]
     passwords: dict[str, str] | None = None
     if include_password:
-        pw_map = outputs.get("smtpPasswords")
         passwords = {}
         if isinstance(pw_map, Mapping):
             passwords.update({str(k): str(v) for k, v in pw_map.items()})
         if outputs.get("smtpPassword") is not None:
-            passwords.setdefault(usernames[0], str(outputs["smtpPassword"]))
+            passwords.setdefault(keys[0], str(outputs["smtpPassword"]))
     records_obj = outputs.get("dnsRecords") or []
     if not isinstance(records_obj, (list, tuple)):
         raise TypeError("dnsRecords must be a list")
@@ -228,7 +233,8 @@ def render_from_outputs(
             smtp_server=str(outputs.get("smtpServer") or outputs["relayHost"]),
             smtp_port=int(str(outputs.get("smtpPort") or 587)),
             identities=[
-                SendAs(a, u) for a, u in zip(from_addresses, usernames, strict=True)
+                SendAs(a, u, password_key=k)
+                for a, u, k in zip(from_addresses, usernames, keys, strict=True)
             ],
             domain=domain,
             dns_provider=str(outputs.get("dnsProvider") or "cloudflare"),

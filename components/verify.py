@@ -302,7 +302,14 @@ def target_from_outputs(
     creds: dict[str, str] = {}
     pw_map = outputs.get("smtpPasswords")
     if isinstance(pw_map, Mapping):
-        creds.update({str(k): str(v) for k, v in pw_map.items() if _is_secret_value(v)})
+        for key, value in pw_map.items():
+            if not _is_secret_value(value):
+                continue
+            login = str(key)
+            # The map may be keyed by user name ("alice") while logins are "alice@domain".
+            if login not in usernames and f"{login}@{domain}" in usernames:
+                login = f"{login}@{domain}"
+            creds[login] = str(value)
     pw = outputs.get("smtpPassword")
     if first and _is_secret_value(pw):
         creds.setdefault(str(first), str(pw))

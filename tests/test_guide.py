@@ -103,10 +103,7 @@ def test_manual_dns_mode_lists_every_record_and_zone_snippet() -> None:
     table = render_dns_table(RECORDS)
     assert table in text
     for rec in RECORDS:
-        assert (
-            f"| {rec['type']} | {rec['name']} | `{rec['content']}` | {rec['ttl']} |"
-            in text
-        )
+        assert f"| {rec['type']} | {rec['name']} | `{rec['content']}` | {rec['ttl']} |" in text
     # DNS first, then Gmail.
     assert text.index("DNS records") < text.index("Accounts and Import")
 
@@ -119,9 +116,7 @@ def test_managed_dns_mode_has_no_manual_records() -> None:
 
 
 def test_table_cells_escape_pipes() -> None:
-    table = render_dns_table(
-        [{"type": "TXT", "name": "a.", "content": "x|y", "ttl": 1}]
-    )
+    table = render_dns_table([{"type": "TXT", "name": "a.", "content": "x|y", "ttl": 1}])
     assert "x\\|y" in table
 
 
@@ -144,3 +139,14 @@ def test_render_is_deterministic_and_needs_an_identity() -> None:
     assert render_from_outputs(outputs()) == render_from_outputs(outputs())
     with pytest.raises(ValueError):
         render_guide(GuideInput("h", 587, [], "example.com"))
+
+
+def test_password_map_keyed_by_user_name() -> None:
+    outs = outputs("cloudflare")
+    outs["smtpUsernames"] = ["me@example.com", "shop@example.com"]
+    outs["smtpPasswords"] = {"me": SECRET, "shop": SECRET2}
+    text = render_from_outputs(outs)
+    assert 'print(json.load(sys.stdin)["shop"])' in text
+    assert SECRET not in text and SECRET2 not in text
+    asked = render_from_outputs(outs, include_password=True)
+    assert f"**Password:** `{SECRET2}`" in asked and f"**Password:** `{SECRET}`" in asked

@@ -179,6 +179,18 @@ def test_target_from_outputs() -> None:
     assert (t.connect_ipv4, t.connect_ipv6) == ("203.0.113.10", None)
 
 
+def test_password_map_keyed_by_user_name_maps_to_logins() -> None:
+    t = v.target_from_outputs(
+        outputs(
+            smtpUsername="gmail@example.com",
+            smtpUsernames=["gmail@example.com", "shop@example.com"],
+            smtpPassword="pw-one",
+            smtpPasswords={"gmail": "pw-one", "shop": "pw-two"},
+        )
+    )
+    assert dict(t.credentials) == {"gmail@example.com": "pw-one", "shop@example.com": "pw-two"}
+
+
 def test_target_without_show_secrets_has_no_credentials() -> None:
     t = v.target_from_outputs(outputs(smtpPassword="[secret]", smtpPasswords="[secret]"))
     assert t.credentials == ()
