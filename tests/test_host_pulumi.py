@@ -26,7 +26,6 @@ from tests.vps_support import (
     EXTRA_NAME,
     RELAY_HOST,
     SSH_PORT,
-    VPS_IP4,
     LocalVps,
     local_vps,
     openssh_private_key,
@@ -120,7 +119,7 @@ def project(tmp_path_factory: pytest.TempPathFactory, vps: LocalVps) -> pathlib.
 
 def make_stack(project: pathlib.Path, vps: LocalVps, name: str, **over: Any) -> Stack:
     cfg: dict[str, Any] = dict(
-        ssh_host=VPS_IP4,
+        ssh_host=vps.ip4,
         ssh_port=SSH_PORT,
         ssh_user="root",
         ssh_host_key=vps.host_key,

@@ -36,9 +36,6 @@ from tests.vps_support import (
     PREEXISTING_DAEMON_JSON,
     RELAY_HOST,
     SSH_PORT,
-    UNUSED_IP4,
-    VPS_IP4,
-    VPS_IP6,
     LocalVps,
     local_vps,
     openssh_private_key,
@@ -63,7 +60,7 @@ WATCHED = "/etc/ufw /etc/default/ufw /etc/letsencrypt /etc/docker /etc/dkim-rela
 
 def relay_args(vps: LocalVps, **over: object) -> RelayHostArgs:
     base: dict[str, object] = dict(
-        ssh_host=VPS_IP4,
+        ssh_host=vps.ip4,
         ssh_private_key=vps.private_key,
         ssh_port=SSH_PORT,
         ssh_user="root",
@@ -181,7 +178,7 @@ def test_firewall_allows_exactly_ssh_and_submission(vps: LocalVps, first_run: ob
     verbose = vps.ssh("ufw status verbose").stdout
     assert "Status: active" in verbose
     assert "Default: deny (incoming)" in verbose
-    for ip in (VPS_IP4, VPS_IP6):
+    for ip in (vps.ip4, vps.ip6):
         assert probe(ip, SSH_PORT) == "open", ip
         # Nothing listens on 587 yet: a RST (refused) proves the firewall let it in.
         assert probe(ip, 587) == "refused", ip
@@ -191,7 +188,7 @@ def test_firewall_allows_exactly_ssh_and_submission(vps: LocalVps, first_run: ob
 
 def test_ssh_still_works_over_v4_and_v6(vps: LocalVps, first_run: object) -> None:
     assert vps.ssh("echo still-in").stdout.strip() == "still-in"
-    t6 = SshTarget(VPS_IP6, SSH_PORT, "root", vps.host_key)
+    t6 = SshTarget(vps.ip6, SSH_PORT, "root", vps.host_key)
     assert preflight_check(t6, vps.private_key).startswith("Linux")
 
 
@@ -223,8 +220,8 @@ def test_certificate_from_pebble_where_the_relay_reads_it(vps: LocalVps, first_r
 
 def test_port_80_closed_after_certbot(vps: LocalVps, first_run: object) -> None:
     assert "80/tcp" not in vps.ssh("ufw show added").stdout
-    assert probe(VPS_IP4, 80) == "filtered"
-    assert probe(VPS_IP6, 80) == "filtered"
+    assert probe(vps.ip4, 80) == "filtered"
+    assert probe(vps.ip6, 80) == "filtered"
 
 
 def test_key_files_owner_and_mode(vps: LocalVps, first_run: object) -> None:
@@ -283,7 +280,7 @@ def test_renewal_runs_hooks_and_reloads_relay(vps: LocalVps, first_run: object) 
     assert vps.ssh(f"openssl x509 -in {live}/cert.pem -noout -serial").stdout != serial
     assert read_lines(vps, RELOAD_LOG) == [*reloads, f"reload {live}"]
     assert ufw_rules(vps) == rules
-    assert probe(VPS_IP4, 80) == "filtered"
+    assert probe(vps.ip4, 80) == "filtered"
 
 
 def test_renewal_fails_when_port_80_stays_shut(vps: LocalVps, first_run: object) -> None:
@@ -307,13 +304,13 @@ def test_preflight_ok(vps: LocalVps) -> None:
 
 
 def test_preflight_unreachable_host_names_sshhost(vps: LocalVps) -> None:
-    t = SshTarget(UNUSED_IP4, SSH_PORT, "root", vps.host_key)
+    t = SshTarget(vps.unused_ip4, SSH_PORT, "root", vps.host_key)
     with pytest.raises(HostPreflightError, match=r"sshHost.*sshPort"):
         preflight_check(t, vps.private_key, timeout=4)
 
 
 def test_preflight_closed_port_names_sshport(vps: LocalVps) -> None:
-    t = SshTarget(VPS_IP4, 22, "root", vps.host_key)
+    t = SshTarget(vps.ip4, 22, "root", vps.host_key)
     with pytest.raises(HostPreflightError, match=r"sshPort=22"):
         preflight_check(t, vps.private_key, timeout=3)
 
@@ -326,7 +323,7 @@ def test_preflight_wrong_key_names_sshprivatekey(vps: LocalVps) -> None:
 
 def test_preflight_host_key_mismatch_names_sshhostkey(vps: LocalVps) -> None:
     other = openssh_public_key(ed25519.Ed25519PrivateKey.generate())
-    t = SshTarget(VPS_IP4, SSH_PORT, "root", other)
+    t = SshTarget(vps.ip4, SSH_PORT, "root", other)
     with pytest.raises(HostPreflightError, match="does not match sshHostKey"):
         preflight_check(t, vps.private_key)
 
@@ -334,7 +331,7 @@ def test_preflight_host_key_mismatch_names_sshhostkey(vps: LocalVps) -> None:
 def test_preflight_garbage_values_name_the_key(vps: LocalVps) -> None:
     with pytest.raises(HostPreflightError, match="sshPrivateKey"):
         preflight_check(vps.target, "not a key")
-    t = SshTarget(VPS_IP4, SSH_PORT, "root", "not-a-host-key")
+    t = SshTarget(vps.ip4, SSH_PORT, "root", "not-a-host-key")
     with pytest.raises(HostPreflightError, match="sshHostKey"):
         preflight_check(t, vps.private_key)
 
@@ -347,7 +344,7 @@ def test_missing_acme_email_names_acmeemail(vps: LocalVps) -> None:
 def test_submissions_465_on_then_off(vps: LocalVps, first_run: object) -> None:
     run_step(vps, host_steps(relay_args(vps, submissions465=True))["firewall"])
     assert "465/tcp ALLOW Anywhere" in ufw_rules(vps)
-    assert probe(VPS_IP4, 465) == "refused"
+    assert probe(vps.ip4, 465) == "refused"
     out = run_step(vps, host_steps(relay_args(vps))["firewall"])
     assert "removed rule 465/tcp" in out
     assert not any(r.startswith("465/tcp") for r in ufw_rules(vps))

@@ -3,8 +3,8 @@
 Layout (all made and removed by :func:`local_vps`):
 
 * network namespace ``dkrvps<id>`` joined to the machine by a veth pair:
-  machine side 10.254.77.1/29 + fd42:6b72:7634::1/64, VPS side 10.254.77.2/29
-  + fd42:6b72:7634::2/64 (addresses used only for this namespace);
+  machine side 10.254.<n>.1/29 + fd42:6b72:7634:<n>::1/64, VPS side .2 and ::2
+  (a free <n> is picked per VPS; addresses used only for this namespace);
 * inside it, in its own mount namespace, overlays on ``/etc`` and ``/var`` and a
   fresh tmpfs on ``/run`` (upper layers on a tmpfs), so ufw's files,
   ``/etc/letsencrypt``, ``/etc/docker``, ``/etc/dkim-relay`` and certbot's state
@@ -13,8 +13,8 @@ Layout (all made and removed by :func:`local_vps`):
   client key; everything the tests do on the VPS goes through that sshd,
   exactly as on a real VPS;
 * Debian's ``pebble`` (Let's Encrypt's test ACME server) on the machine side of
-  the veth (10.254.77.1:14000), resolving every name to the VPS through
-  ``pebble-challtestsrv`` as DNS on 127.0.0.1:8053, with HTTP-01 checks on the
+  the veth (<host ip>:14000), resolving every name to the VPS through
+  ``pebble-challtestsrv`` as DNS on <host ip>:8053, with HTTP-01 checks on the
   VPS's port 80, so a challenge only succeeds when the VPS firewall lets it in.
 """
 
@@ -44,11 +44,8 @@ from cryptography.x509.oid import NameOID
 
 from components.host import SshTarget, run_over_ssh
 
-HOST_IP4 = "10.254.77.1"
-VPS_IP4 = "10.254.77.2"
-UNUSED_IP4 = "10.254.77.5"  # inside the /29, never assigned: "unreachable host"
-HOST_IP6 = "fd42:6b72:7634::1"
-VPS_IP6 = "fd42:6b72:7634::2"
+# Addresses: 10.254.<n>.0/29 and fd42:6b72:7634:<n>::/64, <n> picked per VPS
+# among subnets no interface uses (concurrent runs do not collide).
 SSH_PORT = 2222
 PEBBLE_PORT = 14000
 RELAY_HOST = "relay.dkim-relay.test"
@@ -90,7 +87,7 @@ def _wait_tcp(host: str, port: int, timeout: float = 30) -> None:
     raise TimeoutError(f"{host}:{port} not listening after {timeout}s: {last}")
 
 
-def _write_pebble_tls(d: str) -> tuple[str, str, str]:
+def _write_pebble_tls(d: str, host_ip4: str) -> tuple[str, str, str]:
     """CA + server certificate for pebble's own HTTPS listener (not the ACME CA)."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -109,14 +106,14 @@ def _write_pebble_tls(d: str) -> tuple[str, str, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST_IP4)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host_ip4)]))
         .issuer_name(ca_name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST_IP4))]),
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host_ip4))]),
             critical=False,
         )
         .sign(ca_key, hashes.SHA256())
@@ -146,11 +143,16 @@ class LocalVps:
     acme_server: str
     acme_ca_bundle: str  # path valid on the VPS too (shared filesystem)
     sshd_pid: int
+    ip4: str
+    ip6: str
+    host_ip4: str
+    host_ip6: str
+    unused_ip4: str  # inside the VPS's /29, never assigned: an unreachable host
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def target(self) -> SshTarget:
-        return SshTarget(VPS_IP4, SSH_PORT, "root", self.host_key)
+        return SshTarget(self.ip4, SSH_PORT, "root", self.host_key)
 
     def ssh(
         self, command: str, stdin: str | None = None, check: bool = True, timeout: float = 600
@@ -166,7 +168,7 @@ class LocalVps:
     def pebble_root_pem(self) -> str:
         """The root of pebble's (random per run) issuing hierarchy."""
         ctx = ssl.create_default_context(cafile=self.acme_ca_bundle)
-        with urllib.request.urlopen(f"https://{HOST_IP4}:15000/roots/0", context=ctx) as r:
+        with urllib.request.urlopen(f"https://{self.host_ip4}:15000/roots/0", context=ctx) as r:
             return str(r.read().decode())
 
 
@@ -180,6 +182,15 @@ def _kill(p: subprocess.Popen[bytes]) -> None:
             p.wait(timeout=10)
 
 
+def _free_subnet() -> int:
+    used = _run("ip", "-o", "addr").stdout + _run("ip", "route").stdout
+    for _ in range(100):
+        n = 16 + secrets.randbelow(224)
+        if f"10.254.{n}." not in used:
+            return n
+    raise RuntimeError("no free 10.254.<n>.0/29 subnet for the local VPS")
+
+
 @contextmanager
 def local_vps() -> Iterator[LocalVps]:
     """Builds the namespace VPS and pebble; tears everything down afterwards."""
@@ -189,6 +200,9 @@ def local_vps() -> Iterator[LocalVps]:
         if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
             raise RuntimeError(f"{tool} missing: run scripts/setup.d/20-vps.sh")
     suffix = secrets.token_hex(3)
+    n = _free_subnet()
+    host_ip4, vps_ip4, unused_ip4 = f"10.254.{n}.1", f"10.254.{n}.2", f"10.254.{n}.5"
+    host_ip6, vps_ip6 = f"fd42:6b72:7634:{n:x}::1", f"fd42:6b72:7634:{n:x}::2"
     netns = f"dkrvps{suffix}"
     veth_host, veth_vps = f"dkrh{suffix}", f"dkrv{suffix}"
     work = tempfile.mkdtemp(prefix="dkim-relay-vps-")
@@ -202,13 +216,13 @@ def local_vps() -> Iterator[LocalVps]:
         ns_made = True
         _run("ip", "link", "add", veth_host, "type", "veth", "peer", "name", veth_vps)
         _run("ip", "link", "set", veth_vps, "netns", netns)
-        _run("ip", "addr", "add", f"{HOST_IP4}/29", "dev", veth_host)
-        _run("ip", "-6", "addr", "add", f"{HOST_IP6}/64", "dev", veth_host, "nodad")
+        _run("ip", "addr", "add", f"{host_ip4}/29", "dev", veth_host)
+        _run("ip", "-6", "addr", "add", f"{host_ip6}/64", "dev", veth_host, "nodad")
         _run("ip", "link", "set", veth_host, "up")
         ns = ("ip", "netns", "exec", netns)
         _run(*ns, "ip", "link", "set", "lo", "up")
-        _run(*ns, "ip", "addr", "add", f"{VPS_IP4}/29", "dev", veth_vps)
-        _run(*ns, "ip", "-6", "addr", "add", f"{VPS_IP6}/64", "dev", veth_vps, "nodad")
+        _run(*ns, "ip", "addr", "add", f"{vps_ip4}/29", "dev", veth_vps)
+        _run(*ns, "ip", "-6", "addr", "add", f"{vps_ip6}/64", "dev", veth_vps, "nodad")
         _run(*ns, "ip", "link", "set", veth_vps, "up")
 
         # --- sshd ----------------------------------------------------------------
@@ -226,8 +240,8 @@ def local_vps() -> Iterator[LocalVps]:
         with open(cfg, "w") as f:
             f.write(
                 f"Port {SSH_PORT}\n"
-                f"ListenAddress {VPS_IP4}\n"
-                f"ListenAddress {VPS_IP6}\n"
+                f"ListenAddress {vps_ip4}\n"
+                f"ListenAddress {vps_ip6}\n"
                 f"HostKey {hk_path}\n"
                 f"PidFile {sshdir}/sshd.pid\n"
                 f"AuthorizedKeysFile {ak_path}\n"
@@ -270,15 +284,15 @@ exec /usr/sbin/sshd -D -e -f {cfg}
         # --- pebble + its DNS ----------------------------------------------------------
         pdir = os.path.join(work, "pebble")
         os.makedirs(pdir)
-        ca_pem, cert_pem, key_pem = _write_pebble_tls(pdir)
+        ca_pem, cert_pem, key_pem = _write_pebble_tls(pdir, host_ip4)
         os.chmod(pdir, 0o755)
         pcfg = os.path.join(pdir, "pebble-config.json")
         with open(pcfg, "w") as f:
             json.dump(
                 {
                     "pebble": {
-                        "listenAddress": f"{HOST_IP4}:{PEBBLE_PORT}",
-                        "managementListenAddress": f"{HOST_IP4}:15000",
+                        "listenAddress": f"{host_ip4}:{PEBBLE_PORT}",
+                        "managementListenAddress": f"{host_ip4}:15000",
                         "certificate": cert_pem,
                         "privateKey": key_pem,
                         "httpPort": 80,
@@ -296,7 +310,7 @@ exec /usr/sbin/sshd -D -e -f {cfg}
                 [
                     "pebble-challtestsrv",
                     "-dns01",
-                    "127.0.0.1:8053",
+                    f"{host_ip4}:8053",
                     "-http01",
                     "",
                     "-https01",
@@ -304,9 +318,9 @@ exec /usr/sbin/sshd -D -e -f {cfg}
                     "-tlsalpn01",
                     "",
                     "-management",
-                    "127.0.0.1:8055",
+                    f"{host_ip4}:8055",
                     "-defaultIPv4",
-                    VPS_IP4,
+                    vps_ip4,
                     "-defaultIPv6",
                     "",
                 ],
@@ -320,22 +334,27 @@ exec /usr/sbin/sshd -D -e -f {cfg}
         logs.append(pebble_log)
         with open(pebble_log, "wb") as lf:
             pebble = subprocess.Popen(
-                ["pebble", "-config", pcfg, "-dnsserver", "127.0.0.1:8053"],
+                ["pebble", "-config", pcfg, "-dnsserver", f"{host_ip4}:8053"],
                 stdout=lf,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
         procs.append(pebble)
-        _wait_tcp(VPS_IP4, SSH_PORT)
-        _wait_tcp(HOST_IP4, PEBBLE_PORT)
+        _wait_tcp(vps_ip4, SSH_PORT)
+        _wait_tcp(host_ip4, PEBBLE_PORT)
         vps = LocalVps(
             netns=netns,
             workdir=work,
             private_key=openssh_private_key(ck),
             host_key=openssh_public_key(hk),
-            acme_server=f"https://{HOST_IP4}:{PEBBLE_PORT}/dir",
+            acme_server=f"https://{host_ip4}:{PEBBLE_PORT}/dir",
             acme_ca_bundle=ca_pem,
             sshd_pid=sshd.pid,
+            ip4=vps_ip4,
+            ip6=vps_ip6,
+            host_ip4=host_ip4,
+            host_ip6=host_ip6,
+            unused_ip4=unused_ip4,
             procs=procs,
         )
         vps.ssh("true")
