@@ -31,6 +31,7 @@ turns the usual failures into errors naming the config key to fix
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -251,6 +252,7 @@ class RelayHost(pulumi.ComponentResource):
     cert_ready: pulumi.Output[str]
     cert_dir: pulumi.Output[str]
     secrets_dir: pulumi.Output[str]
+    secrets_revision: pulumi.Output[str]  # secret; changes when any key file changes
     firewall_ports: pulumi.Output[list[str]]
     docker_host: pulumi.Output[str]
 
@@ -288,7 +290,10 @@ class RelayHost(pulumi.ComponentResource):
                 )
                 return "ok"
 
-            triggers.append(pulumi.Output.all(target_host, private_key).apply(_check))
+            # "ok" carries no secret; unsecret it so the trigger reads plainly.
+            triggers.append(
+                pulumi.Output.unsecret(pulumi.Output.all(target_host, private_key).apply(_check))
+            )
 
         def child(extra: list[pulumi.Resource] | None = None, **kw: Any) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=extra or [], **kw)
@@ -356,6 +361,13 @@ class RelayHost(pulumi.ComponentResource):
             )
         else:
             self.secrets_dir = pulumi.Output.from_input(hs.SECRETS_DIR)
+        # For the relay: a value to recreate the container on when key files change
+        # (kept secret: an unsalted hash of a short password could be brute-forced).
+        self.secrets_revision = pulumi.Output.secret(
+            pulumi.Output.from_input(args.secret_files or {}).apply(
+                lambda f: hashlib.sha256(hs.secrets_stdin(f).encode()).hexdigest()
+            )
+        )
         ports = [
             spec
             for spec, _role in hs.port_rules(args.ssh_port, args.submissions465, args.extra_ports)
@@ -370,6 +382,7 @@ class RelayHost(pulumi.ComponentResource):
                 "cert_ready": self.cert_ready,
                 "cert_dir": self.cert_dir,
                 "secrets_dir": self.secrets_dir,
+                "secrets_revision": self.secrets_revision,
                 "firewall_ports": self.firewall_ports,
                 "docker_host": self.docker_host,
             }

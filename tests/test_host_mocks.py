@@ -121,6 +121,8 @@ def build(
     async def settle() -> None:
         for key in ("docker_ready", "cert_ready", "cert_dir", "secrets_dir", "firewall_ports"):
             results[key] = await getattr(component, key).future()
+        results["revision.secret"] = await component.secrets_revision.is_secret()
+        results["revision"] = await component.secrets_revision.future()
         for name, kw in world.kwargs.items():
             if isinstance(kw.get("stdin"), pulumi.Output):
                 results[f"{name}.stdin.secret"] = await kw["stdin"].is_secret()
@@ -150,6 +152,7 @@ def test_component_type_and_children(monkeypatch: pytest.MonkeyPatch) -> None:
     assert results["secrets_dir"] == hs.SECRETS_DIR
     assert results["docker_ready"] == "ready" and results["cert_ready"] == "ready"
     assert results["firewall_ports"] == ["2222/tcp", "587/tcp"]
+    assert results["revision.secret"] is True and len(results["revision"]) == 64
 
 
 def test_ordering(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,7 +236,7 @@ def test_preflight_runs_on_up_not_preview(monkeypatch: pytest.MonkeyPatch) -> No
     assert calls == []
     world, _, _ = build(monkeypatch, preview=False, preflight=True)
     assert calls == [SshTarget("203.0.113.7", 2222, "root", HOST_KEY)]
-    assert unwrap(world.named("vps-preflight").inputs["triggers"]) == ["ok"]
+    assert world.named("vps-preflight").inputs["triggers"] == ["ok"]
 
 
 def test_missing_acme_email_is_an_error_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
