@@ -565,7 +565,19 @@ def smtp_checks(t: Target, addr: str, label: str, opts: SmtpOptions) -> list[Res
     where = f"[{addr}]:{t.port}" if ":" in addr else f"{addr}:{t.port}"
     try:
         s = _SMTP(addr, t.port, t.relay_host, opts.timeout)
-    except (OSError, smtplib.SMTPException) as exc:
+    except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError) as exc:
+        # TCP got through (often to docker's port proxy) but no SMTP greeting came.
+        out.append(
+            Result(
+                FAIL,
+                check_conn,
+                f"{where}: connected, but no SMTP greeting within {opts.timeout:g} s ({exc})",
+                "the relay's smtpd is not answering: read `docker logs` of the relay "
+                "container (a fatal config error throttles smtpd)",
+            )
+        )
+        return out
+    except OSError as exc:
         out.append(
             Result(
                 FAIL,

@@ -250,3 +250,19 @@ def test_cli_closed_port_fails_fast_and_never_prints_passwords(tmp_path: Path) -
     assert f"FAIL smtp.connect[ipv4]: 127.0.0.1:{port}: connection refused" in res.stdout
     assert "verify FAILED: 1 check(s) fail" in res.stdout
     assert "pw-one" not in res.stdout + res.stderr and "pw-two" not in res.stdout + res.stderr
+
+
+def test_cli_silent_listener_is_no_greeting_not_a_firewall(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)  # the kernel completes the handshake; nobody ever speaks
+        port = listener.getsockname()[1]
+        f = tmp_path / "outputs.json"
+        f.write_text(json.dumps(outputs(vpsIpv4="127.0.0.1")))
+        res = run_cli("", "--outputs", str(f), "--skip-dns", "--port", str(port), "--timeout", "1")
+    assert res.returncode == 1
+    assert "FAIL smtp.connect[ipv4]" in res.stdout
+    assert "connected, but no SMTP greeting within 1 s" in res.stdout
+    assert "docker logs" in res.stdout and "ufw" not in res.stdout
