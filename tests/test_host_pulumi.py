@@ -241,6 +241,16 @@ def test_wrong_private_key_is_named(project: pathlib.Path, vps: LocalVps, deploy
     assert "refused sshPrivateKey" in res.stdout + res.stderr, res.stdout[-3000:]
 
 
+def test_unreachable_host_is_named(project: pathlib.Path, vps: LocalVps, deployed: Stack) -> None:
+    stack = make_stack(project, vps, "unreachable", ssh_host=vps.unused_ip4)
+    res = stack.run("up", "--yes", "--skip-preview")
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert f"cannot reach the VPS at sshHost='{vps.unused_ip4}' sshPort={SSH_PORT}" in out, out[
+        -3000:
+    ]
+
+
 def test_destroy_removes_rules_and_keys_keeps_ssh_and_certificate(
     deployed: Stack, vps: LocalVps
 ) -> None:

@@ -30,6 +30,7 @@ from components.host import (
     SshTarget,
     host_steps,
     preflight_check,
+    run_over_ssh,
 )
 from tests.vps_support import (
     EXTRA_NAME,
@@ -339,6 +340,24 @@ def test_preflight_garbage_values_name_the_key(vps: LocalVps) -> None:
 def test_missing_acme_email_names_acmeemail(vps: LocalVps) -> None:
     with pytest.raises(ValueError, match="acmeEmail"):
         host_steps(relay_args(vps, acme_email=""))
+
+
+def test_non_root_ssh_user_runs_the_steps_through_sudo(vps: LocalVps, first_run: object) -> None:
+    vps.ssh(
+        "id deploy >/dev/null 2>&1 || useradd -m -s /bin/bash deploy; "
+        # '*' (no password, not locked): sshd without PAM refuses locked accounts.
+        "usermod -p '*' deploy; "
+        "echo 'deploy ALL=(ALL) NOPASSWD:ALL' >/etc/sudoers.d/dkim-relay-test; "
+        "chmod 0440 /etc/sudoers.d/dkim-relay-test"
+    )
+    target = SshTarget(vps.ip4, SSH_PORT, "deploy", vps.host_key)
+    assert preflight_check(target, vps.private_key).startswith("Linux")
+    for name, step in host_steps(relay_args(vps, ssh_user="deploy")).items():
+        assert step.create.startswith("sudo -n bash -c "), name
+        stdin = hs.secrets_stdin(SECRET_FILES) if step.stdin_secrets else None
+        res = run_over_ssh(target, vps.private_key, step.create, stdin=stdin)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert f"dkim-relay[{name}]: no change" in res.stdout, res.stdout[-2000:]
 
 
 def test_submissions_465_on_then_off(vps: LocalVps, first_run: object) -> None:

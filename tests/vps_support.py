@@ -229,13 +229,15 @@ def local_vps() -> Iterator[LocalVps]:
         hk = ed25519.Ed25519PrivateKey.generate()
         ck = ed25519.Ed25519PrivateKey.generate()
         sshdir = os.path.join(work, "sshd")
-        os.makedirs(sshdir, mode=0o700)
+        # 0755/0644: sshd reads authorized_keys as the logging-in user (also "deploy").
+        os.makedirs(sshdir, mode=0o755)
         hk_path = os.path.join(sshdir, "ssh_host_ed25519_key")
         with open(os.open(hk_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
             f.write(openssh_private_key(hk))
         ak_path = os.path.join(sshdir, "authorized_keys")
         with open(ak_path, "w") as f:
             f.write(openssh_public_key(ck) + " dkim-relay-test\n")
+        os.chmod(ak_path, 0o644)
         cfg = os.path.join(sshdir, "sshd_config")
         with open(cfg, "w") as f:
             f.write(

@@ -7,7 +7,7 @@
 (
   set -euo pipefail
   pkgs=(openssh-server openssh-client ufw certbot pebble iproute2 iptables shellcheck
-    python3 openssl procps)
+    python3 openssl procps sudo)
   missing=()
   for p in "${pkgs[@]}"; do
     if [[ "$(dpkg-query -W -f='${Status}' "${p}" 2>/dev/null || true)" != "install ok installed" ]]; then
