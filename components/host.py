@@ -219,7 +219,14 @@ def preflight_check(target: SshTarget, private_key: str, timeout: float = 10) ->
 # --- the component ---------------------------------------------------------------
 @dataclass
 class RelayHostArgs:
-    """Plain values (and Outputs for secrets); filled from config in __main__."""
+    """Plain values (and Outputs for secrets); filled from config in __main__.
+
+    Config keys: ssh_host=sshHost (default vpsIpv4), ssh_user=sshUser,
+    ssh_port=sshPort, ssh_private_key=sshPrivateKey (secret),
+    ssh_host_key=sshHostKey, acme_email=acmeEmail, acme_server=acmeServer,
+    acme_extra_names=acmeExtraNames, acme_ca_bundle=acmeCaBundle,
+    relay_host=relayHost, submissions465=submissions465.
+    """
 
     ssh_host: pulumi.Input[str]
     ssh_private_key: pulumi.Input[str]  # secret
@@ -234,8 +241,9 @@ class RelayHostArgs:
     submissions465: bool = False
     extra_ports: Sequence[int] = ()
     container_name: str = hs.DEFAULT_CONTAINER_NAME
-    # relative path under host_scripts.SECRETS_DIR -> content; see
-    # host_scripts.secrets_payload for the layout. Secret Output.
+    # relative path under host_scripts.SECRETS_DIR -> content, i.e. what
+    # components.postfix.render_secrets returns (dkim/<sel>.private, smtp-users).
+    # A secret Output; it reaches the host only on the secrets step's stdin.
     secret_files: pulumi.Input[Mapping[str, str]] | None = None
     docker_ipv6_cidr: str = hs.DEFAULT_DOCKER_IPV6_CIDR
     docker_restart_command: str = hs.DEFAULT_DOCKER_RESTART
