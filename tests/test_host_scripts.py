@@ -306,3 +306,25 @@ def test_layout_is_the_relays() -> None:
         hs.secret_file_path("dkim_key", "s1"),
         hs.secret_file_path("smtp_users"),
     }
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        hs._hook_pre(),
+        hs._hook_post(),
+        hs._hook_deploy("relay.example.com", "dkim-relay", None),
+        hs._hook_deploy("relay.example.com", "dkim-relay", 'echo "reload ${RENEWED_LINEAGE}"'),
+    ],
+    ids=["pre", "post", "deploy", "deploy-custom"],
+)
+def test_certbot_hooks_are_strict_and_lint_clean(hook: str, tmp_path: Path) -> None:
+    assert hook.startswith("#!/usr/bin/env bash\n")
+    assert "set -euo pipefail" in hook
+    f = tmp_path / "hook.sh"
+    f.write_text(hook)
+    subprocess.run(["bash", "-n", str(f)], check=True)
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck missing: run scripts/setup.d/20-vps.sh"
+    res = subprocess.run([shellcheck, "-s", "bash", str(f)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
