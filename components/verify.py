@@ -420,16 +420,15 @@ def spf_dns_through(res: Any) -> Iterator[None]:
         spf.DNSLookup = saved
 
 
-def dns_checks(t: Target, res: Any, timeout: float) -> list[Result]:
-    out: list[Result] = []
+def dns_checks(t: Target, res: Any, timeout: float) -> Iterator[Result]:
     for kind, expected in (("A", t.ipv4), ("AAAA", t.ipv6)):
         answers, err = resolve(res, t.relay_host, kind)
         if not answers and ("timeout" in err or err.startswith("no nameserver")):
-            out.append(
-                Result(FAIL, f"dns.{kind.lower()}", f"{t.relay_host}: {err}", "check --nameserver")
+            yield Result(
+                FAIL, f"dns.{kind.lower()}", f"{t.relay_host}: {err}", "check --nameserver"
             )
             continue
-        out.append(evaluate_addresses(kind, t.relay_host, expected, [a.address for a in answers]))
+        yield evaluate_addresses(kind, t.relay_host, expected, [a.address for a in answers])
 
     import spf
 
@@ -444,18 +443,18 @@ def dns_checks(t: Target, res: Any, timeout: float) -> list[Result]:
                 result, _code, expl = q.check()
             except Exception as exc:  # noqa: BLE001 - pyspf raises assorted errors
                 result, expl = "temperror", f"{type(exc).__name__}: {exc}"
-            out.append(evaluate_spf(ip, t.domain, str(result), str(expl)))
+            yield evaluate_spf(ip, t.domain, str(result), str(expl))
 
     name = f"{t.selector}._domainkey.{t.domain}"
     answers, err = resolve(res, name, "TXT")
     if err and not answers and ("timeout" in err or err.startswith("no nameserver")):
-        out.append(Result(FAIL, "dns.dkim", f"{name}: {err}", "check --nameserver"))
+        yield Result(FAIL, "dns.dkim", f"{name}: {err}", "check --nameserver")
     else:
         txts = [b"".join(a.strings).decode("utf-8", "replace") for a in answers]
-        out.append(evaluate_dkim(name, txts, t.dkim_value))
+        yield evaluate_dkim(name, txts, t.dkim_value)
 
-    out.append(dmarc_check(t.domain, res, timeout))
-    return out
+    yield dmarc_check(t.domain, res, timeout)
+    return
 
 
 def dmarc_check(domain: str, res: Any, timeout: float) -> Result:
@@ -559,72 +558,63 @@ def _tls_error(exc: BaseException) -> str:
     return _connect_error(exc)
 
 
-def smtp_checks(t: Target, addr: str, label: str, opts: SmtpOptions) -> list[Result]:
-    out: list[Result] = []
+def smtp_checks(t: Target, addr: str, label: str, opts: SmtpOptions) -> Iterator[Result]:
     check_conn = f"smtp.connect[{label}]"
     where = f"[{addr}]:{t.port}" if ":" in addr else f"{addr}:{t.port}"
     try:
         s = _SMTP(addr, t.port, t.relay_host, opts.timeout)
     except (smtplib.SMTPServerDisconnected, smtplib.SMTPConnectError) as exc:
         # TCP got through (often to docker's port proxy) but no SMTP greeting came.
-        out.append(
-            Result(
-                FAIL,
-                check_conn,
-                f"{where}: connected, but no SMTP greeting within {opts.timeout:g} s ({exc})",
-                "the relay's smtpd is not answering: read `docker logs` of the relay "
-                "container (a fatal config error throttles smtpd)",
-            )
+        yield Result(
+            FAIL,
+            check_conn,
+            f"{where}: connected, but no SMTP greeting within {opts.timeout:g} s ({exc})",
+            "the relay's smtpd is not answering: read `docker logs` of the relay "
+            "container (a fatal config error throttles smtpd)",
         )
-        return out
+        return
     except OSError as exc:
-        out.append(
-            Result(
-                FAIL,
-                check_conn,
-                f"{where}: {_connect_error(exc)}",
-                f"open {t.port}/tcp in the VPS firewall (ufw allow {t.port}/tcp) "
-                "and check the relay container runs",
-            )
+        yield Result(
+            FAIL,
+            check_conn,
+            f"{where}: {_connect_error(exc)}",
+            f"open {t.port}/tcp in the VPS firewall (ufw allow {t.port}/tcp) "
+            "and check the relay container runs",
         )
-        return out
+        return
     try:
-        out.append(Result(PASS, check_conn, f"{where} answers"))
+        yield Result(PASS, check_conn, f"{where} answers")
         code, _ = s.ehlo()
         features = _features(s)
-        out += evaluate_plain_ehlo(features, label)
+        yield from evaluate_plain_ehlo(features, label)
         if "starttls" not in features:
-            return out
+            return
 
         # 1. The certificate, read without trusting it, so name and dates can be judged.
         try:
             der = _peer_cert_der(addr, t.port, t.relay_host, opts.timeout)
-            out += [
+            yield from [
                 Result(r.status, f"{r.check}[{label}]", r.detail, r.fix)
                 for r in cert_results(der, t.relay_host, opts.now())
             ]
         except (OSError, smtplib.SMTPException, ValueError) as exc:
-            out.append(Result(FAIL, f"tls.handshake[{label}]", _tls_error(exc), ""))
-            return out
+            yield Result(FAIL, f"tls.handshake[{label}]", _tls_error(exc), "")
+            return
 
         # 2. The same connection, now verifying chain and name as a real client does.
         ctx = ssl.create_default_context(cafile=opts.cafile)
         trusted = True
         try:
             s.starttls(context=ctx)
-            out.append(
-                Result(PASS, f"tls.chain[{label}]", f"certificate for {t.relay_host} verifies")
-            )
+            yield Result(PASS, f"tls.chain[{label}]", f"certificate for {t.relay_host} verifies")
         except (OSError, smtplib.SMTPException) as exc:
             trusted = False
-            out.append(
-                Result(
-                    FAIL,
-                    f"tls.chain[{label}]",
-                    _tls_error(exc),
-                    "serve the full chain (fullchain.pem) from a trusted CA for the relay host"
-                    + (" (is --cafile right?)" if opts.cafile else ""),
-                )
+            yield Result(
+                FAIL,
+                f"tls.chain[{label}]",
+                _tls_error(exc),
+                "serve the full chain (fullchain.pem) from a trusted CA for the relay host"
+                + (" (is --cafile right?)" if opts.cafile else ""),
             )
             # Continue without TLS trust only for the relay battery (no password sent).
             s.close()
@@ -638,18 +628,17 @@ def smtp_checks(t: Target, addr: str, label: str, opts: SmtpOptions) -> list[Res
 
         # 3. No relaying without AUTH, over TLS (the path a stranger would take).
         for probe in relay_battery(t.domain, opts.outside):
-            out.append(_probe(s, probe, label))
+            yield _probe(s, probe, label)
 
         # 4. AUTH with each login we have a password for.
-        out += _auth_checks(t, addr, label, opts, trusted)
+        yield from _auth_checks(t, addr, label, opts, trusted)
     except (OSError, smtplib.SMTPException) as exc:
-        out.append(Result(FAIL, f"smtp.session[{label}]", _connect_error(exc)))
+        yield Result(FAIL, f"smtp.session[{label}]", _connect_error(exc))
     finally:
         try:
             s.quit()
         except (OSError, smtplib.SMTPException):
             s.close()
-    return out
 
 
 def _probe(s: smtplib.SMTP, probe: RelayProbe, label: str) -> Result:
@@ -757,16 +746,18 @@ def run_checks(
     timeout: float,
     opts: SmtpOptions,
     skip_dns: bool = False,
-) -> list[Result]:
-    results: list[Result] = []
+) -> Iterator[Result]:
+    """Every check, each result as soon as it is known."""
     if not skip_dns:
-        results += dns_checks(t, make_resolver(nameserver, timeout), timeout)
+        yield from dns_checks(t, make_resolver(nameserver, timeout), timeout)
     for addr, label in ((t.connect_ipv4, "ipv4"), (t.connect_ipv6, "ipv6")):
         if addr:
-            results += smtp_checks(t, addr, label, opts)
-            if any(r.check.startswith("smtp.send[") for r in results):
+            sent = False
+            for r in smtp_checks(t, addr, label, opts):
+                sent = sent or r.check.startswith("smtp.send[")
+                yield r
+            if sent:
                 opts = dataclasses.replace(opts, send_to=None)  # one test message is enough
-    return results
 
 
 # ================================================================ CLI
@@ -828,10 +819,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         send_to=args.send_to,
         send_from=args.send_from,
     )
-    results = run_checks(
+    results = []
+    for r in run_checks(
         target, nameserver=nameserver, timeout=args.timeout, opts=opts, skip_dns=args.skip_dns
-    )
-    for r in results:
+    ):
+        results.append(r)
         print(r.line(), flush=True)
     failed = sum(r.status == FAIL for r in results)
     warned = sum(r.status == WARN for r in results)
