@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# The recipe_* functions are called indirectly ("recipe_$name"):
+# shellcheck disable=SC2317
 # Make the real Pulumi engine available: the CLI, the Python language host and
 # the resource plugins (command, docker, cloudflare) at the versions that the
 # Python packages installed in the project's venv ask for.
@@ -112,7 +114,7 @@ build_cli() {
   fi
   if stamp_ok cli "v$v" pulumi; then STATUS[cli]="v$v (cached)"; return; fi
   need_go "the Pulumi CLI"
-  log "building pulumi CLI v$v from github.com/pulumi/pulumi/pkg/v3 (cold: ~10 min on 2 cores)"
+  log "building pulumi CLI v$v from github.com/pulumi/pulumi/pkg/v3 (cold: about 5 min on 2 cores)"
   local w="$CACHE/src/pulumi-cli-$v"; rm -rf "$w"; mkdir -p "$w"
   # wrapper module: requires pkg/v3 and sdk/v3 at v$v and copies pkg's non-local replace
   cat >"$w/go.mod" <<EOF
@@ -176,10 +178,11 @@ recipe_command() {
   [[ -n "$m" && -n "$g" ]] || { REASON="no git mirror of pulumi/pulumi-command and pulumi/pulumi-go-provider (module proxy refuses both)"; return 3; }
   git -C "$m" rev-parse -q --verify "refs/tags/v$v" >/dev/null || { REASON="tag v$v not in $m"; return 3; }
   local w="$CACHE/src/command-$v"
-  export_tree "$m" "v$v" provider "$w/provider"
-  local gpv; gpv=$(cd "$w/provider" && "$GO" list -m -f '{{.Version}}' github.com/pulumi/pulumi-go-provider)
+  export_tree "$m" "v$v" provider "$w/provider" || { REASON="cannot export provider/ at v$v from $m"; return 1; }
+  local gpv; gpv=$(cd "$w/provider" && "$GO" list -m -f '{{.Version}}' github.com/pulumi/pulumi-go-provider) \
+    || { REASON="cannot read the pulumi-go-provider version from provider/go.mod"; return 1; }
   git -C "$g" rev-parse -q --verify "refs/tags/$gpv" >/dev/null || { REASON="pulumi-go-provider $gpv not in $g"; return 3; }
-  export_tree "$g" "$gpv" "" "$w/pulumi-go-provider"
+  export_tree "$g" "$gpv" "" "$w/pulumi-go-provider" || { REASON="cannot export $gpv from $g"; return 1; }
   (cd "$w/provider" && "$GO" mod edit -replace github.com/pulumi/pulumi-go-provider=../pulumi-go-provider)
   (cd "$w/provider" && timed plugin-command "$GO" build -trimpath \
       -ldflags "-X github.com/pulumi/pulumi-command/provider/pkg/version.Version=$v" \
@@ -200,7 +203,7 @@ recipe_bridged() { # docker and cloudflare are bridged Terraform providers
   # A tagged tree also needs the upstream Terraform provider (a git submodule,
   # patched) and pulumi's terraform-plugin-sdk fork; both are refused by the
   # module proxy at the pinned commits.
-  REASON="v$v is tagged in $m but its upstream submodule and github.com/pulumi/terraform-plugin-sdk/v2 fork are refused by the module proxy; no recipe here yet"
+  REASON="v$v is tagged in $m, but its build needs pulumi's terraform-plugin-sdk/v2 fork at the pinned commit, which neither the module proxy nor the mirrors have (see docs/toolchain.md)"
   return 3
 }
 recipe_docker() { recipe_bridged docker "$1"; }
@@ -251,4 +254,4 @@ EOF
 }
 
 # Called last, so that the whole file is parsed before anything runs.
-main "$@"
+main "$@"; exit $?

@@ -10,8 +10,8 @@ case $_dkr_rc in
   0) ;;
   3) echo "setup.d/30-pulumi: some Pulumi plugins are unavailable (see above); tests needing them will fail" >&2 ;;
   *) echo "setup.d/30-pulumi: scripts/pulumi-toolchain.sh failed (exit $_dkr_rc)" >&2
-     unset _dkr_root; return "$_dkr_rc" 2>/dev/null || exit "$_dkr_rc" ;;
+     unset _dkr_root; return "$_dkr_rc" ;;
 esac
-# shellcheck source=../pulumi-env.sh
+# shellcheck source=scripts/pulumi-env.sh
 source "$_dkr_root/scripts/pulumi-env.sh"
 unset _dkr_root _dkr_rc
