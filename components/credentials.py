@@ -69,6 +69,7 @@ class SmtpCredentials(pulumi.ComponentResource):
     """One password per SMTP user, every one a secret."""
 
     passwords: dict[str, pulumi.Output[str]]
+    passwords_output: pulumi.Output[dict[str, str]]  # the same, as one secret Output
 
     def __init__(
         self, name: str, args: SmtpCredentialsArgs, opts: pulumi.ResourceOptions | None = None
@@ -82,4 +83,5 @@ class SmtpCredentials(pulumi.ComponentResource):
             ).password
             chosen = pulumi.Output.all(given, generated).apply(_pick(user))
             self.passwords[user] = pulumi.Output.secret(chosen)
+        self.passwords_output = pulumi.Output.secret(pulumi.Output.all(**self.passwords))
         self.register_outputs({"users": list(args.users)})

@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# apt's package lists, fetched once (installs and apt-cache need them).
+if [[ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -n1)" ]]; then
+  DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
+fi
 if [[ ! -x venv/bin/python ]]; then
   python3 -m venv venv
 fi

@@ -6,10 +6,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export DEBIAN_FRONTEND=noninteractive
 
-# apt's package lists: fetched once per machine (apt-cache and installs need them).
-if [[ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -n1)" ]]; then
-  apt-get update -q </dev/null
-fi
 scripts/bootstrap.sh
 
 # Each part's services and tools: Docker engine, local VPS parts, Pulumi engine, linters.

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job on this machine: the whole relay, deployed by `pulumi up --stack local`
+# onto the local Docker engine, then one signed test message through it.
+# Needs no VPS and no Cloudflare account; idempotent (a second run changes nothing).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+scripts/bootstrap.sh                      # venv with the pinned requirements
+bash scripts/docker-engine.sh             # Debian's docker.io, dockerd, offline base image
+rc=0; bash scripts/pulumi-toolchain.sh || rc=$?   # the Pulumi CLI and plugins, built once
+if ((rc != 0 && rc != 3)); then exit "${rc}"; fi  # 3: a plugin the local stack does not use
+# shellcheck source=scripts/pulumi-env.sh
+source scripts/pulumi-env.sh              # local file backend, passphrase file
+
+venv/bin/python scripts/local_ca.py .local/letsencrypt smtp.example.test >/dev/null
+pulumi stack select local 2>/dev/null || pulumi stack init local --secrets-provider passphrase
+pulumi up --stack local --yes --skip-preview
+
+pulumi stack output --stack local --json --show-secrets \
+  | venv/bin/python scripts/send_test_mail.py --cafile .local/letsencrypt/ca.pem --sink-dir .local/sink
+
+cat <<'TXT'
+
+The relay runs on this machine. Where to look:
+  pulumi stack output --stack local gmailGuide       the Gmail "Send mail as" guide
+  pulumi stack output --stack local zoneSnippet      the DNS records to publish
+  pulumi stack output --stack local --show-secrets smtpPassword
+  ls .local/sink/                                    every message the relay delivered
+  docker logs dkim-relay                             the relay's log
+(first: source scripts/pulumi-env.sh)   Remove it all: pulumi destroy --stack local
+TXT
