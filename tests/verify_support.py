@@ -377,6 +377,9 @@ smtpd_sasl_type = cyrus
 smtpd_sasl_path = smtpd
 smtpd_sasl_local_domain = {sasl_domain}
 smtpd_client_restrictions =
+# As on the relay: a client is slowed down after 3 errors and dropped after 10.
+smtpd_soft_error_limit = 3
+smtpd_hard_error_limit = 10
 smtpd_relay_restrictions = permit_sasl_authenticated, reject
 smtpd_recipient_restrictions = permit_sasl_authenticated, reject
 """
