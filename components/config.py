@@ -106,6 +106,7 @@ class RelayConfig(BaseModel):
     smtp_port: int = 587
     submissions465: bool = False
     relay_nexthop: str | None = None
+    relay_container_name: str = "dkim-relay"
     relay_ipv4_subnet: str = "172.30.87.0/24"
     relay_ipv6_subnet: str = "fd00:d6b1:587::/64"
 
@@ -243,6 +244,28 @@ def _check_spf_extra(v: Any) -> str | None:
     return "; ".join(problems) + "." if problems else None
 
 
+def _check_subnet(key: str, family: int, example: str) -> Any:
+    def check(v: Any) -> str | None:
+        try:
+            net = ipaddress.ip_network(str(v), strict=True)
+        except ValueError:
+            return f"{v!r} is not a subnet in CIDR form. {_fix(key, example)}"
+        if net.version != family or net.num_addresses < 8:
+            return f"{v} is not an IPv{family} subnet with room for the relay. {_fix(key, example)}"
+        return None
+
+    return check
+
+
+def _check_pattern(key: str, pattern: str, what: str, example: str) -> Any:
+    def check(v: Any) -> str | None:
+        if not isinstance(v, str) or not re.fullmatch(pattern, v):
+            return f"{v!r} is not {what}. {_fix(key, example)}"
+        return None
+
+    return check
+
+
 CHECKS: dict[str, Any] = {
     "domain": _check_hostname("domain", "example.com"),
     "relayHost": _check_hostname("relayHost", "smtp.example.com"),
@@ -255,6 +278,17 @@ CHECKS: dict[str, Any] = {
     "forwardTo": _check_email("forwardTo"),
     "acmeEmail": _check_email("acmeEmail"),
     "spfExtra": _check_spf_extra,
+    "relayIpv4Subnet": _check_subnet("relayIpv4Subnet", 4, "172.30.87.0/24"),
+    "relayIpv6Subnet": _check_subnet("relayIpv6Subnet", 6, "fd00:d6b1:587::/64"),
+    "relayContainerName": _check_pattern(
+        "relayContainerName", r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}", "a container name", "dkim-relay"
+    ),
+    "relayNexthop": _check_pattern(
+        "relayNexthop",
+        r"\[[A-Za-z0-9.:-]+\]:\d{1,5}|[A-Za-z0-9.-]+:\d{1,5}",
+        "a next hop such as [mail.example.net]:25",
+        "'[smarthost.example.net]:587'",
+    ),
 }
 
 _HINTS = {

@@ -263,6 +263,7 @@ class RelayHost(pulumi.ComponentResource):
     secrets_revision: pulumi.Output[str]  # secret; changes when any key file changes
     firewall_ports: pulumi.Output[list[str]]
     docker_host: pulumi.Output[str]
+    connection: remote.ConnectionArgs  # for the relay's commands: the same SSH settings
 
     def __init__(
         self,
@@ -285,6 +286,7 @@ class RelayHost(pulumi.ComponentResource):
             per_dial_timeout=15,
         )
 
+        self.connection = connection
         triggers: list[Any] = []
         if args.preflight:
             target_host = pulumi.Output.from_input(args.ssh_host)

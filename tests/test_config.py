@@ -77,6 +77,10 @@ BAD_CASES = [
     ("dnsProvider", {"dnsProvider": "route53"}, "cloudflare or manual"),
     ("domain", {"domain": None}, "is required"),
     ("dmarcPolicyy", {"dmarcPolicyy": "none"}, "not a dkim-relay config key"),
+    ("relayIpv4Subnet", {"relayIpv4Subnet": "10.0.0.0/33"}, "not a subnet"),
+    ("relayIpv6Subnet", {"relayIpv6Subnet": "172.30.0.0/24"}, "not an IPv6 subnet"),
+    ("relayContainerName", {"relayContainerName": "bad name"}, "not a container name"),
+    ("relayNexthop", {"relayNexthop": "smtp.example.net"}, "not a next hop"),
 ]
 
 
