@@ -1,46 +1,51 @@
-"""SmtpRelay: the DKIM-signing submission relay as Docker resources on one engine.
+"""SmtpRelay: the DKIM-signing submission relay, run with the docker CLI through
+pulumi-command (``local.Command`` on this machine, ``remote.Command`` over SSH on a VPS).
 
-Children (all ``parent=self``): a ``docker.Provider`` for the engine (``ssh://user@host:port``
-for a VPS, ``unix:///var/run/docker.sock`` for a local stack), the image built on that
-engine from ``relay/`` (no registry, ``skip_push``), a user network with IPv6 on and
-explicit v4/v6 subnets, a named volume for the queue, and the container.
+The scripts come from ``components/relay_deploy.py`` (pure renderers); this module only
+wires them into Pulumi. Children (all ``parent=self``, all after ``depends_on``)::
 
-What the container gets (see ``components/postfix.py`` for the file contract):
+    [secrets]  (only with secret_files) writes the key files 0600 under
+               <work_dir>/secrets with host_scripts.render_secrets; stdin = the files
+               as JSON (secret), logging NONE, stdin/stdout/stderr secret outputs.
+    deploy     create = update = the deploy script, delete = the delete script,
+               stdin = base64 tar.gz of relay/ and the rendered config (not secret).
 
-* config files as ``uploads`` under ``/etc/relay/config`` (not secret);
-* secrets under ``/run/relay-secrets``: either ``uploads`` with secret content (0600), or,
-  when ``secrets_host_dir`` is set (a VPS, where the host component writes the files
-  0600/0400), that directory bind-mounted read-only. Layout::
+What the container gets (see ``components/postfix.py`` for the file contract): the
+config files read-only at ``postfix.CONFIG_DIR``; the secrets directory read-only at
+``postfix.SECRETS_DIR`` (layout ``dkim/<selector>.private``, ``smtp-users``);
+``cert_dir`` read-only at ``/etc/letsencrypt`` (Postfix reads
+``live/<relay_host>/{privkey,fullchain}.pem``); the queue volume at
+``/var/spool/postfix``; ``RELAY_CERT_POLL_SECONDS``.
 
-      dkim/<selector>.private   PEM private key per selector
-      smtp-users                "login:password" lines, login = <name>@<domain>
+Re-deploy when key files change: the deploy script fingerprints the secrets directory
+itself (on the engine's host), so a run after a key change recreates the container.
+To make Pulumi *run* it, the deploy stdin carries a non-secret comment line that
+changes with the key files: with ``secret_files``, a random "generation" the secrets
+writer prints each time it runs (it runs only when its stdin, the key files, changed);
+otherwise ``secrets_revision`` if given (a secret value there makes the whole stdin
+secret in the state, which works but hides the payload diff).
 
-* ``<cert_host_dir>`` (default ``/etc/letsencrypt``) read-only at ``/etc/letsencrypt``;
-  Postfix reads ``live/<relay_host>/{privkey,fullchain}.pem``;
-* a label ``dkim-relay.secrets-sha256`` (a secret Output) over all secret material, so a
-  new key or password replaces the container.
-
-Contract for the host: container name (default ``dkim-relay``); certbot's deploy hook runs
-``docker exec dkim-relay relay-reload``; Gmail's Username is ``<name>@<domain>``.
+Contract for the host: container name (default ``dkim-relay``); certbot's deploy hook
+runs ``docker exec dkim-relay relay-reload``; Gmail's Username is ``<name>@<domain>``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pulumi
-import pulumi_docker as docker
+from pulumi_command import local, remote
 
+from components import host_scripts as hs
 from components import postfix
+from components import relay_deploy as rd
 
 RELAY_DIR = Path(__file__).resolve().parent.parent / "relay"
 DEFAULT_CONTAINER_NAME = "dkim-relay"
 RELOAD_COMMAND = "relay-reload"
-SECRETS_LABEL = "dkim-relay.secrets-sha256"
 
 
 @dataclass
@@ -53,16 +58,41 @@ class SmtpUserSpec:
 
 
 @dataclass
+class LocalEngine:
+    """This machine's Docker engine; ``work_dir`` (absolute) holds build/config/secrets."""
+
+    work_dir: str
+
+
+@dataclass
+class RemoteEngine:
+    """A VPS's Docker engine over SSH (scripts run as root, or via ``sudo -n``)."""
+
+    connection: remote.ConnectionArgs
+    sudo: bool = False
+    work_dir: str = "/var/lib/dkim-relay"
+
+
+Engine = LocalEngine | RemoteEngine
+
+
+@dataclass
 class SmtpRelayArgs:
     domain: str
     relay_host: str
-    docker_host: str
     dkim_selector: str
-    # selector -> PEM private key (secret Outputs); must contain dkim_selector.
-    dkim_private_keys: Mapping[str, pulumi.Input[str]]
     smtp_users: Sequence[SmtpUserSpec]
-    # user name -> password (secret Outputs).
-    smtp_passwords: Mapping[str, pulumi.Input[str]]
+    engine: Engine
+    # Selectors whose keys are in the secrets dir (the active one is added if missing).
+    dkim_selectors: Sequence[str] = ()
+    # relative path -> content (postfix.render_secrets); a secret Output. SmtpRelay
+    # writes them under <work_dir>/secrets on the engine's host.
+    secret_files: pulumi.Input[Mapping[str, str]] | None = None
+    # Where the key files already are (the VPS: RelayHost wrote /etc/dkim-relay/secrets).
+    secrets_dir: pulumi.Input[str] | None = None
+    # Optional, with secrets_dir: a value that changes when the key files change.
+    secrets_revision: pulumi.Input[str] | None = None
+    cert_dir: pulumi.Input[str] = "/etc/letsencrypt"
     publish_ipv4: str = "0.0.0.0"
     publish_ipv6: str | None = "::"
     submission_host_port: int = 587
@@ -71,45 +101,14 @@ class SmtpRelayArgs:
     ipv4_subnet: str = "172.30.87.0/24"
     ipv6_subnet: str = "fd00:d6b1:587::/64"
     nexthop: str | None = None
-    cert_host_dir: str = "/etc/letsencrypt"
-    secrets_host_dir: str | None = None
     container_name: str = DEFAULT_CONTAINER_NAME
     network_name: str | None = None  # default: "<container_name>-net"
     volume_name: str | None = None  # default: "<container_name>-queue"
-    image_name: str = "dkim-relay"
-    ssh_opts: Sequence[str] = ()
+    image_repo: str = "dkim-relay"
     cert_poll_seconds: int = 300
-    builder_version: docker.BuilderVersion | None = None
+    health_timeout: int = rd.DEFAULT_HEALTH_TIMEOUT
     rate_limits: postfix.RateLimits = field(default_factory=postfix.RateLimits)
-
-
-def context_digest(directory: Path) -> str:
-    """sha256 over relative paths, modes and contents of the build context."""
-    h = hashlib.sha256()
-    for p in sorted(directory.rglob("*")):
-        if p.is_file():
-            h.update(str(p.relative_to(directory)).encode() + b"\0")
-            h.update(oct(p.stat().st_mode & 0o777).encode() + b"\0")
-            h.update(p.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def secrets_digest(files: Mapping[str, str]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(files):
-        h.update(k.encode() + b"\0" + files[k].encode() + b"\0")
-    return h.hexdigest()
-
-
-def _pick(rel: str) -> Callable[[Mapping[str, str]], str]:
-    def pick(files: Mapping[str, str]) -> str:
-        return files[rel]
-
-    return pick
-
-
-def _gateway(subnet: str) -> str:
-    return str(next(ipaddress.ip_network(subnet, strict=True).hosts()))
+    depends_on: Sequence[pulumi.Resource] = ()
 
 
 def settings_from_args(args: SmtpRelayArgs) -> postfix.PostfixSettings:
@@ -117,7 +116,7 @@ def settings_from_args(args: SmtpRelayArgs) -> postfix.PostfixSettings:
         domain=args.domain,
         relay_host=args.relay_host,
         dkim_selector=args.dkim_selector,
-        dkim_selectors=tuple(args.dkim_private_keys),
+        dkim_selectors=tuple(dict.fromkeys((args.dkim_selector, *args.dkim_selectors))),
         users=tuple(postfix.SmtpUser(u.name, tuple(u.may_send_as)) for u in args.smtp_users),
         submissions_465=args.submissions_465,
         nexthop=args.nexthop,
@@ -125,193 +124,173 @@ def settings_from_args(args: SmtpRelayArgs) -> postfix.PostfixSettings:
     )
 
 
+def read_tree(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """relative path -> (mode, content) of every file under ``directory``."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_mode & 0o777, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def engine_command(engine: Engine, script: str) -> str:
+    """The command line that runs ``script`` on the engine's host (stdin stays free)."""
+    sudo = isinstance(engine, RemoteEngine) and engine.sudo
+    return hs.remote_command(script, sudo)
+
+
+def engine_work_dir(engine: Engine) -> str:
+    return rd._abs_path(engine.work_dir, "engine.work_dir")
+
+
+# Printed after the secrets writer: a random value per run, so the deploy re-runs.
+GENERATION_PREFIX = "dkim-relay[secrets]: generation "
+_GENERATION_CMD = (
+    f"od -An -N16 -tx1 /dev/urandom | tr -d ' \\n' | sed 's/^/{GENERATION_PREFIX}/'; echo"
+)
+
+
+def parse_generation(stdout: str) -> str:
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(GENERATION_PREFIX):
+            return line[len(GENERATION_PREFIX) :].strip()
+    return "unknown"
+
+
+def make_command(
+    engine: Engine, name: str, opts: pulumi.ResourceOptions, **kw: Any
+) -> local.Command | remote.Command:
+    if isinstance(engine, RemoteEngine):
+        return remote.Command(name, connection=engine.connection, opts=opts, **kw)
+    return local.Command(name, opts=opts, **kw)
+
+
+def _logging(engine: Engine, quiet: bool) -> Any:
+    mod: Any = remote if isinstance(engine, RemoteEngine) else local
+    return mod.Logging.NONE if quiet else mod.Logging.STDOUT_AND_STDERR
+
+
 class SmtpRelay(pulumi.ComponentResource):
     """The relay container with its image, IPv6 network and queue volume."""
 
     container_name: pulumi.Output[str]
-    container_id: pulumi.Output[str]
-    image_id: pulumi.Output[str]
-    image_name: pulumi.Output[str]
     network_name: pulumi.Output[str]
     volume_name: pulumi.Output[str]
+    image: pulumi.Output[str]
     reload_command: pulumi.Output[str]
+    work_dir: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: SmtpRelayArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("dkimrelay:index:SmtpRelay", name, None, opts)
-        if args.dkim_selector not in args.dkim_private_keys:
-            raise ValueError(f"no private key for the active selector {args.dkim_selector!r}")
-        missing = {u.name for u in args.smtp_users} - set(args.smtp_passwords)
-        if missing:
-            raise ValueError(f"no password for SMTP user(s) {sorted(missing)}")
+        if (args.secret_files is None) == (args.secrets_dir is None):
+            raise ValueError("give exactly one of secret_files (written here) and secrets_dir")
         settings = settings_from_args(args)
-        config_files = postfix.render_config(settings)
-        child = pulumi.ResourceOptions(parent=self)
+        work_dir = engine_work_dir(args.engine)
+        payload = rd.make_payload(read_tree(RELAY_DIR), postfix.render_config(settings))
 
-        provider = docker.Provider(
-            f"{name}-docker",
-            host=args.docker_host,
-            ssh_opts=list(args.ssh_opts) or None,
-            opts=child,
-        )
-        on_engine = pulumi.ResourceOptions(parent=self, provider=provider)
-
-        # Tag by content: a changed relay/ gives a new tag, so the container is replaced.
-        tag = f"{args.image_name}:{context_digest(RELAY_DIR)[:16]}"
-        image = docker.Image(
-            f"{name}-image",
-            image_name=tag,
-            build=docker.DockerBuildArgs(
-                context=str(RELAY_DIR),
-                dockerfile=str(RELAY_DIR / "Dockerfile"),
-                platform="linux/amd64",
-                builder_version=args.builder_version,
-            ),
-            skip_push=True,
-            opts=on_engine,
-        )
-
-        network = docker.Network(
-            f"{name}-net",
-            name=args.network_name or f"{args.container_name}-net",
-            driver="bridge",
-            ipv6=True,
-            ipam_configs=[
-                docker.NetworkIpamConfigArgs(
-                    subnet=args.ipv4_subnet, gateway=_gateway(args.ipv4_subnet)
-                ),
-                docker.NetworkIpamConfigArgs(
-                    subnet=args.ipv6_subnet, gateway=_gateway(args.ipv6_subnet)
-                ),
-            ],
-            opts=on_engine,
-        )
-
-        volume = docker.Volume(
-            f"{name}-queue",
-            name=args.volume_name or f"{args.container_name}-queue",
-            opts=pulumi.ResourceOptions(parent=self, provider=provider, protect=False),
-        )
-
-        # Secret material: one Output (secret) for uploads and for the replacement label.
-        def _render(kv: list[dict[str, str]]) -> dict[str, str]:
-            return postfix.render_secrets(args.domain, kv[0], kv[1])
-
-        both: pulumi.Output[list[dict[str, str]]] = pulumi.Output.all(
-            pulumi.Output.from_input(dict(args.dkim_private_keys)),
-            pulumi.Output.from_input(dict(args.smtp_passwords)),
-        )
-        secret_files: pulumi.Output[dict[str, str]] = pulumi.Output.secret(both.apply(_render))
-        digest: pulumi.Output[str] = pulumi.Output.secret(secret_files.apply(secrets_digest))
-
-        uploads: list[docker.ContainerUploadArgs] = [
-            docker.ContainerUploadArgs(
-                file=f"{postfix.CONFIG_DIR}/{rel}", content=content, permissions="0644"
+        def spec(cert_dir: str, secrets_dir: str) -> rd.RelaySpec:
+            return rd.RelaySpec(
+                work_dir=work_dir,
+                relay_host=args.relay_host,
+                secrets_dir=secrets_dir,
+                cert_dir=cert_dir,
+                container_name=args.container_name,
+                network_name=args.network_name or "",
+                volume_name=args.volume_name or "",
+                image_repo=args.image_repo,
+                publish_ipv4=args.publish_ipv4,
+                publish_ipv6=args.publish_ipv6,
+                submission_host_port=args.submission_host_port,
+                submissions_465=args.submissions_465,
+                submissions_host_port=args.submissions_host_port,
+                ipv4_subnet=args.ipv4_subnet,
+                ipv6_subnet=args.ipv6_subnet,
+                cert_poll_seconds=args.cert_poll_seconds,
+                health_timeout=args.health_timeout,
             )
-            for rel, content in sorted(config_files.items())
-        ]
-        volumes = [
-            docker.ContainerVolumeArgs(
-                volume_name=volume.name, container_path="/var/spool/postfix"
-            ),
-            docker.ContainerVolumeArgs(
-                host_path=args.cert_host_dir, container_path=postfix.CERT_MOUNT, read_only=True
-            ),
-        ]
-        if args.secrets_host_dir is None:
-            secret_paths = [f"dkim/{sel}.private" for sel in args.dkim_private_keys]
-            secret_paths.append("smtp-users")
-            uploads += [
-                docker.ContainerUploadArgs(
-                    file=f"{postfix.SECRETS_DIR}/{rel}",
-                    content=pulumi.Output.secret(secret_files.apply(_pick(rel))),
-                    permissions="0600",
-                )
-                for rel in secret_paths
-            ]
+
+        # Validate everything now (plain values), not only inside an apply.
+        static = spec("/etc/letsencrypt", f"{work_dir}/secrets")
+        deps = list(args.depends_on)
+        marker: pulumi.Input[str] | None = args.secrets_revision
+        self.secrets_step: local.Command | remote.Command | None = None
+        secrets_dir: pulumi.Input[str]
+        if args.secret_files is not None:
+            secrets_dir = f"{work_dir}/secrets"
+            files = pulumi.Output.from_input(args.secret_files)
+            writer = hs.render_secrets(secrets_dir)
+            self.secrets_step = make_command(
+                args.engine,
+                f"{name}-secrets",
+                pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=deps,
+                    delete_before_replace=True,
+                    additional_secret_outputs=["stdin", "stdout", "stderr"],
+                ),
+                create=engine_command(args.engine, writer) + " && " + _GENERATION_CMD,
+                delete=engine_command(args.engine, hs.render_secrets_delete(secrets_dir)),
+                stdin=pulumi.Output.secret(files.apply(hs.secrets_stdin)),
+                logging=_logging(args.engine, quiet=True),
+                add_previous_output_in_env=False,
+            )
+            # A random value, not derived from the secrets: safe to keep plain.
+            marker = pulumi.Output.unsecret(self.secrets_step.stdout.apply(parse_generation))
+            deps.append(self.secrets_step)
         else:
-            volumes.append(
-                docker.ContainerVolumeArgs(
-                    host_path=args.secrets_host_dir,
-                    container_path=postfix.SECRETS_DIR,
-                    read_only=True,
-                )
-            )
+            assert args.secrets_dir is not None
+            secrets_dir = args.secrets_dir
 
-        ports = [
-            docker.ContainerPortArgs(
-                internal=587, external=args.submission_host_port, ip=args.publish_ipv4
+        both = pulumi.Output.all(pulumi.Output.from_input(args.cert_dir), secrets_dir)
+        deploy_script = both.apply(
+            lambda v: engine_command(args.engine, rd.render_relay_deploy(spec(v[0], v[1]), payload))
+        )
+        delete_script = engine_command(args.engine, rd.render_relay_delete(static))
+        stdin: pulumi.Input[str] = payload.stdin
+        if marker is not None:
+            stdin = pulumi.Output.from_input(marker).apply(
+                lambda m: rd.with_marker(payload.stdin, f"secrets generation {m}")
             )
-        ]
-        if args.publish_ipv6:
-            ports.append(
-                docker.ContainerPortArgs(
-                    internal=587, external=args.submission_host_port, ip=args.publish_ipv6
-                )
-            )
-        if args.submissions_465:
-            ports.append(
-                docker.ContainerPortArgs(
-                    internal=465, external=args.submissions_host_port, ip=args.publish_ipv4
-                )
-            )
-            if args.publish_ipv6:
-                ports.append(
-                    docker.ContainerPortArgs(
-                        internal=465, external=args.submissions_host_port, ip=args.publish_ipv6
-                    )
-                )
-
-        container = docker.Container(
-            f"{name}-container",
-            name=args.container_name,
-            image=image.image_name,
-            hostname=args.relay_host,
-            restart="always",
-            log_driver="json-file",
-            log_opts={"max-size": "10m", "max-file": "3"},
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name)],
-            ports=ports,
-            volumes=volumes,
-            uploads=uploads,
-            # Not secret: how often the entrypoint looks at the cert files' mtime.
-            envs=[f"RELAY_CERT_POLL_SECONDS={args.cert_poll_seconds}"],
-            labels=[
-                docker.ContainerLabelArgs(label=SECRETS_LABEL, value=digest),
-                docker.ContainerLabelArgs(label="dkim-relay.relay-host", value=args.relay_host),
-            ],
-            # OpenDKIM takes ~4 s to exit on SIGTERM; let Postfix finish its queue writes.
-            destroy_grace_seconds=30,
-            stop_timeout=30,
-            wait=True,
-            wait_timeout=120,
-            opts=pulumi.ResourceOptions(
+        self.deploy_step = make_command(
+            args.engine,
+            f"{name}-deploy",
+            pulumi.ResourceOptions(
                 parent=self,
-                provider=provider,
-                # A fixed container name cannot exist twice: delete, then create.
+                depends_on=deps,
+                # New names or another work dir: remove the old ones first (ports!).
                 delete_before_replace=True,
-                additional_secret_outputs=["uploads", "labels"],
             ),
+            create=deploy_script,
+            update=deploy_script,
+            delete=delete_script,
+            stdin=stdin,
+            # Only a change of these names replaces (delete old, then create).
+            triggers=[static.container_name, static.network, static.volume, work_dir],
+            logging=_logging(args.engine, quiet=False),
+            add_previous_output_in_env=False,
         )
 
-        self.container_name = container.name
-        self.container_id = container.id
-        self.image_id = container.image
-        self.image_name = image.image_name
-        self.network_name = network.name
-        self.volume_name = volume.name
-        self.reload_command = pulumi.Output.concat(
-            "docker exec ", container.name, " ", RELOAD_COMMAND
+        def after(value: str) -> pulumi.Output[str]:
+            # Known only once the deploy ran, so users of it wait for the container.
+            return self.deploy_step.stdout.apply(lambda _: value)
+
+        self.container_name = after(static.container_name)
+        self.network_name = after(static.network)
+        self.volume_name = after(static.volume)
+        self.image = after(rd.image_tag(static.image_repo, payload.build_hash))
+        self.work_dir = pulumi.Output.from_input(work_dir)
+        self.reload_command = self.container_name.apply(
+            lambda c: f"docker exec {c} {RELOAD_COMMAND}"
         )
         self.register_outputs(
             {
                 "containerName": self.container_name,
-                "containerId": self.container_id,
-                "imageId": self.image_id,
-                "imageName": self.image_name,
                 "networkName": self.network_name,
                 "volumeName": self.volume_name,
+                "image": self.image,
+                "workDir": self.work_dir,
                 "reloadCommand": self.reload_command,
             }
         )
