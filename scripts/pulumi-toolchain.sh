@@ -136,9 +136,26 @@ EOF
 }
 
 # ---------------------------------------------------------------- language host
+# pulumi-resource-pulumi-python: the provider plugin of Python dynamic resources
+# (`pulumi.dynamic`, e.g. the DKIM key), a shell script shipped next to the exec
+# shim in the sdk module; without it `pulumi up` fails with "no resource plugin
+# 'pulumi-resource-pulumi-python' found". Installed from the same sdk version.
+install_dynamic_provider() {
+  local sdkdir=${1:-} dyn="$BIN/pulumi-resource-pulumi-python"
+  [[ -z "$sdkdir" && -x "$dyn" ]] && return 0
+  if [[ -z "$sdkdir" ]]; then
+    need_go "the dynamic provider script (from the sdk module)"
+    sdkdir=$("$GO" mod download -json "github.com/pulumi/pulumi/sdk/v3@v$PY_SDK_VERSION" \
+             | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
+      || die "cannot fetch github.com/pulumi/pulumi/sdk/v3@v$PY_SDK_VERSION for the dynamic provider"
+  fi
+  install -m 0755 "$sdkdir/python/dist/pulumi-resource-pulumi-python" "$dyn"
+}
+
 build_langhost() {
   local want="$LANGHOST_SRC_TAG+pkg$PULUMI_CLI_VERSION;exec$PY_SDK_VERSION"
   if stamp_ok langhost "$want" pulumi-language-python && [[ -x "$BIN/pulumi-language-python-exec" ]]; then
+    install_dynamic_provider
     STATUS[langhost]="$want (cached)"; return
   fi
   need_go "the Python language host"
@@ -166,6 +183,7 @@ build_langhost() {
            | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') \
     || die "cannot fetch github.com/pulumi/pulumi/sdk/v3@v$PY_SDK_VERSION for the exec shim"
   install -m 0755 "$sdkdir/python/cmd/pulumi-language-python-exec" "$BIN/pulumi-language-python-exec"
+  install_dynamic_provider "$sdkdir"
   echo "$want" >"$CACHE/stamps/langhost"; STATUS[langhost]="$want (built)"
 }
 

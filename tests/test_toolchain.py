@@ -139,7 +139,12 @@ def test_cli_is_at_least_the_python_sdk_version(engine_env: dict[str, str]) -> N
 
 
 def test_language_host_is_on_path(engine_env: dict[str, str]) -> None:
-    for exe in ("pulumi-language-python", "pulumi-language-python-exec"):
+    # pulumi-resource-pulumi-python runs Python dynamic resources (the DKIM key).
+    for exe in (
+        "pulumi-language-python",
+        "pulumi-language-python-exec",
+        "pulumi-resource-pulumi-python",
+    ):
         assert shutil.which(exe, path=engine_env["PATH"]) == str(BIN / exe)
 
 
