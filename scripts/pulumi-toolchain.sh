@@ -67,19 +67,35 @@ PY="$VENV/bin/python"
 
 # Versions, read from the installed Python packages (single source of truth).
 PY_SDK_VERSION=$("$PY" -c 'import importlib.metadata as m; print(m.version("pulumi"))')
-plugin_version() {
-  "$PY" - "$1" <<'EOF'
-import json, sys, importlib.util, pathlib
-spec = importlib.util.find_spec("pulumi_" + sys.argv[1])
-if spec is None or spec.origin is None:
-    sys.exit("python package pulumi_%s is not installed" % sys.argv[1])
-meta = json.loads((pathlib.Path(spec.origin).parent / "pulumi-plugin.json").read_text())
-assert meta["name"] == sys.argv[1] and meta.get("resource"), meta
-print(meta["version"])
+# The resource plugins: every pulumi-NAME==X in requirements.txt whose installed
+# package ships a pulumi-plugin.json; printed as "NAME VERSION" lines.
+wanted_plugins() {
+  "$PY" - "$REPO/requirements.txt" <<'EOF'
+import json, pathlib, re, sys, importlib.util
+for line in pathlib.Path(sys.argv[1]).read_text().splitlines():
+    m = re.match(r"\s*pulumi-([a-z0-9-]+)\s*==\s*([^\s;#]+)", line, re.I)
+    if not m:
+        continue
+    mod = "pulumi_" + m.group(1).lower().replace("-", "_")
+    spec = importlib.util.find_spec(mod)
+    if spec is None or spec.origin is None:
+        sys.exit("requirements.txt names pulumi-%s but the venv lacks %s" % (m.group(1), mod))
+    f = pathlib.Path(spec.origin).parent / "pulumi-plugin.json"
+    if not f.is_file():
+        continue
+    meta = json.loads(f.read_text())
+    if meta.get("resource"):
+        print(meta["name"], meta["version"])
 EOF
 }
 declare -A WANT
-for p in command docker cloudflare; do WANT[$p]=$(plugin_version "$p"); done
+PLUGINS=()
+_wanted=$(wanted_plugins) || die "cannot read the wanted plugin versions from $VENV"
+while read -r _n _v; do
+  [[ -n "$_n" ]] || continue
+  WANT[$_n]=$_v; PLUGINS+=("$_n")
+done <<<"$_wanted"
+(( ${#PLUGINS[@]} )) || die "requirements.txt names no Pulumi resource plugin"
 
 stamp_ok() { [[ -f "$CACHE/stamps/$1" && "$(cat "$CACHE/stamps/$1")" == "$2" && -x "$BIN/$3" ]]; }
 need_go() { [[ -n "$GO" ]] || die "go is needed to build $1 (install Go >= 1.26)"; }
@@ -238,7 +254,9 @@ build_plugin() {
     need_go "pulumi-resource-$name"
     log "pulumi-resource-$name v$v: not built yet, trying"
     : >"$CACHE/logs/plugin-$name.log"
-    REASON=""; "recipe_$name" "$v" || rc=$?
+    REASON=""
+    if declare -F "recipe_$name" >/dev/null; then "recipe_$name" "$v" || rc=$?
+    else REASON="no build recipe for this plugin in scripts/pulumi-toolchain.sh"; rc=3; fi
     if (( rc == 3 )); then
       STATUS[$name]="UNAVAILABLE v$v: $REASON"; UNAVAILABLE=1; log "${STATUS[$name]}"; return
     elif (( rc != 0 )); then die "pulumi-resource-$name v$v: $REASON"; fi
@@ -253,18 +271,16 @@ build_plugin() {
 main() {
   build_cli
   build_langhost
-  for p in command docker cloudflare; do build_plugin "$p"; done
+  for p in "${PLUGINS[@]}"; do build_plugin "$p"; done
 
   cat >&2 <<EOF
 [pulumi-toolchain] cache:          $CACHE
 [pulumi-toolchain] venv:           $VENV (pulumi SDK $PY_SDK_VERSION)
 [pulumi-toolchain] pulumi CLI:     ${STATUS[cli]}
 [pulumi-toolchain] language host:  ${STATUS[langhost]}
-[pulumi-toolchain] command:        ${STATUS[command]}
-[pulumi-toolchain] docker:         ${STATUS[docker]}
-[pulumi-toolchain] cloudflare:     ${STATUS[cloudflare]}
-[pulumi-toolchain] to use it:      source $REPO/scripts/pulumi-env.sh
 EOF
+  for p in "${PLUGINS[@]}"; do printf '[pulumi-toolchain] plugin %-11s %s\n' "$p:" "${STATUS[$p]}" >&2; done
+  log "to use it:      source $REPO/scripts/pulumi-env.sh"
   # Lines a caller can eval (also what scripts/pulumi-env.sh sets).
   echo "export PATH=\"$BIN:\$PATH\""
   echo "export PULUMI_HOME=\"$PULUMI_HOME\""

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,6 @@ CACHE = pathlib.Path(
     os.environ.get("DKIM_RELAY_CACHE", pathlib.Path.home() / ".cache" / "dkim-relay")
 )
 BIN = CACHE / "bin"
-PLUGINS = ("command", "docker", "cloudflare")
 
 # Resources that each plugin's smoke program registers (type tokens).
 EXPECTED_TYPES = {
@@ -66,12 +66,31 @@ if "cloudflare" in which:
 """
 
 
-def wanted_version(name: str) -> str:
-    spec = importlib.util.find_spec(f"pulumi_{name}")
-    assert spec is not None and spec.origin is not None, f"pulumi_{name} is not installed"
-    meta = json.loads((pathlib.Path(spec.origin).parent / "pulumi-plugin.json").read_text())
-    assert meta["name"] == name
-    return str(meta["version"])
+def wanted_plugins() -> dict[str, str]:
+    """Resource plugins the project asks for: pulumi-NAME==X in requirements.txt,
+    at the version in the installed package's pulumi-plugin.json."""
+    wanted = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        m = re.match(r"\s*pulumi-([a-z0-9-]+)\s*==", line, re.I)
+        if not m:
+            continue
+        mod = "pulumi_" + m.group(1).lower().replace("-", "_")
+        spec = importlib.util.find_spec(mod)
+        assert spec is not None and spec.origin is not None, f"{mod} is not installed"
+        meta_file = pathlib.Path(spec.origin).parent / "pulumi-plugin.json"
+        if meta_file.is_file():
+            meta = json.loads(meta_file.read_text())
+            if meta.get("resource"):
+                wanted[str(meta["name"])] = str(meta["version"])
+    return wanted
+
+
+WANTED = wanted_plugins()
+PLUGINS = sorted(WANTED)
+
+
+def test_requirements_name_resource_plugins() -> None:
+    assert "command" in WANTED, WANTED
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +174,7 @@ def test_plugin_registered_at_the_sdk_version(engine_env: dict[str, str], name: 
     have = {
         (p["name"], p["version"]) for p in json.loads(out.stdout or "[]") if p["kind"] == "resource"
     }
-    want = wanted_version(name)
+    want = WANTED[name]
     versions = sorted(v for n, v in have if n == name)
     assert (name, want) in have, (
         f"resource plugin {name} v{want} is not registered (have: {versions})"
@@ -166,6 +185,7 @@ def test_plugin_registered_at_the_sdk_version(engine_env: dict[str, str], name: 
 def test_preview_with_the_real_plugin(
     engine_env: dict[str, str], tmp_path: pathlib.Path, name: str
 ) -> None:
+    assert name in EXPECTED_TYPES, f"no smoke program for plugin {name}: add one"
     write_project(tmp_path)
     (tmp_path / "__main__.py").write_text(SMOKE_PROGRAM)
     env = dict(engine_env, SMOKE_PLUGINS=name)
