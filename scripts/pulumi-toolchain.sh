@@ -28,8 +28,8 @@
 #     A part whose release tag or dependency is not available is reported as
 #     UNAVAILABLE with the reason (exit status 3), never faked with another version.
 #
-# Exit status: 0 all parts present; 3 some plugin unavailable (the rest is set
-# up and usable); anything else: an error.
+# Exit status: 0 all parts present; 3 some part (a plugin, the language host)
+# is unavailable here, the rest is set up and usable; anything else: an error.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -176,9 +176,10 @@ build_langhost() {
   fi
   need_go "the Python language host"
   local m; m=$(mirror_repo pulumi/pulumi)
-  [[ -n "$m" ]] || die "language host: no git mirror of pulumi/pulumi under $MIRRORS (its Go module is refused by the module proxy)"
-  git -C "$m" rev-parse -q --verify "refs/tags/$LANGHOST_SRC_TAG" >/dev/null \
-    || die "language host: tag $LANGHOST_SRC_TAG not in $m"
+  if [[ -z "$m" ]] || ! git -C "$m" rev-parse -q --verify "refs/tags/$LANGHOST_SRC_TAG" >/dev/null; then
+    STATUS[langhost]="UNAVAILABLE: its Go module is refused by the module proxy and there is no git mirror of pulumi/pulumi with tag $LANGHOST_SRC_TAG under $MIRRORS"
+    UNAVAILABLE=1; log "${STATUS[langhost]}"; return
+  fi
   local w="$CACHE/src/language-python-$LANGHOST_SRC_TAG"
   log "building pulumi-language-python from $LANGHOST_SRC_TAG against pkg/sdk v$PULUMI_CLI_VERSION"
   export_tree "$m" "$LANGHOST_SRC_TAG" sdk/python/cmd/pulumi-language-python "$w"
