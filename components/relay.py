@@ -226,7 +226,7 @@ class SmtpRelay(pulumi.ComponentResource):
                 f"{name}-secrets",
                 pulumi.ResourceOptions(
                     parent=self,
-                    depends_on=deps,
+                    depends_on=list(deps),
                     delete_before_replace=True,
                     additional_secret_outputs=["stdin", "stdout", "stderr"],
                 ),
