@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -136,7 +137,7 @@ def stack(tmp_path: pathlib.Path) -> Iterator[tuple[Stack, Site, dict[str, str]]
     local_ca.issue(le, RELAY_HOST, [])
     v4, v6 = free_subnets()
     name = f"rdtest-pl-{uuid.uuid4().hex[:6]}"
-    cfg = dict(
+    cfg: dict[str, Any] = dict(
         domain=DOMAIN,
         relay_host=RELAY_HOST,
         selector=SELECTOR,
