@@ -133,6 +133,15 @@ def read_tree(directory: Path) -> dict[str, tuple[int, bytes]]:
     }
 
 
+def relay_image_tag(image_repo: str = "dkim-relay") -> str:
+    """The tag the deploy script builds (``<repo>:<16 hex of the relay/ tree hash>``).
+
+    An engine that cannot build (no package mirror) can be given this image in
+    advance (``docker save | docker load``); the script then skips ``docker build``.
+    """
+    return rd.image_tag(image_repo, rd.tree_hash(read_tree(RELAY_DIR)))
+
+
 def engine_command(engine: Engine, script: str) -> str:
     """The command line that runs ``script`` on the engine's host (stdin stays free)."""
     sudo = isinstance(engine, RemoteEngine) and engine.sudo

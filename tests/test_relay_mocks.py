@@ -23,6 +23,7 @@ from components.relay import (
     SmtpRelayArgs,
     SmtpUserSpec,
     parse_generation,
+    relay_image_tag,
 )
 from components.sink import LocalSink, LocalSinkArgs
 
@@ -198,7 +199,7 @@ def test_local_engine_children_and_outputs(monkeypatch: pytest.MonkeyPatch) -> N
     assert world.results["network_name"] == "dkim-relay-net"
     assert world.results["volume_name"] == "dkim-relay-queue"
     assert world.results["reload_command"] == "docker exec dkim-relay relay-reload"
-    assert world.results["image"].startswith("dkim-relay:")
+    assert world.results["image"] == relay_image_tag()
     for name, kw in world.kwargs.items():
         assert kw["opts"].parent is relay, name
 
