@@ -159,8 +159,8 @@ _GENERATION_CMD = (
 )
 
 
-def parse_generation(stdout: str) -> str:
-    for line in reversed(stdout.splitlines()):
+def parse_generation(stdout: str | None) -> str:
+    for line in reversed((stdout or "").splitlines()):
         if line.startswith(GENERATION_PREFIX):
             return line[len(GENERATION_PREFIX) :].strip()
     return "unknown"

@@ -327,4 +327,5 @@ def test_argument_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_parse_generation() -> None:
     assert parse_generation(f"x\n{GENERATION_PREFIX}abc\n") == "abc"
     assert parse_generation("nothing") == "unknown"
+    assert parse_generation(None) == "unknown"  # mocks that do not fill stdout
     assert postfix.SECRETS_DIR == "/run/relay-secrets" and rd.QUEUE_MOUNT == "/var/spool/postfix"
