@@ -1,0 +1,215 @@
+"""SmtpRelay with RemoteEngine, by the real Pulumi engine over SSH, against the local
+VPS (a network namespace with sshd, tests/vps_support.py) running its own dockerd
+(tests/vps_docker_support.py). The namespace has no package mirror, so the relay image
+is built on the machine and loaded into the VPS under the tag the deploy script wants
+(``relay_image_tag``); the script then skips ``docker build``.
+
+Checks: ``pulumi up`` starts a healthy relay on the VPS publishing 587 on the VPS's
+address, STARTTLS + AUTH works from outside, ``preview --expect-no-changes``, a key-file
+change on the VPS plus a new ``secrets_revision`` recreates the container, ``destroy``
+removes container and network and keeps the queue volume. Secrets never show in the
+engine's output or state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import smtplib
+import ssl
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from components import dkim as dkim_keys
+from components import host_scripts as hs
+from components import postfix
+from components.relay import RELAY_DIR, relay_image_tag
+from tests.test_relay_pulumi import BIN, CACHE, Stack, _write_private
+from tests.vps_docker_support import VpsDocker, vps_docker
+from tests.vps_support import SSH_PORT, LocalVps, local_vps
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "scripts"))
+import local_ca  # noqa: E402
+
+pytestmark = pytest.mark.timeout(1500)
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+DOMAIN = "example.com"
+RELAY_HOST = "relay.example.com"
+SELECTOR = "rdremote"
+IMAGE_REPO = "dkim-relay-rdtest"
+
+PROGRAM = f"""\
+import json, os, sys
+sys.path.insert(0, {str(REPO)!r})
+import pulumi
+from pulumi_command import remote
+from components.relay import RemoteEngine, SmtpRelay, SmtpRelayArgs, SmtpUserSpec
+
+cfg = json.load(open(os.environ["DKR_RELAY_CONFIG"]))
+with open(cfg["key_file"]) as f:
+    key = f.read()
+relay = SmtpRelay(
+    "relay",
+    SmtpRelayArgs(
+        domain=cfg["domain"],
+        relay_host=cfg["relay_host"],
+        dkim_selector=cfg["selector"],
+        dkim_selectors=[cfg["selector"]],
+        smtp_users=[SmtpUserSpec("me")],
+        engine=RemoteEngine(
+            connection=remote.ConnectionArgs(
+                host=cfg["host"], port=cfg["port"], user="root",
+                private_key=pulumi.Output.secret(key), host_key=cfg["host_key"],
+            ),
+            work_dir="/var/lib/dkim-relay",
+        ),
+        secrets_dir=cfg["secrets_dir"],
+        secrets_revision=cfg["revision"],
+        cert_dir=cfg["cert_dir"],
+        publish_ipv4=cfg["host"],
+        publish_ipv6=None,
+        nexthop="[192.0.2.1]:25",
+        container_name="dkim-relay",
+        image_repo=cfg["image_repo"],
+        cert_poll_seconds=0,
+    ),
+)
+pulumi.export("containerName", relay.container_name)
+pulumi.export("reloadCommand", relay.reload_command)
+"""
+
+
+@pytest.fixture(scope="module")
+def vps() -> Iterator[tuple[LocalVps, VpsDocker]]:
+    subprocess.run(["bash", str(REPO / "scripts" / "docker-engine.sh")], check=True)
+    with local_vps() as v, vps_docker(v) as d:
+        yield v, d
+
+
+def write_secrets(vps: LocalVps, dkim_pem: str, password: str) -> None:
+    files = postfix.render_secrets(DOMAIN, {SELECTOR: dkim_pem}, {"me": password})
+    res = vps.ssh(hs.remote_command(hs.render_secrets()), stdin=hs.secrets_stdin(files))
+    assert password not in res.stdout + res.stderr
+
+
+def smtp_login(host: str, ca: pathlib.Path, password: str) -> None:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with smtplib.SMTP(host, 587, timeout=30) as s:
+        s._host = RELAY_HOST  # type: ignore[attr-defined]  # check the cert's name
+        s.ehlo("client.test")
+        s.starttls(context=ctx)
+        s.ehlo("client.test")
+        s.login(f"me@{DOMAIN}", password)
+
+
+def test_remote_engine_up_preview_change_destroy(
+    vps: tuple[LocalVps, VpsDocker], tmp_path: pathlib.Path
+) -> None:
+    v, d = vps
+    tag = relay_image_tag(IMAGE_REPO)
+    build = subprocess.run(
+        ["docker", "build", "-q", "-t", tag, str(RELAY_DIR)], capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stderr
+    d.load_image(tag)
+
+    dkim_pem = dkim_keys.generate_private_key_pem()
+    password = f"pw-{uuid.uuid4().hex}"
+    write_secrets(v, dkim_pem, password)
+    le = tmp_path / "letsencrypt"  # /tmp is shared with the VPS's mount namespace
+    local_ca.issue(le, RELAY_HOST, [])
+
+    proj = tmp_path / "project"
+    proj.mkdir()
+    (proj / "Pulumi.yaml").write_text(
+        "name: relay-remote\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
+        f"    virtualenv: {pathlib.Path(sys.executable).parent.parent}\n"
+    )
+    (proj / "__main__.py").write_text(PROGRAM)
+    _write_private(proj / "passphrase", os.urandom(24).hex())
+    _write_private(proj / "key", v.private_key)
+    cfg: dict[str, Any] = dict(
+        domain=DOMAIN,
+        relay_host=RELAY_HOST,
+        selector=SELECTOR,
+        key_file=str(proj / "key"),
+        host=v.ip4,
+        port=SSH_PORT,
+        host_key=v.host_key,
+        secrets_dir=hs.SECRETS_DIR,
+        revision="1",
+        cert_dir=str(le),
+        image_repo=IMAGE_REPO,
+    )
+    (proj / "config.json").write_text(json.dumps(cfg))
+    env = {k: val for k, val in os.environ.items() if not k.startswith("PULUMI_")}
+    env.update(
+        PATH=os.pathsep.join([str(BIN), str(pathlib.Path(sys.executable).parent), env["PATH"]]),
+        PULUMI_HOME=str(CACHE / "pulumi-home"),
+        PULUMI_SKIP_UPDATE_CHECK="1",
+        PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
+        PULUMI_IGNORE_AMBIENT_PLUGINS="true",
+        PULUMI_BACKEND_URL=f"file://{proj}",
+        PULUMI_CONFIG_PASSPHRASE_FILE=str(proj / "passphrase"),
+        DKR_RELAY_CONFIG=str(proj / "config.json"),
+    )
+    init = subprocess.run(
+        [str(BIN / "pulumi"), "stack", "init", "relay", "--secrets-provider", "passphrase"],
+        cwd=proj,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert init.returncode == 0, init.stderr
+    st = Stack(proj, env)
+
+    def vdocker(*args: str) -> str:
+        return d.docker(*args).stdout.decode().strip()
+
+    def no_secret(text: str, where: str) -> None:
+        assert password not in text and dkim_pem.splitlines()[1] not in text, where
+        assert v.private_key.splitlines()[1] not in text, where
+
+    try:
+        up = st.run("up", "--yes", "--skip-preview")
+        assert up.returncode == 0, up.stdout[-6000:] + up.stderr[-3000:]
+        assert "building" not in up.stdout  # the preloaded image was used
+        no_secret(up.stdout + up.stderr, "pulumi up output")
+        assert vdocker("inspect", "-f", "{{.State.Health.Status}}", "dkim-relay") == "healthy"
+        cid = vdocker("inspect", "-f", "{{.Id}}", "dkim-relay")
+        mounts = vdocker("inspect", "-f", "{{json .Mounts}}", "dkim-relay")
+        assert hs.SECRETS_DIR in mounts
+        smtp_login(v.ip4, le / "ca.pem", password)
+
+        pre = st.run("preview", "--expect-no-changes")
+        assert pre.returncode == 0, pre.stdout[-4000:] + pre.stderr[-2000:]
+
+        # New key files on the VPS (what RelayHost's secrets step does) + a new revision.
+        password = f"pw-{uuid.uuid4().hex}"
+        write_secrets(v, dkim_pem, password)
+        cfg["revision"] = "2"
+        (proj / "config.json").write_text(json.dumps(cfg))
+        changed = st.run("up", "--yes", "--skip-preview")
+        assert changed.returncode == 0, changed.stdout[-6000:] + changed.stderr[-3000:]
+        assert vdocker("inspect", "-f", "{{.Id}}", "dkim-relay") != cid
+        smtp_login(v.ip4, le / "ca.pem", password)
+        pre = st.run("preview", "--expect-no-changes")
+        assert pre.returncode == 0, pre.stdout[-4000:] + pre.stderr[-2000:]
+
+        state = st.run("stack", "export")
+        no_secret(state.stdout, "the exported state")
+
+        down = st.run("destroy", "--yes", "--skip-preview")
+        assert down.returncode == 0, down.stdout[-4000:] + down.stderr[-2000:]
+        assert d.docker("inspect", "dkim-relay", check=False).returncode != 0
+        assert d.docker("network", "inspect", "dkim-relay-net", check=False).returncode != 0
+        assert d.docker("volume", "inspect", "dkim-relay-queue", check=False).returncode == 0
+    finally:
+        st.run("destroy", "--yes", "--skip-preview")
