@@ -103,11 +103,20 @@ opendkim_pid=""
 postfix_pid=""
 watcher_pid=""
 
+stop_helpers() {
+  if [[ -n "${watcher_pid}" ]]; then
+    kill "${watcher_pid}" 2>/dev/null || true
+  fi
+  if [[ -n "${opendkim_pid}" ]]; then
+    kill -TERM "${opendkim_pid}" 2>/dev/null || true
+  fi
+}
+
+# shellcheck disable=SC2317  # invoked through the TERM/INT trap
 stop_all() {
   log "stopping"
-  [[ -n "${watcher_pid}" ]] && kill "${watcher_pid}" 2>/dev/null || true
+  stop_helpers
   postfix -c /etc/postfix stop 2>/dev/null || true
-  [[ -n "${opendkim_pid}" ]] && kill -TERM "${opendkim_pid}" 2>/dev/null || true
   wait 2>/dev/null || true
   log "stopped"
   exit 0
@@ -172,8 +181,7 @@ main() {
   local rc=0
   wait "${postfix_pid}" || rc=$?
   log "postfix exited (${rc})"
-  [[ -n "${watcher_pid}" ]] && kill "${watcher_pid}" 2>/dev/null || true
-  [[ -n "${opendkim_pid}" ]] && kill -TERM "${opendkim_pid}" 2>/dev/null || true
+  stop_helpers
   wait 2>/dev/null || true
   exit "${rc}"
 }

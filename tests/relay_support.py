@@ -140,6 +140,10 @@ class TestNetwork:
     @classmethod
     def create(cls, name: str, v4_subnet: str, v6_subnet: str) -> TestNetwork:
         ensure_engine()
+        # leftovers of an interrupted run: containers on the network, then the network
+        stale = docker("ps", "-aq", "--filter", f"network={name}", check=False).split()
+        if stale:
+            docker("rm", "-f", *stale, check=False)
         docker("network", "rm", name, check=False)
         v4 = str(next(ipaddress.ip_network(v4_subnet).hosts()))
         v6 = str(next(ipaddress.ip_network(v6_subnet).hosts()))
