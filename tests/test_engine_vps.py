@@ -348,6 +348,8 @@ def send_and_verify(run: Run, vps: LocalVps, sink: Sink) -> bytes:
     assert f"s={selector};".encode() in data.replace(b" ", b"").replace(b"\r\n\t", b"")
     records = {f"{selector}._domainkey.{out['domain']}": out["dkimDnsValue"]}
     assert dkim.verify(data, dnsfunc=dnsfunc_for(records)), "dkimpy rejects the signature"
+    sig = data.split(b"DKIM-Signature:", 1)[1].split(b"\r\n\r\n", 1)[0]
+    assert f"d={out['domain']};".encode() in sig.replace(b" ", b"").replace(b"\r\n\t", b"")
     return data
 
 
@@ -360,6 +362,13 @@ def test_up_deploys_the_relay_on_the_vps(deployed: Run, vps: LocalVps, relay_ima
     image, ports = ps.stdout.strip().split(" ", 1)
     assert image == relay_image, "the pre-loaded image was used, not a new build"
     assert f"{vps.ip4}:587->587/tcp" in ports and f"[{vps.ip6}]:587->587/tcp" in ports, ports
+    # STARTTLS on the IPv6 address too, with pebble's certificate for relayHost.
+    ctx = ssl.create_default_context(cadata=vps.pebble_root_pem())
+    with smtplib.SMTP(vps.ip6, 587, local_hostname="client.test", timeout=30) as s:
+        s._host = RELAY_HOST  # type: ignore[attr-defined]
+        s.starttls(context=ctx)
+        s.ehlo("client.test")
+        assert s.has_extn("auth"), "AUTH is offered after STARTTLS"
     ufw = vps.ssh("ufw show added").stdout
     assert f"{SSH_PORT}/tcp" in ufw and "587/tcp" in ufw
     assert vps.ssh(f"test -s {hs.cert_dir(RELAY_HOST)}/fullchain.pem && echo ok").stdout
