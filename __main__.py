@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import ipaddress
+from pathlib import Path
 from typing import Any
 
 import pulumi
 
+from components import postfix
 from components.config import ConfigError, RelayConfig, config_keys, load_config, raw_from_strings
 from components.credentials import SmtpCredentials, SmtpCredentialsArgs
 from components.dkim import DkimKey, DkimKeyArgs
 from components.dns import MailDns, MailDnsArgs
+from components.guide import render_from_outputs
+from components.host import RelayHost, RelayHostArgs
+from components.relay import LocalEngine, RemoteEngine, SmtpRelay, SmtpRelayArgs, SmtpUserSpec
+from components.sink import LocalSink, LocalSinkArgs
+
+PROJECT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 
 
 def _lookup_zone(raw: dict[str, Any]) -> None:
@@ -68,7 +77,9 @@ def main() -> None:
         SmtpCredentialsArgs(users=cfg.smtp_users, given=config.get_secret_object("smtpPasswords")),
     )
 
-    first_user = cfg.smtp_users[0]
+    logins = [f"{u}@{cfg.domain}" for u in cfg.smtp_users]
+    relay = deploy_relay(cfg, config, keys, credentials)
+
     pulumi.export("domain", cfg.domain)
     pulumi.export("relayHost", cfg.relay_fqdn)
     pulumi.export("vpsIpv4", cfg.vps_ipv4)
@@ -81,10 +92,134 @@ def main() -> None:
     pulumi.export("zoneSnippet", dns.zone_snippet)
     pulumi.export("smtpServer", cfg.relay_fqdn)
     pulumi.export("smtpPort", cfg.smtp_port)
-    pulumi.export("smtpUsername", first_user)
-    pulumi.export("smtpUsernames", cfg.smtp_users)
-    pulumi.export("smtpPassword", credentials.passwords[first_user])
-    pulumi.export("smtpPasswords", credentials.passwords)
+    pulumi.export("smtpUsername", logins[0])
+    pulumi.export("smtpUsernames", logins)
+    pulumi.export("smtpPassword", credentials.passwords[cfg.smtp_users[0]])
+    pulumi.export(
+        "smtpPasswords",
+        {login: credentials.passwords[u] for login, u in zip(logins, cfg.smtp_users, strict=True)},
+    )
+    pulumi.export("relayContainer", relay.container_name)
+    # The guide carries no secret: it says how to read the password instead.
+    pulumi.export(
+        "gmailGuide",
+        dns.records.apply(
+            lambda records: render_from_outputs(
+                {
+                    "domain": cfg.domain,
+                    "relayHost": cfg.relay_fqdn,
+                    "smtpServer": cfg.relay_fqdn,
+                    "smtpPort": cfg.smtp_port,
+                    "smtpUsername": logins[0],
+                    "smtpUsernames": logins,
+                    "smtpPasswords": dict.fromkeys(logins, ""),
+                    "dnsProvider": cfg.dns_provider,
+                    "dnsRecords": records,
+                },
+                stack_name=pulumi.get_stack(),
+            )
+        ),
+    )
+
+
+def deploy_relay(
+    cfg: RelayConfig,
+    config: pulumi.Config,
+    keys: dict[str, DkimKey],
+    credentials: SmtpCredentials,
+) -> SmtpRelay:
+    """The VPS (over SSH) or this machine's engine, and the relay container on it."""
+    private_keys = {s: k.private_key_pem for s, k in keys.items()}
+    # The key files, in the layout the relay reads (components/postfix.py).
+    both: pulumi.Output[list[Any]] = pulumi.Output.all(
+        pulumi.Output.all(**private_keys), credentials.passwords_output
+    )
+    secret_files: pulumi.Output[dict[str, str]] = pulumi.Output.secret(
+        both.apply(lambda kp: postfix.render_secrets(cfg.domain, kp[0], kp[1]))
+    )
+    common: dict[str, Any] = dict(
+        domain=cfg.domain,
+        relay_host=cfg.relay_fqdn,
+        dkim_selector=cfg.dkim_selector,
+        dkim_selectors=cfg.all_selectors,
+        smtp_users=[SmtpUserSpec(u) for u in cfg.smtp_users],
+        publish_ipv4=cfg.vps_ipv4,
+        publish_ipv6=cfg.vps_ipv6,
+        submission_host_port=cfg.smtp_port,
+        submissions_465=cfg.submissions465,
+        ipv4_subnet=cfg.relay_ipv4_subnet,
+        ipv6_subnet=cfg.relay_ipv6_subnet,
+        container_name=cfg.relay_container_name,
+    )
+    if cfg.deploy_target == "local":
+        return deploy_local(cfg, common, secret_files)
+
+    host = RelayHost(
+        "relay-host",
+        RelayHostArgs(
+            ssh_host=cfg.ssh_target,
+            ssh_private_key=config.require_secret("sshPrivateKey"),
+            relay_host=cfg.relay_fqdn,
+            acme_email=cfg.acme_email or "",
+            ssh_user=cfg.ssh_user,
+            ssh_port=cfg.ssh_port,
+            ssh_host_key=cfg.ssh_host_key,
+            acme_server=cfg.acme_server,
+            acme_extra_names=cfg.acme_extra_names,
+            acme_ca_bundle=cfg.acme_ca_bundle,
+            submissions465=cfg.submissions465,
+            extra_ports=[cfg.smtp_port] if cfg.smtp_port != 587 else [],
+            container_name=cfg.relay_container_name,
+            secret_files=secret_files,
+        ),
+    )
+    # The relay waits for Docker, the certificate and the key files.
+    steps = [host.docker_step, host.certificate_step]
+    if host.secrets_step is not None:
+        steps.append(host.secrets_step)
+    return SmtpRelay(
+        "relay",
+        SmtpRelayArgs(
+            **common,
+            engine=RemoteEngine(connection=host.connection, sudo=cfg.ssh_user != "root"),
+            secrets_dir=host.secrets_dir,
+            secrets_revision=host.secrets_revision,
+            cert_dir="/etc/letsencrypt",
+            nexthop=cfg.relay_nexthop,
+            depends_on=steps,
+        ),
+    )
+
+
+def deploy_local(
+    cfg: RelayConfig, common: dict[str, Any], secret_files: pulumi.Output[dict[str, str]]
+) -> SmtpRelay:
+    """A trial on this machine: local engine, local test CA, mail kept by a sink."""
+    work = PROJECT / ".local" / pulumi.get_stack()
+    cert_dir = (PROJECT / (cfg.tls_cert_dir or ".local/letsencrypt")).resolve()
+    sink_ip = str(ipaddress.ip_network(cfg.relay_ipv4_subnet)[25])
+    relay = SmtpRelay(
+        "relay",
+        SmtpRelayArgs(
+            **common,
+            engine=LocalEngine(work_dir=str(work / "relay")),
+            secret_files=secret_files,
+            cert_dir=str(cert_dir),
+            nexthop=cfg.relay_nexthop or f"[{sink_ip}]:25",
+        ),
+    )
+    if not cfg.relay_nexthop:
+        LocalSink(
+            "sink",
+            LocalSinkArgs(
+                network_name=relay.network_name,
+                ipv4_address=sink_ip,
+                mail_dir=str(work / "sink"),
+                work_dir=str(work / "sink-build"),
+                name=f"{cfg.relay_container_name}-sink",
+            ),
+        )
+    return relay
 
 
 main()

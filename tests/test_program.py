@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from tests.pulumi_harness import PRIVATE_MARKER, Run, run_program
+from tests.pulumi_harness import PRIVATE_MARKER, Run, plain, run_program
 
 LOCAL: dict[str, Any] = {
     "domain": "example.com",
@@ -119,7 +119,11 @@ def test_secrets_stay_secret_and_private_key_is_never_exported(
     run = run_program(monkeypatch, {**LOCAL, "smtpUsers": ["gmail", "phone"]})
     assert {"smtpPassword", "smtpPasswords"} <= run.secret_exports
     assert "dkimDnsValue" not in run.secret_exports
-    assert run.exports["smtpPasswords"] == {"gmail": "generated-gmail", "phone": "generated-phone"}
+    assert run.exports["smtpPasswords"] == {
+        "gmail@example.com": "generated-gmail",
+        "phone@example.com": "generated-phone",
+    }
+    assert run.exports["smtpUsername"] == "gmail@example.com"
     assert PRIVATE_MARKER not in json.dumps(run.exports)
 
 
@@ -133,3 +137,59 @@ def test_bad_config_registers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(pulumi.RunError) as info:
         run_program(monkeypatch, {**LOCAL, "dmarcPct": 300, "dkimSelector": "no good"})
     assert "dmarcPct" in str(info.value) and "dkimSelector" in str(info.value)
+
+
+VPS: dict[str, Any] = {
+    "domain": "example.com",
+    "vpsIpv4": "203.0.113.25",
+    "vpsIpv6": "2001:db8::25",
+    "acmeEmail": "postmaster@example.com",
+}
+SSH_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nmock-ssh-key\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def _commands(run: Run) -> list[Any]:
+    return run.of_type("command:")
+
+
+def test_vps_stack_wires_host_then_relay(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(monkeypatch, VPS, secrets={"sshPrivateKey": SSH_KEY}, preview=True)
+    types = {r.type for r in run.resources}
+    assert {"dkimrelay:index:RelayHost", "dkimrelay:index:SmtpRelay"} <= types
+    assert "dkimrelay:index:LocalSink" not in types
+    remote = [r for r in _commands(run) if r.type == "command:remote:Command"]
+    assert remote and not [r for r in _commands(run) if r.type == "command:local:Command"]
+    hosts = {plain(r.inputs["connection"])["host"] for r in remote}
+    assert hosts == {"203.0.113.25"}, "every step goes over the one SSH connection"
+    assert "relay-deploy" in {r.name for r in remote}, "the relay runs on the VPS engine"
+
+
+def test_no_secret_in_any_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(
+        monkeypatch,
+        VPS,
+        secrets={"sshPrivateKey": SSH_KEY, "smtpPasswords": {"gmail": "pw-Secret-42"}},
+        preview=True,
+    )
+    for r in _commands(run):
+        for field in ("create", "update", "delete", "environment", "triggers"):
+            text = json.dumps(r.inputs.get(field), default=str)
+            for secret in ("mock-ssh-key", "pw-Secret-42", "generated-gmail", "mock-----END"):
+                assert secret not in text, f"{secret} in {r.name}.{field}"
+
+
+def test_local_stack_has_a_sink_the_relay_sends_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(monkeypatch, LOCAL)
+    types = {r.type for r in run.resources}
+    assert "dkimrelay:index:LocalSink" in types and "dkimrelay:index:RelayHost" not in types
+    scripts = json.dumps([r.inputs for r in _commands(run)], default=str)
+    assert "172.30.87.25" in scripts, "the sink sits at .25 of the relay network"
+
+
+def test_guide_is_plain_and_names_the_login(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(monkeypatch, LOCAL)
+    guide = run.exports["gmailGuide"]
+    assert "gmailGuide" not in run.secret_exports
+    assert "smtp.example.com" in guide and "gmail@example.com" in guide
+    assert "generated-gmail" not in guide
+    assert "relay._domainkey.example.com" in guide, "manual DNS: the records to add"

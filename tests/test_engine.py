@@ -1,0 +1,297 @@
+"""The whole program under the real Pulumi engine and plugins (no mocks).
+
+Uses the toolchain from scripts/pulumi-toolchain.sh, a file backend in a temporary folder
+and the passphrase secrets provider. The local stack deploys the real relay image on this
+machine's Docker engine; mail goes through it and dkimpy checks the signature against the
+stack's own dkimDnsValue output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from scripts.local_ca import issue
+
+pytestmark = pytest.mark.timeout(1200)
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("DKIM_RELAY_CACHE", Path.home() / ".cache" / "dkim-relay"))
+BIN = CACHE / "bin"
+
+
+FAKE_KEY = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"
+)
+
+
+def _ed25519_public_line() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    public = ed25519.Ed25519PrivateKey.generate().public_key()
+    return public.public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    ).decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Engine:
+    """`pulumi` on the repo's project with a private backend and per-stack config files."""
+
+    def __init__(self, tmp: Path) -> None:
+        assert (BIN / "pulumi").is_file(), "no pulumi CLI: run scripts/pulumi-toolchain.sh"
+        self.tmp = tmp
+        (tmp / "state").mkdir()
+        passphrase = tmp / "passphrase"
+        fd = os.open(passphrase, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(uuid.uuid4().hex)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
+        self.env.update(
+            PATH=f"{BIN}:{self.env['PATH']}",
+            PULUMI_HOME=str(CACHE / "pulumi-home"),
+            PULUMI_BACKEND_URL=f"file://{tmp / 'state'}",
+            PULUMI_CONFIG_PASSPHRASE_FILE=str(passphrase),
+            PULUMI_SKIP_UPDATE_CHECK="1",
+            PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
+        )
+
+    def stack(self, name: str, config: dict[str, Any]) -> Stack:
+        stack = Stack(self, name)
+        res = self.run("stack", "init", name, "--secrets-provider", "passphrase")
+        assert res.returncode == 0, res.stderr
+        stack.write_config(config)
+        return stack
+
+    def run(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "pulumi"), *args, "--non-interactive"],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+class Stack:
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine, self.name = engine, name
+        self.config_file = engine.tmp / f"Pulumi.{name}.yaml"
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.config_file.write_text(
+            yaml.safe_dump({"config": {f"dkim-relay:{k}": v for k, v in config.items()}})
+        )
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.engine.run(*args, "--stack", self.name, "--config-file", str(self.config_file))
+
+    def ok(self, *args: str) -> str:
+        res = self.run(*args)
+        assert res.returncode == 0, f"pulumi {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
+        return res.stdout
+
+    def outputs(self) -> dict[str, Any]:
+        return json.loads(self.ok("stack", "output", "--json", "--show-secrets"))
+
+    def preview_steps(self) -> list[dict[str, Any]]:
+        return json.loads(self.ok("preview", "--json")).get("steps", [])
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return Engine(tmp_path_factory.mktemp("engine"))
+
+
+def _types(steps: list[dict[str, Any]], op: str | None = None) -> set[str]:
+    return {s["urn"].split("::")[2].split("$")[-1] for s in steps if op in (None, s["op"])}
+
+
+def test_preview_of_a_vps_stack_with_manual_dns(engine: Engine) -> None:
+    stack = engine.stack(
+        "vps-preview",
+        {
+            "domain": "example.com",
+            "vpsIpv4": "203.0.113.25",
+            "vpsIpv6": "2001:db8::25",
+            "acmeEmail": "postmaster@example.com",
+            "sshHostKey": _ed25519_public_line(),
+        },
+    )
+    # On stdin, as a user would: pulumi config set --secret sshPrivateKey < key
+    subprocess.run(
+        [
+            str(BIN / "pulumi"),
+            "config",
+            "set",
+            "--secret",
+            "sshPrivateKey",
+            "--stack",
+            stack.name,
+            "--config-file",
+            str(stack.config_file),
+            "--non-interactive",
+        ],
+        input=FAKE_KEY,
+        cwd=REPO,
+        env=engine.env,
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    steps = stack.preview_steps()
+    types = _types(steps, "create")
+    assert {
+        "dkimrelay:index:DkimKey",
+        "dkimrelay:index:MailDns",
+        "dkimrelay:index:SmtpCredentials",
+        "dkimrelay:index:RelayHost",
+        "dkimrelay:index:SmtpRelay",
+        "command:remote:Command",
+        "pulumi-python:dynamic:Resource",
+    } <= types, types
+    assert not [t for t in types if t.startswith("cloudflare")]
+    text = stack.config_file.read_text()
+    assert "not-a-real-key" not in text and "secure:" in text, "the key is stored encrypted"
+
+
+def test_config_error_stops_before_any_resource(engine: Engine) -> None:
+    stack = engine.stack(
+        "bad-config",
+        {
+            "domain": "example.com",
+            "vpsIpv4": "2001:db8::1",
+            "dmarcPct": 300,
+            "deployTarget": "local",
+            "tlsCertDir": "/nonexistent",
+        },
+    )
+    res = stack.run("up", "--yes")
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "vpsIpv4" in out and "dmarcPct" in out and "nothing was created or changed" in out
+    exported = json.loads(stack.ok("stack", "export"))
+    assert len(exported["deployment"].get("resources") or []) <= 1, "only the stack itself"
+
+
+@pytest.fixture(scope="module")
+def local_stack(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    certs = tmp_path_factory.mktemp("certs")
+    issue(certs, "smtp.engine.test", [])
+    name = f"enginetest{uuid.uuid4().hex[:6]}"
+    config = {
+        "domain": "engine.test",
+        "relayHost": "smtp.engine.test",
+        "vpsIpv4": "127.0.0.1",
+        "vpsIpv6": "::1",
+        "deployTarget": "local",
+        "tlsCertDir": str(certs),
+        "dkimSelector": "one",
+        "smtpPort": _free_port(),
+        "relayContainerName": name,
+        "relayIpv4Subnet": "172.30.97.0/24",
+        "relayIpv6Subnet": "fd00:d6b1:97::/64",
+    }
+    stack = engine.stack(name, config)
+    stack.certs = certs  # type: ignore[attr-defined]
+    stack.config = config  # type: ignore[attr-defined]
+    try:
+        stack.ok("up", "--yes", "--skip-preview")
+        yield stack
+    finally:
+        stack.run("destroy", "--yes")
+        shutil.rmtree(REPO / ".local" / name, ignore_errors=True)
+
+
+def send_and_verify(stack: Stack) -> str:
+    outputs = stack.outputs()
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "send_test_mail.py"),
+            "--cafile",
+            str(stack.certs / "ca.pem"),  # type: ignore[attr-defined]
+            "--sink-dir",
+            str(REPO / ".local" / stack.name / "sink"),
+        ],
+        input=json.dumps(outputs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "DKIM signature: PASS" in res.stdout
+    assert outputs["smtpPassword"] not in res.stdout + res.stderr
+    return res.stdout
+
+
+def test_local_stack_relays_signed_mail(local_stack: Stack) -> None:
+    send_and_verify(local_stack)
+    state = local_stack.ok("stack", "export")
+    outputs = local_stack.outputs()
+    assert outputs["smtpPassword"] not in state, "the password is encrypted in state"
+    assert "BEGIN PRIVATE KEY" not in state, "the DKIM key is encrypted in state"
+
+
+def test_second_up_changes_nothing(local_stack: Stack) -> None:
+    local_stack.ok("preview", "--expect-no-changes")
+    before = subprocess.run(
+        ["docker", "inspect", "-f", "{{.Id}}", local_stack.name],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out = local_stack.ok("up", "--yes", "--expect-no-changes")
+    assert "unchanged" in out
+    after = subprocess.run(
+        ["docker", "inspect", "-f", "{{.Id}}", local_stack.name],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert before == after
+
+
+def test_new_selector_changes_only_what_it_should(local_stack: Stack) -> None:
+    old = local_stack.outputs()
+    local_stack.write_config(
+        {**local_stack.config, "dkimSelector": "two", "dkimRetiredSelectors": ["one"]}  # type: ignore[attr-defined]
+    )
+    steps = local_stack.preview_steps()
+    changed = {(s["op"], s["urn"].split("::")[-1]) for s in steps if s["op"] != "same"}
+    created = {n for op, n in changed if op == "create"}
+    assert "dkim-two-key" in created, changed
+    assert not [n for op, n in changed if op in ("delete", "replace") and "dkim-one" in n], changed
+    assert not [n for _, n in changed if "smtp-credentials" in n], "passwords are kept"
+    local_stack.ok("up", "--yes", "--skip-preview")
+    new = local_stack.outputs()
+    assert new["dkimSelector"] == "two" and new["dkimDnsValue"] != old["dkimDnsValue"]
+    assert new["dkimDnsValues"]["one"] == old["dkimDnsValue"], "the retired key is kept"
+    assert new["smtpPassword"] == old["smtpPassword"]
+    send_and_verify(local_stack)
+
+
+def test_destroy_removes_the_relay(engine: Engine, local_stack: Stack) -> None:
+    local_stack.ok("destroy", "--yes")
+    res = subprocess.run(["docker", "inspect", local_stack.name], capture_output=True)
+    assert res.returncode != 0, "the relay container is gone"
+    assert (local_stack.certs / "live" / "smtp.engine.test" / "fullchain.pem").exists()  # type: ignore[attr-defined]
