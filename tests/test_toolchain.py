@@ -31,9 +31,13 @@ BIN = CACHE / "bin"
 # Resources that each plugin's smoke program registers (type tokens).
 EXPECTED_TYPES = {
     "command": "command:local:Command",
-    "docker": "pulumi:providers:docker",
     "cloudflare": "cloudflare:index/dnsRecord:DnsRecord",
 }
+# Plugins that cannot be built on this machine (docs/toolchain.md says why, with the
+# commands and what they printed). They are not left out silently: the test below checks
+# that the toolchain script says so, and the day they build, it fails and asks for them
+# to be tested like the others.
+BLOCKED = {"cloudflare": "6.23.1"}
 
 SMOKE_PROGRAM = """\
 import os
@@ -44,11 +48,6 @@ which = os.environ["SMOKE_PLUGINS"].split(",")
 if "command" in which:
     import pulumi_command as command
     command.local.Command("hello", create="echo hello")
-
-if "docker" in which:
-    import pulumi_docker as docker
-    # A provider only: nothing here needs a Docker daemon during preview.
-    docker.Provider("docker", host="unix:///nonexistent/dkim-relay-smoke.sock")
 
 if "cloudflare" in which:
     import pulumi_cloudflare as cloudflare
@@ -86,7 +85,7 @@ def wanted_plugins() -> dict[str, str]:
 
 
 WANTED = wanted_plugins()
-PLUGINS = sorted(WANTED)
+PLUGINS = sorted(set(WANTED) - set(BLOCKED))
 
 
 def test_requirements_name_resource_plugins() -> None:
@@ -233,3 +232,17 @@ def test_preview_fails_without_the_plugin_version(
     assert out.returncode != 0
     assert "no resource plugin 'pulumi-resource-command' found" in out.stdout + out.stderr
     assert "v0.0.1" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", sorted(BLOCKED))
+def test_blocked_plugin_is_reported_unavailable(engine_env: dict[str, str], name: str) -> None:
+    assert WANTED.get(name) == BLOCKED[name], "requirements.txt moved on: update BLOCKED"
+    out = subprocess.run(
+        ["bash", str(REPO / "scripts" / "pulumi-toolchain.sh")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 3, f"expected 'some part unavailable' (3), got {out.returncode}"
+    assert re.search(rf"{name}.*UNAVAILABLE|UNAVAILABLE.*{name}", text), text[-2000:]
