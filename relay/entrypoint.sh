@@ -13,6 +13,7 @@ set -euo pipefail
 CONFIG_DIR=/etc/relay/config
 SECRETS_DIR=/run/relay-secrets
 POLL="${RELAY_CERT_POLL_SECONDS:-300}"
+OPENDKIM_SOCKET=/run/opendkim/opendkim.sock  # components/postfix.py OPENDKIM_SOCKET
 
 log() { printf 'relay-entrypoint: %s\n' "$*"; }
 die() { log "FATAL: $*"; exit 1; }
@@ -83,15 +84,16 @@ tighten_secrets() {
 prepare_spool() {
   install -d -o root -g root -m 0755 /var/spool/postfix /var/lib/postfix
   chown postfix:postfix /var/lib/postfix
+  # postfix is in the opendkim group (Dockerfile): it reaches the socket, nobody else.
   install -d -o opendkim -g opendkim -m 0750 /run/opendkim
-  rm -f /var/spool/postfix/pid/master.pid /run/opendkim/opendkim.pid
+  rm -f /var/spool/postfix/pid/master.pid /run/opendkim/opendkim.pid "${OPENDKIM_SOCKET}"
   postfix -c /etc/postfix check
 }
 
-wait_port() {
-  local port="${1:?port}" tries="${2:-100}" i
+wait_socket() {
+  local path="${1:?socket path}" tries="${2:-100}" i
   for ((i = 0; i < tries; i++)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/${port}") 2>/dev/null; then
+    if [[ -S "${path}" ]]; then
       return 0
     fi
     sleep 0.1
@@ -127,7 +129,7 @@ stop_all() {
 start_opendkim() {
   opendkim -f -x /etc/opendkim/opendkim.conf &
   opendkim_pid=$!
-  wait_port 8891 || die "opendkim did not open its socket"
+  wait_socket "${OPENDKIM_SOCKET}" || die "opendkim did not open its socket"
   log "opendkim up (pid ${opendkim_pid})"
 }
 

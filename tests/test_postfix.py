@@ -71,7 +71,7 @@ def services(master: str) -> dict[str, list[str]]:
         ("smtpd_sasl_security_options", "noanonymous"),
         ("smtpd_relay_restrictions", "permit_sasl_authenticated, reject"),
         ("smtpd_sender_login_maps", "texthash:/etc/postfix/sender_login"),
-        ("smtpd_milters", "inet:127.0.0.1:8891"),
+        ("smtpd_milters", "unix:/run/opendkim/opendkim.sock"),
         ("milter_default_action", "tempfail"),
         ("smtpd_client_event_limit_exceptions", ""),
         ("smtpd_client_auth_rate_limit", "10"),
@@ -169,7 +169,7 @@ def test_opendkim_conf() -> None:
     assert "OversignHeaders From" in lines
     assert "Mode s" in lines
     assert "MTA ORIGINATING" in lines
-    assert "Socket inet:8891@127.0.0.1" in lines
+    assert "Socket local:/run/opendkim/opendkim.sock" in lines
     assert "RequireSafeKeys yes" in lines
     sign = next(ln for ln in lines if ln.startswith("SignHeaders "))
     headers = sign.split(" ", 1)[1].split(",")
