@@ -13,7 +13,7 @@ reached by the command provider over real SSH". The pieces:
 * the project as a user runs it: the repo's Pulumi.yaml, venv and ``__main__.py``, a
   stack config file outside the repo (``--config-file``), the SSH key set with
   ``pulumi config set --secret`` on stdin, a file backend and passphrase file in a
-  temporary folder (tests/test_engine.py's ``Engine``).
+  temporary folder (``Engine`` below, the shape of tests/test_engine.py's).
 
 The first tests check the namespace engine on its own; the rest run in file order
 on one stack: up, mail signed and verified by dkimpy against ``dkimDnsValue``, no
@@ -44,12 +44,14 @@ from components import host_scripts as hs
 from components import relay_deploy as rd
 from components.relay import RELAY_DIR, read_tree
 from tests.relay_support import Sink, build_image, dnsfunc_for, make_message
-from tests.test_engine import BIN, REPO, Engine, Stack
 from tests.vps_docker_support import VpsDocker, vps_docker
 from tests.vps_support import RELAY_HOST, SSH_PORT, LocalVps, local_vps
 
 pytestmark = pytest.mark.timeout(1800)
 
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("DKIM_RELAY_CACHE", Path.home() / ".cache" / "dkim-relay"))
+BIN = CACHE / "bin"
 DOMAIN = "dkim-relay.test"
 CONTAINER = f"dkr-vps-{uuid.uuid4().hex[:6]}"
 
@@ -168,6 +170,68 @@ def test_port_published_on_the_vps_address_is_reachable(vps: LocalVps, vdocker: 
 
 
 # --- the stack -----------------------------------------------------------------------
+class Engine:
+    """`pulumi` on the repo's project with a private file backend and passphrase file."""
+
+    def __init__(self, tmp: Path) -> None:
+        assert (BIN / "pulumi").is_file(), "no pulumi CLI: run scripts/pulumi-toolchain.sh"
+        self.tmp = tmp
+        (tmp / "state").mkdir()
+        passphrase = tmp / "passphrase"
+        fd = os.open(passphrase, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(uuid.uuid4().hex)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
+        self.env.update(
+            PATH=f"{BIN}:{self.env['PATH']}",
+            PULUMI_HOME=str(CACHE / "pulumi-home"),
+            PULUMI_BACKEND_URL=f"file://{tmp / 'state'}",
+            PULUMI_CONFIG_PASSPHRASE_FILE=str(passphrase),
+            PULUMI_SKIP_UPDATE_CHECK="1",
+            PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
+        )
+
+    def run(
+        self, *args: str, input: str | None = None, timeout: int = 900
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "pulumi"), *args, "--non-interactive"],
+            cwd=REPO,
+            env=self.env,
+            input=input if input is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def stack(self, name: str, config: dict[str, Any]) -> Stack:
+        res = self.run("stack", "init", name, "--secrets-provider", "passphrase")
+        assert res.returncode == 0, res.stderr
+        stack = Stack(self, name)
+        # `pulumi stack init` has no --config-file: it wrote the passphrase salt to
+        # Pulumi.<name>.yaml in the repo. Move it into the stack's own config file.
+        repo_file = REPO / f"Pulumi.{name}.yaml"
+        try:
+            salt = yaml.safe_load(repo_file.read_text())["encryptionsalt"]
+        finally:
+            repo_file.unlink(missing_ok=True)
+        doc = {"encryptionsalt": salt, "config": {f"dkim-relay:{k}": v for k, v in config.items()}}
+        stack.config_file.write_text(yaml.safe_dump(doc))
+        return stack
+
+
+class Stack:
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine, self.name = engine, name
+        self.config_file = engine.tmp / f"Pulumi.{name}.yaml"
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Commands that read the stack config (up, preview, destroy, config)."""
+        return self.engine.run(
+            *args, "--stack", self.name, "--config-file", str(self.config_file), input=input
+        )
+
+
 class Run:
     """Every pulumi command's output, to look for secrets in afterwards."""
 
@@ -187,28 +251,9 @@ class Run:
         return res.stdout
 
 
-def set_secret(engine: Engine, stack: Stack, key: str, value: str) -> None:
+def set_secret(stack: Stack, key: str, value: str) -> None:
     """As a user would: pulumi config set --secret KEY < file (never on a command line)."""
-    res = subprocess.run(
-        [
-            str(BIN / "pulumi"),
-            "config",
-            "set",
-            "--secret",
-            key,
-            "--stack",
-            stack.name,
-            "--config-file",
-            str(stack.config_file),
-            "--non-interactive",
-        ],
-        input=value,
-        cwd=REPO,
-        env=engine.env,
-        text=True,
-        capture_output=True,
-        timeout=120,
-    )
+    res = stack.run("config", "set", "--secret", key, input=value)
     assert res.returncode == 0, res.stderr
 
 
@@ -243,19 +288,8 @@ def deployed(
     sink: Sink,
 ) -> Iterator[Run]:
     engine = Engine(tmp_path_factory.mktemp("engine-vps"))
-    name = f"vps{uuid.uuid4().hex[:6]}"
-    stack = engine.stack(name, stack_config(vps, sink))
-    # `pulumi stack init` has no --config-file: it wrote the passphrase salt to
-    # Pulumi.<name>.yaml in the repo. Move it into the stack's own config file.
-    repo_file = REPO / f"Pulumi.{name}.yaml"
-    try:
-        salt = yaml.safe_load(repo_file.read_text())["encryptionsalt"]
-    finally:
-        repo_file.unlink(missing_ok=True)
-    _rewrite_config(stack, encryptionsalt=salt)
-    # From here on the file holds the encrypted key too: later changes go through
-    # _rewrite_config, which keeps it (Stack.write_config would drop it).
-    set_secret(engine, stack, "sshPrivateKey", vps.private_key)
+    stack = engine.stack(f"vps{uuid.uuid4().hex[:6]}", stack_config(vps, sink))
+    set_secret(stack, "sshPrivateKey", vps.private_key)
     run = Run(stack)
     t = time.monotonic()
     try:
@@ -268,17 +302,16 @@ def deployed(
             print(f"cleanup destroy failed:\n{res.stdout[-3000:]}\n{res.stderr[-2000:]}")
 
 
-def _rewrite_config(stack: Stack, encryptionsalt: str | None = None, **changes: Any) -> None:
+def _rewrite_config(stack: Stack, **changes: Any) -> None:
+    """Changes keys, keeping the salt and the encrypted SSH key."""
     doc = yaml.safe_load(stack.config_file.read_text())
-    if encryptionsalt is not None:
-        doc["encryptionsalt"] = encryptionsalt
     for k, v in changes.items():
         doc["config"][f"dkim-relay:{k}"] = v
     stack.config_file.write_text(yaml.safe_dump(doc))
 
 
 def outputs(run: Run) -> dict[str, Any]:
-    # `stack output` and `stack export` take no --config-file (Stack.run adds it).
+    # `stack output` and `stack export` take no --config-file.
     res = run.stack.engine.run(
         "stack", "output", "--json", "--show-secrets", "--stack", run.stack.name
     )
