@@ -379,7 +379,7 @@ def render_opendkim_conf(s: PostfixSettings) -> str:
         ("SignatureAlgorithm", "rsa-sha256"),
         ("SignHeaders", ",".join(SIGNED_HEADERS)),
         ("OversignHeaders", "From"),
-        ("KeyTable", "refile:/etc/opendkim/KeyTable"),
+        ("KeyTable", "file:/etc/opendkim/KeyTable"),
         ("SigningTable", "refile:/etc/opendkim/SigningTable"),
         ("InternalHosts", "refile:/etc/opendkim/TrustedHosts"),
         ("ExternalIgnoreList", "refile:/etc/opendkim/TrustedHosts"),

@@ -14,6 +14,7 @@ import hashlib
 import ipaddress
 import os
 import smtplib
+import socket
 import ssl
 import subprocess
 import threading
@@ -112,6 +113,21 @@ def build_image(tag: str, build_args: dict[str, str] | None = None) -> str:
         cmd += ["--build-arg", f"{k}={v}"]
     docker(*cmd, str(RELAY_DIR), timeout=900)
     return docker("image", "inspect", "-f", "{{.Id}}", tag)
+
+
+def free_port() -> int:
+    """A TCP port free on both 127.0.0.1 and ::1 (the relay publishes on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET6) as s6:
+            s6.bind(("::1", 0))
+            port = int(s6.getsockname()[1])
+            with socket.socket() as s4:
+                try:
+                    s4.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port on both loopback addresses")
 
 
 def wait_for(what: str, pred: Callable[[], bool], timeout: float = 60, every: float = 0.2) -> None:

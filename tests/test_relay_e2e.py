@@ -148,8 +148,8 @@ def relay(
         workdir,
         octet=10,
         sink_port=2525,
-        port_587=15587,
-        port_465=15465,
+        port_587=rs.free_port(),
+        port_465=rs.free_port(),
     ) as spec:
         yield spec
 
@@ -528,7 +528,7 @@ def test_no_mail_lost_across_recreation_with_sink_down(
         workdir,
         octet=11,
         sink_port=2526,
-        port_587=16587,
+        port_587=rs.free_port(),
         secrets_host_dir=secrets_dir,
     ) as spec:
         for i, subject in enumerate(subjects):
@@ -601,7 +601,7 @@ def test_renewed_cert_served_after_reload_and_queue_kept(
         workdir,
         octet=12,
         sink_port=2527,
-        port_587=17587,
+        port_587=rs.free_port(),
         cert_poll_seconds=1,
     ) as spec:
         ctx = ca.client_context()
@@ -650,7 +650,7 @@ def test_reload_refuses_missing_cert(net: rs.TestNetwork, dkim_pem: str, workdir
         workdir,
         octet=13,
         sink_port=2528,
-        port_587=18587,
+        port_587=rs.free_port(),
     ) as spec:
         link = ca.root / "live" / rs.RELAY_HOST / "fullchain.pem"
         target = link.readlink()
@@ -668,7 +668,14 @@ def test_healthy_then_unhealthy_when_opendkim_dies(
     net: rs.TestNetwork, ca: rs.TestCA, dkim_pem: str, workdir: Path
 ) -> None:
     with relay_running(
-        "dkimrelay-e2e-health", net, ca, dkim_pem, workdir, octet=14, sink_port=2529, port_587=19587
+        "dkimrelay-e2e-health",
+        net,
+        ca,
+        dkim_pem,
+        workdir,
+        octet=14,
+        sink_port=2529,
+        port_587=rs.free_port(),
     ) as spec:
         assert rs.health(spec.name) == "healthy"
         rs.docker("exec", spec.name, "bash", "-c", 'kill -KILL "$(cat /run/opendkim/opendkim.pid)"')
