@@ -17,7 +17,7 @@ pulumi stack select local 2>/dev/null || pulumi stack init local --secrets-provi
 pulumi up --stack local --yes --skip-preview
 
 pulumi stack output --stack local --json --show-secrets \
-  | venv/bin/python scripts/send_test_mail.py --cafile .local/letsencrypt/ca.pem --sink-dir .local/sink
+  | venv/bin/python scripts/send_test_mail.py --cafile .local/letsencrypt/ca.pem --sink-dir .local/local/sink
 
 cat <<'TXT'
 
@@ -25,7 +25,7 @@ The relay runs on this machine. Where to look:
   pulumi stack output --stack local gmailGuide       the Gmail "Send mail as" guide
   pulumi stack output --stack local zoneSnippet      the DNS records to publish
   pulumi stack output --stack local --show-secrets smtpPassword
-  ls .local/sink/                                    every message the relay delivered
+  ls .local/local/sink/                              every message the relay delivered
   docker logs dkim-relay                             the relay's log
 (first: source scripts/pulumi-env.sh)   Remove it all: pulumi destroy --stack local
 TXT

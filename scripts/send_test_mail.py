@@ -45,8 +45,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = ssl.create_default_context(cafile=args.cafile)
     with smtplib.SMTP(args.host, int(out["smtpPort"]), timeout=30) as smtp:
+        # Connected by address; the certificate is checked against the relay's name.
+        smtp._host = out["smtpServer"]  # type: ignore[attr-defined]
         smtp.ehlo("local-up")
-        smtp.starttls(context=ctx, server_hostname=out["smtpServer"])
+        smtp.starttls(context=ctx)
         smtp.login(out["smtpUsername"], out["smtpPassword"])
         smtp.send_message(msg)
     print(f"sent: {msg['Subject']} via {out['smtpServer']}:{out['smtpPort']}")
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             record = f"{out['dkimSelector']}._domainkey.{out['domain']}".encode()
 
-            def lookup(name: bytes, timeout: int = 5) -> bytes | None:
+            def lookup(name: bytes, timeout: int = 5, record: bytes = record) -> bytes | None:
                 return out["dkimDnsValue"].encode() if name.rstrip(b".") == record else None
 
             ok = dkim.verify(data, dnsfunc=lookup)
