@@ -77,6 +77,11 @@ class Engine:
         stack = Stack(self, name)
         res = self.run("stack", "init", name, "--secrets-provider", "passphrase")
         assert res.returncode == 0, res.stderr
+        # `stack init` takes no --config-file: move the passphrase salt it wrote into the
+        # repo over to this test's own config file.
+        repo_file = REPO / f"Pulumi.{name}.yaml"
+        stack.salt = yaml.safe_load(repo_file.read_text())["encryptionsalt"]
+        repo_file.unlink()
         stack.write_config(config)
         return stack
 
@@ -96,14 +101,20 @@ class Stack:
     def __init__(self, engine: Engine, name: str) -> None:
         self.engine, self.name = engine, name
         self.config_file = engine.tmp / f"Pulumi.{name}.yaml"
+        self.salt = ""
 
     def write_config(self, config: dict[str, Any]) -> None:
-        self.config_file.write_text(
-            yaml.safe_dump({"config": {f"dkim-relay:{k}": v for k, v in config.items()}})
-        )
+        """Plain values from `config`; encrypted ones already in the file are kept."""
+        old = yaml.safe_load(self.config_file.read_text()) if self.config_file.exists() else {}
+        kept = {k: v for k, v in (old or {}).get("config", {}).items() if isinstance(v, dict)}
+        plain = {f"dkim-relay:{k}": v for k, v in config.items()}
+        doc = {"encryptionsalt": self.salt, "config": {**kept, **plain}}
+        self.config_file.write_text(yaml.safe_dump(doc))
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.engine.run(*args, "--stack", self.name, "--config-file", str(self.config_file))
+        # `pulumi stack ...` reads no config and takes no --config-file.
+        extra = [] if args[0] == "stack" else ["--config-file", str(self.config_file)]
+        return self.engine.run(*args, "--stack", self.name, *extra)
 
     def ok(self, *args: str) -> str:
         res = self.run(*args)
