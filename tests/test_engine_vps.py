@@ -442,6 +442,7 @@ def test_new_selector_changes_only_what_it_should(deployed: Run, vps: LocalVps, 
         (s["op"], s["urn"].split("::")[-1]) for s in preview.get("steps", []) if s["op"] != "same"
     }
     names = {n for _, n in changed}
+    print(f"a new selector changes: {sorted(changed)}")
     assert ("create", "dkim-two-key") in changed, changed
     for must in ("relay-host-secrets", "relay-deploy"):
         assert must in names, f"{must} should change: {changed}"

@@ -12,8 +12,9 @@ everything the relay's scripts do with ``docker`` over SSH happens "on the VPS":
 * the client finds the engine at the default ``/var/run/docker.sock`` (the
   namespace's own ``/run``), as on a VPS.
 
-Layout: ``--data-root`` on a real directory of the machine (``/var/tmp``,
-not an overlay: overlay2 cannot sit on overlayfs), ``--exec-root``,
+Layout: ``--data-root`` on a real directory of the machine under ``/tmp``
+(the VPS overlays only ``/etc`` and ``/var``, and overlay2 cannot sit on
+overlayfs: under ``/var/tmp`` the daemon falls back to vfs), ``--exec-root``,
 ``--pidfile`` and the socket under the namespace's ``/run``; the daemon starts
 its own containerd there. ``ip netns exec`` remounted ``/sys`` for the network
 namespace, which drops the cgroup mounts, so the machine's cgroup hierarchies
@@ -168,7 +169,7 @@ def vps_docker(vps: LocalVps, start_timeout: float = 60) -> Iterator[VpsDocker]:
     subprocess.run(
         [*enter, "sh", "-c", _cgroup_script()], check=True, capture_output=True, timeout=30
     )
-    # 3. the daemon. /var/tmp: a real file system (ext4 here), not the VPS's overlays.
+    # 3. the daemon. /tmp: the machine's own file system in the VPS too (not overlaid).
     data_root = tempfile.mkdtemp(prefix="dkim-relay-vpsdocker-", dir="/tmp")
     log_path = os.path.join(data_root, "..", os.path.basename(data_root) + ".log")
     log_path = os.path.normpath(log_path)
