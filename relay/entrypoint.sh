@@ -156,7 +156,11 @@ start_cert_watcher() {
   (
     trap 'exit 0' TERM
     last="$(cert_stamp)"
-    while sleep "${POLL}"; do
+    while true; do
+      # In the background and waited for, so that TERM ends the watcher at once (bash
+      # runs a trap only after a foreground child has exited: `docker stop` took 30 s).
+      sleep "${POLL}" &
+      wait "$!"
       now="$(cert_stamp)"
       if [[ "${now}" != "${last}" ]]; then
         log "certificate files changed"
