@@ -682,3 +682,33 @@ def test_healthy_then_unhealthy_when_opendkim_dies(
         rs.wait_for("unhealthy", lambda: rs.health(spec.name) == "unhealthy", 60)
         out = rs.docker("inspect", "-f", "{{json .State.Health.Log}}", spec.name)
         assert "opendkim is down" in out
+
+
+def test_unhealthy_when_the_submission_service_cannot_start(
+    net: rs.TestNetwork, ca: rs.TestCA, dkim_pem: str, workdir: Path
+) -> None:
+    """Master and OpenDKIM alive, but every smtpd dies on a config error: not healthy."""
+    with relay_running(
+        "dkimrelay-e2e-health-smtpd",
+        net,
+        ca,
+        dkim_pem,
+        workdir,
+        octet=15,
+        sink_port=2530,
+        port_587=rs.free_port(),
+    ) as spec:
+        assert rs.health(spec.name) == "healthy"
+        # Postfix refuses these restrictions at smtpd start-up (an open relay otherwise).
+        rs.docker(
+            "exec",
+            spec.name,
+            "bash",
+            "-c",
+            "postconf -c /etc/postfix -P 'submission/inet/smtpd_relay_restrictions=permit' "
+            "'submission/inet/smtpd_recipient_restrictions=permit' "
+            "&& postfix -c /etc/postfix reload",
+        )
+        rs.wait_for("unhealthy", lambda: rs.health(spec.name) == "unhealthy", 90)
+        out = rs.docker("inspect", "-f", "{{json .State.Health.Log}}", spec.name)
+        assert "does not greet" in out
