@@ -9,27 +9,20 @@ stack's own dkimDnsValue output.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from scripts.local_ca import issue
+from tests.engine_support import REPO, Engine, Stack
 
 pytestmark = pytest.mark.timeout(1200)
-
-REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("DKIM_RELAY_CACHE", Path.home() / ".cache" / "dkim-relay"))
-BIN = CACHE / "bin"
-
 
 FAKE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -52,82 +45,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Engine:
-    """`pulumi` on the repo's project with a private backend and per-stack config files."""
-
-    def __init__(self, tmp: Path) -> None:
-        assert (BIN / "pulumi").is_file(), "no pulumi CLI: run scripts/pulumi-toolchain.sh"
-        self.tmp = tmp
-        (tmp / "state").mkdir()
-        passphrase = tmp / "passphrase"
-        fd = os.open(passphrase, os.O_WRONLY | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(uuid.uuid4().hex)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
-        self.env.update(
-            PATH=f"{BIN}:{self.env['PATH']}",
-            PULUMI_HOME=str(CACHE / "pulumi-home"),
-            PULUMI_BACKEND_URL=f"file://{tmp / 'state'}",
-            PULUMI_CONFIG_PASSPHRASE_FILE=str(passphrase),
-            PULUMI_SKIP_UPDATE_CHECK="1",
-            PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
-        )
-
-    def stack(self, name: str, config: dict[str, Any]) -> Stack:
-        stack = Stack(self, name)
-        res = self.run("stack", "init", name, "--secrets-provider", "passphrase")
-        assert res.returncode == 0, res.stderr
-        # `stack init` takes no --config-file: move the passphrase salt it wrote into the
-        # repo over to this test's own config file.
-        repo_file = REPO / f"Pulumi.{name}.yaml"
-        stack.salt = yaml.safe_load(repo_file.read_text())["encryptionsalt"]
-        repo_file.unlink()
-        stack.write_config(config)
-        return stack
-
-    def run(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "pulumi"), *args, "--non-interactive"],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-
-
-class Stack:
-    def __init__(self, engine: Engine, name: str) -> None:
-        self.engine, self.name = engine, name
-        self.config_file = engine.tmp / f"Pulumi.{name}.yaml"
-        self.salt = ""
-
-    def write_config(self, config: dict[str, Any]) -> None:
-        """Plain values from `config`; encrypted ones already in the file are kept."""
-        old = yaml.safe_load(self.config_file.read_text()) if self.config_file.exists() else {}
-        kept = {k: v for k, v in (old or {}).get("config", {}).items() if isinstance(v, dict)}
-        plain = {f"dkim-relay:{k}": v for k, v in config.items()}
-        doc = {"encryptionsalt": self.salt, "config": {**kept, **plain}}
-        self.config_file.write_text(yaml.safe_dump(doc))
-
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        # `pulumi stack ...` reads no config and takes no --config-file.
-        extra = [] if args[0] == "stack" else ["--config-file", str(self.config_file)]
-        return self.engine.run(*args, "--stack", self.name, *extra)
-
-    def ok(self, *args: str) -> str:
-        res = self.run(*args)
-        assert res.returncode == 0, f"pulumi {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
-        return res.stdout
-
-    def outputs(self) -> dict[str, Any]:
-        return json.loads(self.ok("stack", "output", "--json", "--show-secrets"))
-
-    def preview_steps(self) -> list[dict[str, Any]]:
-        return json.loads(self.ok("preview", "--json")).get("steps", [])
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return Engine(tmp_path_factory.mktemp("engine"))
@@ -148,27 +65,7 @@ def test_preview_of_a_vps_stack_with_manual_dns(engine: Engine) -> None:
             "sshHostKey": _ed25519_public_line(),
         },
     )
-    # On stdin, as a user would: pulumi config set --secret sshPrivateKey < key
-    subprocess.run(
-        [
-            str(BIN / "pulumi"),
-            "config",
-            "set",
-            "--secret",
-            "sshPrivateKey",
-            "--stack",
-            stack.name,
-            "--config-file",
-            str(stack.config_file),
-            "--non-interactive",
-        ],
-        input=FAKE_KEY,
-        cwd=REPO,
-        env=engine.env,
-        text=True,
-        capture_output=True,
-        check=True,
-    )
+    stack.set_secret("sshPrivateKey", FAKE_KEY)
     steps = stack.preview_steps()
     types = _types(steps, "create")
     assert {
@@ -224,7 +121,6 @@ def local_stack(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Ite
     }
     stack = engine.stack(name, config)
     stack.certs = certs  # type: ignore[attr-defined]
-    stack.config = config  # type: ignore[attr-defined]
     try:
         stack.ok("up", "--yes", "--skip-preview")
         yield stack
@@ -285,7 +181,7 @@ def test_second_up_changes_nothing(local_stack: Stack) -> None:
 def test_new_selector_changes_only_what_it_should(local_stack: Stack) -> None:
     old = local_stack.outputs()
     local_stack.write_config(
-        {**local_stack.config, "dkimSelector": "two", "dkimRetiredSelectors": ["one"]}  # type: ignore[attr-defined]
+        {**local_stack.config, "dkimSelector": "two", "dkimRetiredSelectors": ["one"]}
     )
     steps = local_stack.preview_steps()
     changed = {(s["op"], s["urn"].split("::")[-1]) for s in steps if s["op"] != "same"}
