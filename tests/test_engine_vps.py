@@ -13,7 +13,7 @@ reached by the command provider over real SSH". The pieces:
 * the project as a user runs it: the repo's Pulumi.yaml, venv and ``__main__.py``, a
   stack config file outside the repo (``--config-file``), the SSH key set with
   ``pulumi config set --secret`` on stdin, a file backend and passphrase file in a
-  temporary folder (``Engine`` below, the shape of tests/test_engine.py's).
+  temporary folder (``Engine`` of tests/engine_support.py, as tests/test_engine.py).
 
 The first tests check the namespace engine on its own; the rest run in file order
 on one stack: up, mail signed and verified by dkimpy against ``dkimDnsValue``, no
@@ -29,7 +29,6 @@ import shlex
 import smtplib
 import socket
 import ssl
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,20 +37,17 @@ from typing import Any
 
 import dkim
 import pytest
-import yaml
 
 from components import host_scripts as hs
 from components import relay_deploy as rd
 from components.relay import RELAY_DIR, read_tree
+from tests.engine_support import REPO, Engine, Stack
 from tests.relay_support import Sink, build_image, dnsfunc_for, make_message
 from tests.vps_docker_support import VpsDocker, vps_docker
 from tests.vps_support import RELAY_HOST, SSH_PORT, LocalVps, local_vps
 
 pytestmark = pytest.mark.timeout(1800)
 
-REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("DKIM_RELAY_CACHE", Path.home() / ".cache" / "dkim-relay"))
-BIN = CACHE / "bin"
 DOMAIN = "dkim-relay.test"
 CONTAINER = f"dkr-vps-{uuid.uuid4().hex[:6]}"
 
@@ -170,68 +166,6 @@ def test_port_published_on_the_vps_address_is_reachable(vps: LocalVps, vdocker: 
 
 
 # --- the stack -----------------------------------------------------------------------
-class Engine:
-    """`pulumi` on the repo's project with a private file backend and passphrase file."""
-
-    def __init__(self, tmp: Path) -> None:
-        assert (BIN / "pulumi").is_file(), "no pulumi CLI: run scripts/pulumi-toolchain.sh"
-        self.tmp = tmp
-        (tmp / "state").mkdir()
-        passphrase = tmp / "passphrase"
-        fd = os.open(passphrase, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(uuid.uuid4().hex)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
-        self.env.update(
-            PATH=f"{BIN}:{self.env['PATH']}",
-            PULUMI_HOME=str(CACHE / "pulumi-home"),
-            PULUMI_BACKEND_URL=f"file://{tmp / 'state'}",
-            PULUMI_CONFIG_PASSPHRASE_FILE=str(passphrase),
-            PULUMI_SKIP_UPDATE_CHECK="1",
-            PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
-        )
-
-    def run(
-        self, *args: str, input: str | None = None, timeout: int = 900
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "pulumi"), *args, "--non-interactive"],
-            cwd=REPO,
-            env=self.env,
-            input=input if input is not None else "",
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-    def stack(self, name: str, config: dict[str, Any]) -> Stack:
-        res = self.run("stack", "init", name, "--secrets-provider", "passphrase")
-        assert res.returncode == 0, res.stderr
-        stack = Stack(self, name)
-        # `pulumi stack init` has no --config-file: it wrote the passphrase salt to
-        # Pulumi.<name>.yaml in the repo. Move it into the stack's own config file.
-        repo_file = REPO / f"Pulumi.{name}.yaml"
-        try:
-            salt = yaml.safe_load(repo_file.read_text())["encryptionsalt"]
-        finally:
-            repo_file.unlink(missing_ok=True)
-        doc = {"encryptionsalt": salt, "config": {f"dkim-relay:{k}": v for k, v in config.items()}}
-        stack.config_file.write_text(yaml.safe_dump(doc))
-        return stack
-
-
-class Stack:
-    def __init__(self, engine: Engine, name: str) -> None:
-        self.engine, self.name = engine, name
-        self.config_file = engine.tmp / f"Pulumi.{name}.yaml"
-
-    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Commands that read the stack config (up, preview, destroy, config)."""
-        return self.engine.run(
-            *args, "--stack", self.name, "--config-file", str(self.config_file), input=input
-        )
-
-
 class Run:
     """Every pulumi command's output, to look for secrets in afterwards."""
 
@@ -249,12 +183,6 @@ class Run:
             f"pulumi {' '.join(args)} failed:\n{res.stdout[-8000:]}\n{res.stderr[-4000:]}"
         )
         return res.stdout
-
-
-def set_secret(stack: Stack, key: str, value: str) -> None:
-    """As a user would: pulumi config set --secret KEY < file (never on a command line)."""
-    res = stack.run("config", "set", "--secret", key, input=value)
-    assert res.returncode == 0, res.stderr
 
 
 def stack_config(vps: LocalVps, sink: Sink, **over: Any) -> dict[str, Any]:
@@ -289,7 +217,7 @@ def deployed(
 ) -> Iterator[Run]:
     engine = Engine(tmp_path_factory.mktemp("engine-vps"))
     stack = engine.stack(f"vps{uuid.uuid4().hex[:6]}", stack_config(vps, sink))
-    set_secret(stack, "sshPrivateKey", vps.private_key)
+    stack.set_secret("sshPrivateKey", vps.private_key)
     run = Run(stack)
     t = time.monotonic()
     try:
@@ -302,21 +230,8 @@ def deployed(
             print(f"cleanup destroy failed:\n{res.stdout[-3000:]}\n{res.stderr[-2000:]}")
 
 
-def _rewrite_config(stack: Stack, **changes: Any) -> None:
-    """Changes keys, keeping the salt and the encrypted SSH key."""
-    doc = yaml.safe_load(stack.config_file.read_text())
-    for k, v in changes.items():
-        doc["config"][f"dkim-relay:{k}"] = v
-    stack.config_file.write_text(yaml.safe_dump(doc))
-
-
 def outputs(run: Run) -> dict[str, Any]:
-    # `stack output` and `stack export` take no --config-file.
-    res = run.stack.engine.run(
-        "stack", "output", "--json", "--show-secrets", "--stack", run.stack.name
-    )
-    assert res.returncode == 0, res.stderr
-    return dict(json.loads(res.stdout))
+    return run.stack.outputs()
 
 
 def secrets_of(run: Run, vps: LocalVps) -> list[str]:
@@ -414,9 +329,7 @@ def test_mail_through_the_relay_is_dkim_signed_and_verifies(
 
 
 def test_no_secret_in_state_or_output(deployed: Run, vps: LocalVps) -> None:
-    res = deployed.stack.engine.run("stack", "export", "--stack", deployed.stack.name)
-    assert res.returncode == 0, res.stderr
-    state = res.stdout
+    state = deployed.stack.ok("stack", "export")
     secrets = secrets_of(deployed, vps)
     assert_no_secrets([*deployed.texts, ("stack export", state)], secrets)
     assert "OPENSSH PRIVATE KEY" not in state and "BEGIN PRIVATE KEY" not in state
@@ -436,7 +349,9 @@ def test_new_selector_changes_only_what_it_should(deployed: Run, vps: LocalVps, 
     cert_before = vps.ssh(f"sha256sum {hs.cert_dir(RELAY_HOST)}/fullchain.pem").stdout
     ufw_before = vps.ssh("ufw show added").stdout
     container_before = container_id(vps)
-    _rewrite_config(deployed.stack, dkimSelector="two", dkimRetiredSelectors=["one"])
+    deployed.stack.write_config(
+        {**deployed.stack.config, "dkimSelector": "two", "dkimRetiredSelectors": ["one"]}
+    )
     preview = json.loads(deployed.ok("preview", "--json"))
     changed = {
         (s["op"], s["urn"].split("::")[-1]) for s in preview.get("steps", []) if s["op"] != "same"

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from components import host_scripts as hs
+from tests.engine_support import Engine, Stack, write_private, write_project
 from tests.vps_support import (
     EXTRA_NAME,
     RELAY_HOST,
@@ -34,11 +32,6 @@ from tests.vps_support import (
 
 pytestmark = pytest.mark.timeout(900)
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-CACHE = pathlib.Path(
-    os.environ.get("DKIM_RELAY_CACHE", pathlib.Path.home() / ".cache" / "dkim-relay")
-)
-BIN = CACHE / "bin"
 PASSWORD = os.urandom(12).hex()
 DKIM_BODY = os.urandom(24).hex()
 SECRET_FILES = {
@@ -46,9 +39,8 @@ SECRET_FILES = {
     "smtp-users": f"gmail@dkim-relay.test:{PASSWORD}\n",
 }
 
-PROGRAM = f"""\
-import json, os, sys
-sys.path.insert(0, {str(REPO)!r})
+PROGRAM = """\
+import json, os
 import pulumi
 from components.host import RelayHost, RelayHostArgs
 
@@ -70,27 +62,6 @@ for name in ("docker_ready", "cert_ready", "cert_dir", "secrets_dir", "firewall_
 """
 
 
-def _write_private(path: pathlib.Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-class Stack:
-    def __init__(self, d: pathlib.Path, name: str, env: dict[str, str]) -> None:
-        self.d, self.name, self.env = d, name, env
-
-    def run(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "pulumi"), *args, "--stack", self.name, "--non-interactive"],
-            cwd=self.d,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-
 @pytest.fixture(scope="module")
 def vps() -> Iterator[LocalVps]:
     with local_vps() as v:
@@ -98,26 +69,15 @@ def vps() -> Iterator[LocalVps]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, vps: LocalVps) -> pathlib.Path:
-    pulumi = BIN / "pulumi"
-    assert pulumi.is_file(), f"{pulumi} missing: run scripts/pulumi-toolchain.sh"
-    d = tmp_path_factory.mktemp("host-project")
-    (d / "Pulumi.yaml").write_text(
-        "name: host-test\n"
-        "runtime:\n"
-        "  name: python\n"
-        "  options:\n"
-        "    toolchain: pip\n"
-        f"    virtualenv: {pathlib.Path(sys.executable).parent.parent}\n"
-    )
-    (d / "__main__.py").write_text(PROGRAM)
-    _write_private(d / "key", vps.private_key)
-    _write_private(d / "files.json", json.dumps(SECRET_FILES))
-    _write_private(d / "passphrase", os.urandom(24).hex())
-    return d
+def engine(tmp_path_factory: pytest.TempPathFactory, vps: LocalVps) -> Engine:
+    d = write_project(tmp_path_factory.mktemp("host-project"), "host-test", PROGRAM)
+    write_private(d / "key", vps.private_key)
+    write_private(d / "files.json", json.dumps(SECRET_FILES))
+    return Engine(d, project=d, timeout=600)
 
 
-def make_stack(project: pathlib.Path, vps: LocalVps, name: str, **over: Any) -> Stack:
+def make_stack(engine: Engine, vps: LocalVps, name: str, **over: Any) -> Stack:
+    project = engine.project
     cfg: dict[str, Any] = dict(
         ssh_host=vps.ip4,
         ssh_port=SSH_PORT,
@@ -137,28 +97,7 @@ def make_stack(project: pathlib.Path, vps: LocalVps, name: str, **over: Any) -> 
     cfg.update(over)
     cfg_file = project / f"{name}.json"
     cfg_file.write_text(json.dumps(cfg))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
-    env.update(
-        PATH=os.pathsep.join([str(BIN), str(pathlib.Path(sys.executable).parent), env["PATH"]]),
-        PULUMI_HOME=str(CACHE / "pulumi-home"),
-        PULUMI_SKIP_UPDATE_CHECK="1",
-        PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
-        PULUMI_IGNORE_AMBIENT_PLUGINS="true",
-        PULUMI_BACKEND_URL=f"file://{project}",
-        PULUMI_CONFIG_PASSPHRASE_FILE=str(project / "passphrase"),
-        DKR_HOST_CONFIG=str(cfg_file),
-    )
-    stack = Stack(project, name, env)
-    res = subprocess.run(
-        [str(BIN / "pulumi"), "stack", "init", name, "--secrets-provider", "passphrase"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
-    return stack
+    return engine.stack(name, env={"DKR_HOST_CONFIG": str(cfg_file)})
 
 
 def assert_no_secret(text: str, where: str) -> None:
@@ -172,8 +111,8 @@ def ufw_ports(vps: LocalVps) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def deployed(project: pathlib.Path, vps: LocalVps) -> Stack:
-    stack = make_stack(project, vps, "main")
+def deployed(engine: Engine, vps: LocalVps) -> Stack:
+    stack = make_stack(engine, vps, "main")
     res = stack.run("up", "--yes", "--skip-preview")
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
     assert_no_secret(res.stdout + res.stderr, "pulumi up output")
@@ -215,34 +154,34 @@ def test_second_up_changes_nothing(deployed: Stack) -> None:
 
 
 def test_provider_refuses_a_host_key_that_does_not_match(
-    project: pathlib.Path, vps: LocalVps, deployed: Stack
+    engine: Engine, vps: LocalVps, deployed: Stack
 ) -> None:
     """Pinning happens in pulumi-command itself (ConnectionArgs.host_key)."""
     other = openssh_public_key(ed25519.Ed25519PrivateKey.generate())
-    stack = make_stack(project, vps, "badkey", ssh_host_key=other, preflight=False)
+    stack = make_stack(engine, vps, "badkey", ssh_host_key=other, preflight=False)
     res = stack.run("up", "--yes", "--skip-preview")
     assert res.returncode != 0, res.stdout[-3000:]
     text = (res.stdout + res.stderr).lower()
     assert "host key" in text or "hostkey" in text, text[-3000:]
     assert "dkim-relay[" not in res.stdout, "a script ran despite the wrong host key"
     # With the preflight on (the default), the error names the config key.
-    stack2 = make_stack(project, vps, "badkey2", ssh_host_key=other)
+    stack2 = make_stack(engine, vps, "badkey2", ssh_host_key=other)
     res2 = stack2.run("up", "--yes", "--skip-preview")
     assert res2.returncode != 0
     assert "does not match sshHostKey" in res2.stdout + res2.stderr, res2.stdout[-3000:]
 
 
-def test_wrong_private_key_is_named(project: pathlib.Path, vps: LocalVps, deployed: Stack) -> None:
-    wrong = project / "wrong-key"
-    _write_private(wrong, openssh_private_key(ed25519.Ed25519PrivateKey.generate()))
-    stack = make_stack(project, vps, "wrongkey", key_file=str(wrong))
+def test_wrong_private_key_is_named(engine: Engine, vps: LocalVps, deployed: Stack) -> None:
+    wrong = engine.project / "wrong-key"
+    write_private(wrong, openssh_private_key(ed25519.Ed25519PrivateKey.generate()))
+    stack = make_stack(engine, vps, "wrongkey", key_file=str(wrong))
     res = stack.run("up", "--yes", "--skip-preview")
     assert res.returncode != 0
     assert "refused sshPrivateKey" in res.stdout + res.stderr, res.stdout[-3000:]
 
 
-def test_unreachable_host_is_named(project: pathlib.Path, vps: LocalVps, deployed: Stack) -> None:
-    stack = make_stack(project, vps, "unreachable", ssh_host=vps.unused_ip4)
+def test_unreachable_host_is_named(engine: Engine, vps: LocalVps, deployed: Stack) -> None:
+    stack = make_stack(engine, vps, "unreachable", ssh_host=vps.unused_ip4)
     res = stack.run("up", "--yes", "--skip-preview")
     assert res.returncode != 0
     out = res.stdout + res.stderr

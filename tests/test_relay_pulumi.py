@@ -8,7 +8,6 @@ in the engine's output or in the exported state.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from components import dkim as dkim_keys
+from tests.engine_support import REPO, Engine, Stack, write_private, write_project
 from tests.test_relay_deploy import (
     DOMAIN,
     RELAY_HOST,
@@ -37,15 +37,8 @@ import local_ca  # noqa: E402
 
 pytestmark = pytest.mark.timeout(1200)
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-CACHE = pathlib.Path(
-    os.environ.get("DKIM_RELAY_CACHE", pathlib.Path.home() / ".cache" / "dkim-relay")
-)
-BIN = CACHE / "bin"
-
-PROGRAM = f"""\
-import ipaddress, json, os, sys
-sys.path.insert(0, {str(REPO)!r})
+PROGRAM = """\
+import ipaddress, json, os
 import pulumi
 from components import postfix
 from components.relay import LocalEngine, SmtpRelay, SmtpRelayArgs, SmtpUserSpec
@@ -55,7 +48,7 @@ cfg = json.load(open(os.environ["DKR_RELAY_CONFIG"]))
 with open(cfg["secrets_file"]) as f:
     raw = json.load(f)
 def render(r):
-    return postfix.render_secrets(cfg["domain"], {{cfg["selector"]: r["dkim"]}}, {{"me": r["pw"]}})
+    return postfix.render_secrets(cfg["domain"], {cfg["selector"]: r["dkim"]}, {"me": r["pw"]})
 files = pulumi.Output.secret(raw).apply(render)
 sink_ip = str(ipaddress.ip_network(cfg["v4"])[25])
 relay = SmtpRelay(
@@ -74,7 +67,7 @@ relay = SmtpRelay(
         submission_host_port=cfg["port"],
         ipv4_subnet=cfg["v4"],
         ipv6_subnet=cfg["v6"],
-        nexthop=f"[{{sink_ip}}]:25",
+        nexthop=f"[{sink_ip}]:25",
         container_name=cfg["name"],
         image_repo="dkim-relay-rdtest",
         cert_poll_seconds=0,
@@ -98,41 +91,13 @@ pulumi.export("sinkName", sink.container_name)
 """
 
 
-def _write_private(path: pathlib.Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-class Stack:
-    def __init__(self, d: pathlib.Path, env: dict[str, str]) -> None:
-        self.d, self.env = d, env
-
-    def run(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(BIN / "pulumi"), *args, "--stack", "relay", "--non-interactive"],
-            cwd=self.d,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-
-
 @pytest.fixture
 def stack(tmp_path: pathlib.Path) -> Iterator[tuple[Stack, Site, dict[str, str]]]:
-    assert (BIN / "pulumi").is_file(), "run scripts/pulumi-toolchain.sh"
     subprocess.run(["bash", str(REPO / "scripts" / "docker-engine.sh")], check=True)
-    d = tmp_path / "project"
-    d.mkdir()
-    (d / "Pulumi.yaml").write_text(
-        "name: relay-test\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
-        f"    virtualenv: {pathlib.Path(sys.executable).parent.parent}\n"
-    )
-    (d / "__main__.py").write_text(PROGRAM)
-    _write_private(d / "passphrase", os.urandom(24).hex())
+    d = write_project(tmp_path / "project", "relay-test", PROGRAM)
+    engine = Engine(d, project=d)
     secrets = {"dkim": dkim_keys.generate_private_key_pem(), "pw": f"pw-{uuid.uuid4().hex}"}
-    _write_private(d / "secrets.json", json.dumps(secrets))
+    write_private(d / "secrets.json", json.dumps(secrets))
     le = tmp_path / "letsencrypt"
     local_ca.issue(le, RELAY_HOST, [])
     v4, v6 = free_subnets()
@@ -151,26 +116,7 @@ def stack(tmp_path: pathlib.Path) -> Iterator[tuple[Stack, Site, dict[str, str]]
         name=name,
     )
     (d / "config.json").write_text(json.dumps(cfg))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
-    env.update(
-        PATH=os.pathsep.join([str(BIN), str(pathlib.Path(sys.executable).parent), env["PATH"]]),
-        PULUMI_HOME=str(CACHE / "pulumi-home"),
-        PULUMI_SKIP_UPDATE_CHECK="1",
-        PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
-        PULUMI_IGNORE_AMBIENT_PLUGINS="true",
-        PULUMI_BACKEND_URL=f"file://{d}",
-        PULUMI_CONFIG_PASSPHRASE_FILE=str(d / "passphrase"),
-        DKR_RELAY_CONFIG=str(d / "config.json"),
-    )
-    st = Stack(d, env)
-    res = subprocess.run(
-        [str(BIN / "pulumi"), "stack", "init", "relay", "--secrets-provider", "passphrase"],
-        cwd=d,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert res.returncode == 0, res.stderr
+    st = engine.stack("relay", env={"DKR_RELAY_CONFIG": str(d / "config.json")})
     from components import relay_deploy as rd
 
     site = Site(
@@ -227,7 +173,7 @@ def test_up_preview_change_destroy(stack: tuple[Stack, Site, dict[str, str]]) ->
 
     # A new password: the secrets writer and then the deploy run; container recreated.
     secrets["pw"] = f"pw-{uuid.uuid4().hex}"
-    _write_private(st.d / "secrets.json", json.dumps(secrets))
+    write_private(st.engine.project / "secrets.json", json.dumps(secrets))
     changed = st.run("up", "--yes", "--skip-preview")
     assert changed.returncode == 0, changed.stdout[-6000:] + changed.stderr[-3000:]
     _no_secret(changed.stdout + changed.stderr, secrets, "pulumi up output")

@@ -14,7 +14,6 @@ engine's output or state.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import smtplib
 import ssl
@@ -30,7 +29,7 @@ from components import dkim as dkim_keys
 from components import host_scripts as hs
 from components import postfix
 from components.relay import RELAY_DIR, relay_image_tag
-from tests.test_relay_pulumi import BIN, CACHE, Stack, _write_private
+from tests.engine_support import REPO, Engine, write_private, write_project
 from tests.vps_docker_support import VpsDocker, vps_docker
 from tests.vps_support import SSH_PORT, LocalVps, local_vps
 
@@ -39,15 +38,13 @@ import local_ca  # noqa: E402
 
 pytestmark = pytest.mark.timeout(1500)
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 DOMAIN = "example.com"
 RELAY_HOST = "relay.example.com"
 SELECTOR = "rdremote"
 IMAGE_REPO = "dkim-relay-rdtest"
 
-PROGRAM = f"""\
-import json, os, sys
-sys.path.insert(0, {str(REPO)!r})
+PROGRAM = """\
+import json, os
 import pulumi
 from pulumi_command import remote
 from components.relay import RemoteEngine, SmtpRelay, SmtpRelayArgs, SmtpUserSpec
@@ -126,15 +123,9 @@ def test_remote_engine_up_preview_change_destroy(
     le = tmp_path / "letsencrypt"  # /tmp is shared with the VPS's mount namespace
     local_ca.issue(le, RELAY_HOST, [])
 
-    proj = tmp_path / "project"
-    proj.mkdir()
-    (proj / "Pulumi.yaml").write_text(
-        "name: relay-remote\nruntime:\n  name: python\n  options:\n    toolchain: pip\n"
-        f"    virtualenv: {pathlib.Path(sys.executable).parent.parent}\n"
-    )
-    (proj / "__main__.py").write_text(PROGRAM)
-    _write_private(proj / "passphrase", os.urandom(24).hex())
-    _write_private(proj / "key", v.private_key)
+    proj = write_project(tmp_path / "project", "relay-remote", PROGRAM)
+    engine = Engine(proj, project=proj)
+    write_private(proj / "key", v.private_key)
     cfg: dict[str, Any] = dict(
         domain=DOMAIN,
         relay_host=RELAY_HOST,
@@ -149,26 +140,7 @@ def test_remote_engine_up_preview_change_destroy(
         image_repo=IMAGE_REPO,
     )
     (proj / "config.json").write_text(json.dumps(cfg))
-    env = {k: val for k, val in os.environ.items() if not k.startswith("PULUMI_")}
-    env.update(
-        PATH=os.pathsep.join([str(BIN), str(pathlib.Path(sys.executable).parent), env["PATH"]]),
-        PULUMI_HOME=str(CACHE / "pulumi-home"),
-        PULUMI_SKIP_UPDATE_CHECK="1",
-        PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
-        PULUMI_IGNORE_AMBIENT_PLUGINS="true",
-        PULUMI_BACKEND_URL=f"file://{proj}",
-        PULUMI_CONFIG_PASSPHRASE_FILE=str(proj / "passphrase"),
-        DKR_RELAY_CONFIG=str(proj / "config.json"),
-    )
-    init = subprocess.run(
-        [str(BIN / "pulumi"), "stack", "init", "relay", "--secrets-provider", "passphrase"],
-        cwd=proj,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert init.returncode == 0, init.stderr
-    st = Stack(proj, env)
+    st = engine.stack("relay", env={"DKR_RELAY_CONFIG": str(proj / "config.json")})
 
     def vdocker(*args: str) -> str:
         return d.docker(*args).stdout.decode().strip()
