@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from components import postfix
+from components.dkim import dkim_txt_value, generate_private_key_pem
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINE_SCRIPT = REPO / "scripts" / "docker-engine.sh"
@@ -43,29 +44,7 @@ RELAY_HOST = "relay.example.com"
 SELECTOR = "relay"
 SINK_HOSTNAME = "sink.test"  # not the relay's myhostname, or Postfix may see a loop
 
-try:  # the lead's DkimKey code; a local fallback keeps this usable before it lands
-    from components.dkim import dkim_txt_value, generate_private_key_pem
-except ImportError:  # pragma: no cover
-    import base64
-
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    def generate_private_key_pem(bits: int = 2048) -> str:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-        return key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
-
-    def dkim_txt_value(private_pem: str) -> str:
-        key = serialization.load_pem_private_key(private_pem.encode(), None)
-        der = key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        return "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode()
-
-
+# Re-exported: the e2e tests make their keys as the stack does.
 __all__ = ["dkim_txt_value", "generate_private_key_pem"]
 
 
