@@ -44,14 +44,25 @@ class Run:
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 
 
-def plain(value: Any) -> Any:
+def unwrap(value: Any) -> Any:
     """Inputs as registered, with Pulumi's secret wrappers taken off."""
     if isinstance(value, dict):
         if SECRET_SIG in value:
-            return plain(value.get("value"))
-        return {k: plain(v) for k, v in value.items()}
+            return unwrap(value.get("value"))
+        return {k: unwrap(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [plain(v) for v in value]
+        return [unwrap(v) for v in value]
+    return value
+
+
+def strip_secrets(value: Any) -> Any:
+    """The plain part of an input: every secret-wrapped value becomes '<secret>'."""
+    if isinstance(value, dict):
+        if SECRET_SIG in value:
+            return "<secret>"
+        return {k: strip_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [strip_secrets(v) for v in value]
     return value
 
 

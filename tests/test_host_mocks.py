@@ -14,6 +14,7 @@ from pulumi_command import remote
 from components import host as host_mod
 from components import host_scripts as hs
 from components.host import RelayHost, RelayHostArgs, SshTarget
+from tests.pulumi_harness import Registered, strip_secrets, unwrap
 
 SSH_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nc3NoLWtleS1zZWNyZXQtbW9jaw==\n"
@@ -23,37 +24,6 @@ DKIM_KEY = "-----BEGIN PRIVATE KEY-----\nZGtpbS1zZWNyZXQtbW9jaw==\n-----END PRIV
 PASSWORD = "smtp-secret-mock-9f8e7d"
 SECRET_STRINGS = ("c3NoLWtleS1zZWNyZXQtbW9jaw", "ZGtpbS1zZWNyZXQtbW9jaw", PASSWORD)
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockHostKeyMockHostKeyMockHostKeyMock"
-
-
-SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker for a secret value
-
-
-def strip_secrets(v: Any) -> Any:
-    """The plain part of an input: every secret-wrapped value becomes '<secret>'."""
-    if isinstance(v, dict):
-        if SECRET_SIG in v:
-            return "<secret>"
-        return {k: strip_secrets(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [strip_secrets(x) for x in v]
-    return v
-
-
-def unwrap(v: Any) -> Any:
-    if isinstance(v, dict):
-        if SECRET_SIG in v:
-            return unwrap(v["value"])
-        return {k: unwrap(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [unwrap(x) for x in v]
-    return v
-
-
-@dataclass
-class Registered:
-    type: str
-    name: str
-    inputs: dict[str, Any]
 
 
 @dataclass

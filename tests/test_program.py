@@ -8,7 +8,7 @@ from typing import Any
 import pulumi
 import pytest
 
-from tests.pulumi_harness import PRIVATE_MARKER, Run, plain, run_program
+from tests.pulumi_harness import PRIVATE_MARKER, Run, run_program, unwrap
 
 LOCAL: dict[str, Any] = {
     "domain": "example.com",
@@ -159,7 +159,7 @@ def test_vps_stack_wires_host_then_relay(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "dkimrelay:index:LocalSink" not in types
     remote = [r for r in _commands(run) if r.type == "command:remote:Command"]
     assert remote and not [r for r in _commands(run) if r.type == "command:local:Command"]
-    hosts = {plain(r.inputs["connection"])["host"] for r in remote}
+    hosts = {unwrap(r.inputs["connection"])["host"] for r in remote}
     assert hosts == {"203.0.113.25"}, "every step goes over the one SSH connection"
     assert "relay-deploy" in {r.name for r in remote}, "the relay runs on the VPS engine"
 

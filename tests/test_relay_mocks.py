@@ -26,6 +26,7 @@ from components.relay import (
     relay_image_tag,
 )
 from components.sink import LocalSink, LocalSinkArgs
+from tests.pulumi_harness import Registered, strip_secrets, unwrap
 
 DKIM_KEY = "-----BEGIN PRIVATE KEY-----\nZGtpbS1zZWNyZXQtbW9jaw==\n-----END PRIVATE KEY-----\n"
 PASSWORD = "smtp-secret-mock-1a2b3c"
@@ -33,35 +34,7 @@ SSH_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nc3NoLXNlY3JldC1tb2Nr\n-----END OPENSSH PRIVATE KEY-----\n"
 )
 SECRET_STRINGS = ("ZGtpbS1zZWNyZXQtbW9jaw", PASSWORD, "c3NoLXNlY3JldC1tb2Nr")
-SECRET_SIG = "4dabf18193072939515e22adb298388d"
 GENERATION = "0123456789abcdef0123456789abcdef"
-
-
-def strip_secrets(v: Any) -> Any:
-    if isinstance(v, dict):
-        if SECRET_SIG in v:
-            return "<secret>"
-        return {k: strip_secrets(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [strip_secrets(x) for x in v]
-    return v
-
-
-def unwrap(v: Any) -> Any:
-    if isinstance(v, dict):
-        if SECRET_SIG in v:
-            return unwrap(v["value"])
-        return {k: unwrap(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [unwrap(x) for x in v]
-    return v
-
-
-@dataclass
-class Registered:
-    type: str
-    name: str
-    inputs: dict[str, Any]
 
 
 @dataclass
