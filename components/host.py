@@ -1,15 +1,16 @@
 """RelayHost: the VPS prepared over SSH with pulumi-command remote commands.
 
-Steps (each a ``remote.Command`` whose script comes from
-``components/host_scripts.py``), in this order over one SSH connection::
+Steps (each a ``remote.Command`` made by ``components/target.py`` from a script of
+``pure/host_scripts.py``), in this order over one SSH connection::
 
     preflight ──> firewall ──> docker ──> certificate
         └───────> secrets
 
 * ``firewall`` has a ``delete`` that removes only the rules it added (never SSH);
 * ``certificate`` has no ``delete``: certificates survive ``pulumi destroy``;
-* ``secrets`` gets the key material on stdin (a secret Output), logs nothing,
-  and its ``delete`` removes the secrets directory;
+* ``secrets`` (``target.key_files``, the same step the local engine's relay uses)
+  gets the key material on stdin (a secret Output), logs nothing, and its
+  ``delete`` removes the secrets directory;
 * the firewall and docker steps run before the certificate so apt never runs
   twice at once.
 
@@ -31,7 +32,6 @@ turns the usual failures into errors naming the config key to fix
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import socket
@@ -43,9 +43,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from pulumi_command import remote
+from pulumi_command import local, remote
 
-from components import host_scripts as hs
+from components.target import Target, key_files
+from pure import host_scripts as hs
 
 
 class HostPreflightError(Exception):
@@ -151,7 +152,7 @@ def run_over_ssh(
     stdin: str | None = None,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess[str]:
-    """Runs ``command`` (e.g. ``host_scripts.remote_command(...)``) on the host."""
+    """Runs ``command`` (e.g. ``pure.shell.command_line(...)``) on the host."""
     with ssh_client_files(target, private_key) as argv:
         return subprocess.run(
             [*argv, command],
@@ -260,10 +261,11 @@ class RelayHost(pulumi.ComponentResource):
     cert_ready: pulumi.Output[str]
     cert_dir: pulumi.Output[str]
     secrets_dir: pulumi.Output[str]
-    secrets_revision: pulumi.Output[str]  # secret; changes when any key file changes
+    secrets_revision: pulumi.Output[str]  # changes each time the key files are written
     firewall_ports: pulumi.Output[list[str]]
     docker_host: pulumi.Output[str]
     connection: remote.ConnectionArgs  # for the relay's commands: the same SSH settings
+    target: Target  # the VPS over that connection (with sudo for a non-root sshUser)
 
     def __init__(
         self,
@@ -287,6 +289,7 @@ class RelayHost(pulumi.ComponentResource):
         )
 
         self.connection = connection
+        self.target = target = Target(connection, sudo=args.ssh_user != "root")
         triggers: list[Any] = []
         if args.preflight:
             target_host = pulumi.Output.from_input(args.ssh_host)
@@ -308,56 +311,37 @@ class RelayHost(pulumi.ComponentResource):
         def child(extra: list[pulumi.Resource] | None = None, **kw: Any) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(parent=self, depends_on=extra or [], **kw)
 
-        steps = host_steps(args)
-        log = remote.Logging.STDOUT_AND_STDERR
-        self.preflight_step = remote.Command(
-            f"{name}-preflight",
-            connection=connection,
-            create=steps["preflight"].create,
-            triggers=triggers or None,
-            logging=log,
-            opts=child(),
+        scripts = step_scripts(args)
+        self.preflight_step = target.step(
+            f"{name}-preflight", scripts["preflight"].create, child(), triggers=triggers
         )
-        self.firewall_step = remote.Command(
+        self.firewall_step = target.step(
             f"{name}-firewall",
-            connection=connection,
-            create=steps["firewall"].create,
-            delete=steps["firewall"].delete,
-            logging=log,
+            scripts["firewall"].create,
             # delete-then-create: a replacement must not remove the new rules.
-            opts=child([self.preflight_step], delete_before_replace=True),
+            child([self.preflight_step], delete_before_replace=True),
+            delete=scripts["firewall"].delete,
         )
-        self.docker_step = remote.Command(
-            f"{name}-docker",
-            connection=connection,
-            create=steps["docker"].create,
-            logging=log,
-            opts=child([self.firewall_step]),
+        self.docker_step = target.step(
+            f"{name}-docker", scripts["docker"].create, child([self.firewall_step])
         )
         # No delete: certificates survive `pulumi destroy`.
-        self.certificate_step = remote.Command(
+        self.certificate_step = target.step(
             f"{name}-certificate",
-            connection=connection,
-            create=steps["certificate"].create,
-            logging=log,
-            opts=child([self.firewall_step, self.docker_step]),
+            scripts["certificate"].create,
+            child([self.firewall_step, self.docker_step]),
         )
-        self.secrets_step: remote.Command | None = None
+        self.secrets_step: local.Command | remote.Command | None = None
+        generation: pulumi.Output[str] = pulumi.Output.from_input("none")
         if args.secret_files is not None:
-            files: pulumi.Output[Mapping[str, str]] = pulumi.Output.from_input(args.secret_files)
-            payload: pulumi.Output[str] = pulumi.Output.secret(files.apply(hs.secrets_stdin))
-            self.secrets_step = remote.Command(
+            self.secrets_step, generation = key_files(
+                target,
                 f"{name}-secrets",
-                connection=connection,
-                create=steps["secrets"].create,
-                delete=steps["secrets"].delete,
-                stdin=payload,
-                logging=remote.Logging.NONE,
-                opts=child(
-                    [self.preflight_step],
-                    delete_before_replace=True,
-                    additional_secret_outputs=["stdin", "stdout", "stderr"],
-                ),
+                args.secret_files,
+                child([self.preflight_step]),
+                hs.SECRETS_DIR,
+                args.secret_file_mode,
+                args.secret_owner,
             )
 
         live = hs.cert_dir(args.relay_host)
@@ -366,18 +350,11 @@ class RelayHost(pulumi.ComponentResource):
         self.cert_dir = self.certificate_step.stdout.apply(lambda _: live)
         if self.secrets_step is not None:
             # stdout is a secret output; the path derived from it is not.
-            self.secrets_dir = pulumi.Output.unsecret(
-                self.secrets_step.stdout.apply(lambda _: hs.SECRETS_DIR)
-            )
+            self.secrets_dir = pulumi.Output.unsecret(generation.apply(lambda _: hs.SECRETS_DIR))
         else:
             self.secrets_dir = pulumi.Output.from_input(hs.SECRETS_DIR)
-        # For the relay: a value to recreate the container on when key files change
-        # (kept secret: an unsalted hash of a short password could be brute-forced).
-        self.secrets_revision = pulumi.Output.secret(
-            pulumi.Output.from_input(args.secret_files or {}).apply(
-                lambda f: hashlib.sha256(hs.secrets_stdin(f).encode()).hexdigest()
-            )
-        )
+        # For the relay: a value that changes when the key files were written again.
+        self.secrets_revision = generation
         ports = [
             spec
             for spec, _role in hs.port_rules(args.ssh_port, args.submissions465, args.extra_ports)
@@ -400,6 +377,44 @@ class RelayHost(pulumi.ComponentResource):
 
 
 @dataclass(frozen=True)
+class StepScripts:
+    """One host step's scripts (no secret in them)."""
+
+    create: str
+    delete: str | None = None
+
+
+def step_scripts(args: RelayHostArgs) -> dict[str, StepScripts]:
+    """The scripts RelayHost runs, in execution order."""
+    if not args.acme_email:
+        raise ValueError("acmeEmail is required (the ACME account e-mail for the certificate)")
+    uid, gid = args.secret_owner
+    return {
+        "preflight": StepScripts(hs.render_preflight()),
+        "firewall": StepScripts(
+            hs.render_firewall(args.ssh_port, args.submissions465, args.extra_ports),
+            hs.render_firewall_delete(),
+        ),
+        "docker": StepScripts(hs.render_docker(args.docker_ipv6_cidr, args.docker_restart_command)),
+        "certificate": StepScripts(
+            hs.render_certificate(
+                args.relay_host,
+                args.acme_email,
+                args.acme_server,
+                args.acme_extra_names,
+                args.container_name,
+                args.reload_command,
+                args.acme_ca_bundle,
+            )
+        ),
+        "secrets": StepScripts(
+            hs.render_secrets(hs.SECRETS_DIR, args.secret_file_mode, uid, gid),
+            hs.render_secrets_delete(hs.SECRETS_DIR),
+        ),
+    }
+
+
+@dataclass(frozen=True)
 class HostStep:
     """One remote step: the command lines SSH runs (no secret in them)."""
 
@@ -410,48 +425,14 @@ class HostStep:
 
 
 def host_steps(args: RelayHostArgs) -> dict[str, HostStep]:
-    """The command lines RelayHost sends, in execution order (also used by tests)."""
-    if not args.acme_email:
-        raise ValueError("acmeEmail is required (the ACME account e-mail for the certificate)")
-    sudo = args.ssh_user != "root"
-    uid, gid = args.secret_owner
-    steps = [
-        HostStep("preflight", hs.remote_command(hs.render_preflight(), sudo)),
-        HostStep(
-            "firewall",
-            hs.remote_command(
-                hs.render_firewall(args.ssh_port, args.submissions465, args.extra_ports), sudo
-            ),
-            hs.remote_command(hs.render_firewall_delete(), sudo),
-        ),
-        HostStep(
-            "docker",
-            hs.remote_command(
-                hs.render_docker(args.docker_ipv6_cidr, args.docker_restart_command), sudo
-            ),
-        ),
-        HostStep(
-            "certificate",
-            hs.remote_command(
-                hs.render_certificate(
-                    args.relay_host,
-                    args.acme_email,
-                    args.acme_server,
-                    args.acme_extra_names,
-                    args.container_name,
-                    args.reload_command,
-                    args.acme_ca_bundle,
-                ),
-                sudo,
-            ),
-        ),
-        HostStep(
-            "secrets",
-            hs.remote_command(
-                hs.render_secrets(hs.SECRETS_DIR, args.secret_file_mode, uid, gid), sudo
-            ),
-            hs.remote_command(hs.render_secrets_delete(hs.SECRETS_DIR), sudo),
-            stdin_secrets=True,
-        ),
-    ]
-    return {s.name: s for s in steps}
+    """The command lines RelayHost sends, in execution order (for running them by hand)."""
+    target = Target(sudo=args.ssh_user != "root")
+    return {
+        name: HostStep(
+            name,
+            target.command_line(s.create),
+            None if s.delete is None else target.command_line(s.delete),
+            stdin_secrets=name == "secrets",
+        )
+        for name, s in step_scripts(args).items()
+    }

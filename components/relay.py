@@ -1,12 +1,14 @@
 """SmtpRelay: the DKIM-signing submission relay, run with the docker CLI through
-pulumi-command (``local.Command`` on this machine, ``remote.Command`` over SSH on a VPS).
+pulumi-command (``local.Command`` on this machine, ``remote.Command`` over SSH on a VPS;
+``components/target.py`` picks).
 
-The scripts come from ``components/relay_deploy.py`` (pure renderers); this module only
-wires them into Pulumi. Children (all ``parent=self``, all after ``depends_on``)::
+The scripts come from ``pure/relay_deploy.py``; this module only wires them into
+Pulumi. Children (all ``parent=self``, all after ``depends_on``)::
 
     [secrets]  (only with secret_files) writes the key files 0600 under
-               <work_dir>/secrets with host_scripts.render_secrets; stdin = the files
-               as JSON (secret), logging NONE, stdin/stdout/stderr secret outputs.
+               <work_dir>/secrets with ``target.key_files`` (the step RelayHost uses
+               on a VPS); stdin = the files as JSON (secret), logging NONE,
+               stdin/stdout/stderr secret outputs.
     deploy     create = update = the deploy script, delete = the delete script,
                stdin = base64 tar.gz of relay/ and the rendered config (not secret).
 
@@ -20,10 +22,11 @@ config files read-only at ``postfix.CONFIG_DIR``; the secrets directory read-onl
 Re-deploy when key files change: the deploy script fingerprints the secrets directory
 itself (on the engine's host), so a run after a key change recreates the container.
 To make Pulumi *run* it, the deploy stdin carries a non-secret comment line that
-changes with the key files: with ``secret_files``, a random "generation" the secrets
-writer prints each time it runs (it runs only when its stdin, the key files, changed);
-otherwise ``secrets_revision`` if given (a secret value there makes the whole stdin
-secret in the state, which works but hides the payload diff).
+changes with the key files: the random "generation" the secrets writer prints each time
+it runs (it runs only when its stdin, the key files, changed); with ``secret_files``
+that of the relay's own secrets step, otherwise ``secrets_revision`` if given (RelayHost
+passes its step's generation; a secret value there makes the whole stdin secret in the
+state, which works but hides the payload diff).
 
 Contract for the host: container name (default ``dkim-relay``); certbot's deploy hook
 runs ``docker exec dkim-relay relay-reload``; Gmail's Username is ``<name>@<domain>``.
@@ -31,19 +34,18 @@ runs ``docker exec dkim-relay relay-reload``; Gmail's Username is ``<name>@<doma
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pulumi
 from pulumi_command import local, remote
 
-from components import host_scripts as hs
 from components import postfix
-from components import relay_deploy as rd
+from components.target import Target, key_files
+from pure import relay_deploy as rd
+from pure.relay_deploy import RELAY_DIR, read_tree
 
-RELAY_DIR = Path(__file__).resolve().parent.parent / "relay"
 DEFAULT_CONTAINER_NAME = "dkim-relay"
 RELOAD_COMMAND = "relay-reload"
 
@@ -63,6 +65,10 @@ class LocalEngine:
 
     work_dir: str
 
+    @property
+    def target(self) -> Target:
+        return Target()
+
 
 @dataclass
 class RemoteEngine:
@@ -71,6 +77,10 @@ class RemoteEngine:
     connection: remote.ConnectionArgs
     sudo: bool = False
     work_dir: str = "/var/lib/dkim-relay"
+
+    @property
+    def target(self) -> Target:
+        return Target(self.connection, self.sudo)
 
 
 Engine = LocalEngine | RemoteEngine
@@ -124,15 +134,6 @@ def settings_from_args(args: SmtpRelayArgs) -> postfix.PostfixSettings:
     )
 
 
-def read_tree(directory: Path) -> dict[str, tuple[int, bytes]]:
-    """relative path -> (mode, content) of every file under ``directory``."""
-    return {
-        str(p.relative_to(directory)): (p.stat().st_mode & 0o777, p.read_bytes())
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
-
-
 def relay_image_tag(image_repo: str = "dkim-relay") -> str:
     """The tag the deploy script builds (``<repo>:<16 hex of the relay/ tree hash>``).
 
@@ -140,43 +141,6 @@ def relay_image_tag(image_repo: str = "dkim-relay") -> str:
     advance (``docker save | docker load``); the script then skips ``docker build``.
     """
     return rd.image_tag(image_repo, rd.tree_hash(read_tree(RELAY_DIR)))
-
-
-def engine_command(engine: Engine, script: str) -> str:
-    """The command line that runs ``script`` on the engine's host (stdin stays free)."""
-    sudo = isinstance(engine, RemoteEngine) and engine.sudo
-    return hs.remote_command(script, sudo)
-
-
-def engine_work_dir(engine: Engine) -> str:
-    return rd._abs_path(engine.work_dir, "engine.work_dir")
-
-
-# Printed after the secrets writer: a random value per run, so the deploy re-runs.
-GENERATION_PREFIX = "dkim-relay[secrets]: generation "
-_GENERATION_CMD = (
-    f"od -An -N16 -tx1 /dev/urandom | tr -d ' \\n' | sed 's/^/{GENERATION_PREFIX}/'; echo"
-)
-
-
-def parse_generation(stdout: str | None) -> str:
-    for line in reversed((stdout or "").splitlines()):
-        if line.startswith(GENERATION_PREFIX):
-            return line[len(GENERATION_PREFIX) :].strip()
-    return "unknown"
-
-
-def make_command(
-    engine: Engine, name: str, opts: pulumi.ResourceOptions, **kw: Any
-) -> local.Command | remote.Command:
-    if isinstance(engine, RemoteEngine):
-        return remote.Command(name, connection=engine.connection, opts=opts, **kw)
-    return local.Command(name, opts=opts, **kw)
-
-
-def _logging(engine: Engine, quiet: bool) -> Any:
-    mod: Any = remote if isinstance(engine, RemoteEngine) else local
-    return mod.Logging.NONE if quiet else mod.Logging.STDOUT_AND_STDERR
 
 
 class SmtpRelay(pulumi.ComponentResource):
@@ -196,7 +160,8 @@ class SmtpRelay(pulumi.ComponentResource):
         if (args.secret_files is None) == (args.secrets_dir is None):
             raise ValueError("give exactly one of secret_files (written here) and secrets_dir")
         settings = settings_from_args(args)
-        work_dir = engine_work_dir(args.engine)
+        target = args.engine.target
+        work_dir = rd.abs_path(args.engine.work_dir, "engine.work_dir")
         payload = rd.make_payload(read_tree(RELAY_DIR), postfix.render_config(settings))
 
         def spec(cert_dir: str, secrets_dir: str) -> rd.RelaySpec:
@@ -221,64 +186,46 @@ class SmtpRelay(pulumi.ComponentResource):
             )
 
         # Validate everything now (plain values), not only inside an apply.
-        static = spec("/etc/letsencrypt", f"{work_dir}/secrets")
+        static = spec("/etc/letsencrypt", work_dir + "/secrets")
         deps = list(args.depends_on)
         marker: pulumi.Input[str] | None = args.secrets_revision
         self.secrets_step: local.Command | remote.Command | None = None
         secrets_dir: pulumi.Input[str]
         if args.secret_files is not None:
-            secrets_dir = f"{work_dir}/secrets"
-            files = pulumi.Output.from_input(args.secret_files)
-            writer = hs.render_secrets(secrets_dir)
-            self.secrets_step = make_command(
-                args.engine,
+            secrets_dir = work_dir + "/secrets"
+            self.secrets_step, marker = key_files(
+                target,
                 f"{name}-secrets",
-                pulumi.ResourceOptions(
-                    parent=self,
-                    depends_on=list(deps),
-                    delete_before_replace=True,
-                    additional_secret_outputs=["stdin", "stdout", "stderr"],
-                ),
-                create=engine_command(args.engine, writer) + " && " + _GENERATION_CMD,
-                delete=engine_command(args.engine, hs.render_secrets_delete(secrets_dir)),
-                stdin=pulumi.Output.secret(files.apply(hs.secrets_stdin)),
-                logging=_logging(args.engine, quiet=True),
-                add_previous_output_in_env=False,
+                args.secret_files,
+                pulumi.ResourceOptions(parent=self, depends_on=list(deps)),
+                secrets_dir,
             )
-            # A random value, not derived from the secrets: safe to keep plain.
-            marker = pulumi.Output.unsecret(self.secrets_step.stdout.apply(parse_generation))
             deps.append(self.secrets_step)
         else:
             assert args.secrets_dir is not None
             secrets_dir = args.secrets_dir
 
         both = pulumi.Output.all(pulumi.Output.from_input(args.cert_dir), secrets_dir)
-        deploy_script = both.apply(
-            lambda v: engine_command(args.engine, rd.render_relay_deploy(spec(v[0], v[1]), payload))
-        )
-        delete_script = engine_command(args.engine, rd.render_relay_delete(static))
+        deploy_script = both.apply(lambda v: rd.render_relay_deploy(spec(v[0], v[1]), payload))
         stdin: pulumi.Input[str] = payload.stdin
         if marker is not None:
             stdin = pulumi.Output.from_input(marker).apply(
-                lambda m: rd.with_marker(payload.stdin, f"secrets generation {m}")
+                lambda m: rd.with_marker(payload.stdin, "secrets generation " + m)
             )
-        self.deploy_step = make_command(
-            args.engine,
+        self.deploy_step = target.step(
             f"{name}-deploy",
+            deploy_script,
             pulumi.ResourceOptions(
                 parent=self,
                 depends_on=deps,
                 # New names or another work dir: remove the old ones first (ports!).
                 delete_before_replace=True,
             ),
-            create=deploy_script,
             update=deploy_script,
-            delete=delete_script,
+            delete=rd.render_relay_delete(static),
             stdin=stdin,
             # Only a change of these names replaces (delete old, then create).
             triggers=[static.container_name, static.network, static.volume, work_dir],
-            logging=_logging(args.engine, quiet=False),
-            add_previous_output_in_env=False,
         )
 
         def after(value: str) -> pulumi.Output[str]:
@@ -291,7 +238,7 @@ class SmtpRelay(pulumi.ComponentResource):
         self.image = after(rd.image_tag(static.image_repo, payload.build_hash))
         self.work_dir = pulumi.Output.from_input(work_dir)
         self.reload_command = self.container_name.apply(
-            lambda c: f"docker exec {c} {RELOAD_COMMAND}"
+            lambda c: shlex.join(["docker", "exec", c, RELOAD_COMMAND])
         )
         self.register_outputs(
             {

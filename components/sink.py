@@ -2,25 +2,22 @@
 
 A container on the relay's own network, at a fixed IPv4 address the relay sends
 everything to (`relayNexthop`), that keeps each message as an .eml file in a host
-folder. Only local stacks have it; it publishes no port. One ``local.Command`` runs the
-sink scripts of ``components/relay_deploy.py`` (build ``sink/`` as
-``dkim-relay-sink:<hash16>``, run it idempotently; delete removes the container and
-keeps the mail folder).
+folder. Only local stacks have it; it publishes no port. One ``local.Command`` (made by
+``components/target.py``) runs the sink scripts of ``pure/relay_deploy.py`` (build
+``sink/`` as ``dkim-relay-sink:<hash16>``, run it idempotently; delete removes the
+container and keeps the mail folder).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import pulumi
-from pulumi_command import local
 
-from components import relay_deploy as rd
-from components.relay import LocalEngine, engine_command, read_tree
-
-SINK_CONTEXT = Path(__file__).resolve().parent.parent / "sink"
+from components.target import Target
+from pure import relay_deploy as rd
+from pure.relay_deploy import SINK_DIR, read_tree
 
 
 @dataclass
@@ -42,7 +39,7 @@ class LocalSink(pulumi.ComponentResource):
         self, name: str, args: LocalSinkArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("dkimrelay:index:LocalSink", name, None, opts)
-        payload = rd.make_payload(read_tree(SINK_CONTEXT))
+        payload = rd.make_payload(read_tree(SINK_DIR))
 
         def spec(network: str) -> rd.SinkSpec:
             return rd.SinkSpec(
@@ -55,23 +52,18 @@ class LocalSink(pulumi.ComponentResource):
             )
 
         static = spec("placeholder")  # validates the plain values now
-        engine = LocalEngine(args.work_dir)
         network = pulumi.Output.from_input(args.network_name)
-        deploy = network.apply(
-            lambda n: engine_command(engine, rd.render_sink_deploy(spec(n), payload))
-        )
-        self.deploy_step = local.Command(
+        deploy = network.apply(lambda n: rd.render_sink_deploy(spec(n), payload))
+        self.deploy_step = Target().step(
             f"{name}-deploy",
-            create=deploy,
-            update=deploy,
-            delete=engine_command(engine, rd.render_sink_delete(static)),
-            stdin=payload.stdin,
-            triggers=[static.container_name, static.work_dir],
-            logging=local.Logging.STDOUT_AND_STDERR,
-            add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(
+            deploy,
+            pulumi.ResourceOptions(
                 parent=self, depends_on=list(args.depends_on), delete_before_replace=True
             ),
+            update=deploy,
+            delete=rd.render_sink_delete(static),
+            stdin=payload.stdin,
+            triggers=[static.container_name, static.work_dir],
         )
         self.container_name = self.deploy_step.stdout.apply(lambda _: args.name)
         self.mail_dir = pulumi.Output.from_input(args.mail_dir)

@@ -38,9 +38,10 @@ from typing import Any
 import dkim
 import pytest
 
-from components import host_scripts as hs
-from components import relay_deploy as rd
 from components.relay import RELAY_DIR, read_tree
+from pure import host_scripts as hs
+from pure import relay_deploy as rd
+from pure.shell import command_line
 from tests.engine_support import REPO, Engine, Stack
 from tests.relay_support import Sink, build_image, dnsfunc_for, make_message
 from tests.vps_docker_support import VpsDocker, vps_docker
@@ -108,7 +109,7 @@ def test_dockerd_in_the_vps_answers_over_ssh(vps: LocalVps, vdocker: VpsDocker) 
 
 def test_relayhost_docker_step_finds_nothing_to_change(vps: LocalVps, vdocker: VpsDocker) -> None:
     """The very script RelayHost's docker step sends, with the real restart command."""
-    out = vps.ssh(hs.remote_command(hs.render_docker())).stdout
+    out = vps.ssh(command_line(hs.render_docker())).stdout
     assert "already has the IPv6 settings" in out and "no change" in out, out
     daemon = json.loads(vps.ssh("cat /etc/docker/daemon.json").stdout)
     assert daemon["ipv6"] is True and daemon["ip6tables"] is True

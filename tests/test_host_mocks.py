@@ -12,7 +12,7 @@ import pytest
 from pulumi_command import remote
 
 from components import host as host_mod
-from components import host_scripts as hs
+from pure import host_scripts as hs
 from components.host import RelayHost, RelayHostArgs, SshTarget
 from tests.pulumi_harness import Registered, strip_secrets, unwrap
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from components import host_scripts as hs
+from pure import host_scripts as hs
 from tests.engine_support import Engine, Stack, write_private, write_project
 from tests.vps_support import (
     EXTRA_NAME,

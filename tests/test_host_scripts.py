@@ -1,22 +1,22 @@
-"""The pure script renderers of components/host_scripts.py: syntax, lint, key lines.
-
-The embedded python3 programs (daemon.json merge, key-file writer) are run here on
-temporary files; the whole scripts run over SSH in tests/test_host_vps.py.
+"""The host steps' scripts (pure/host_scripts.py + target/host/): assembly, parameters,
+the certbot hooks and the two Python programs, run here on temporary files; the whole
+scripts run over SSH in tests/test_host_vps.py. Shellcheck: tests/test_shellcheck.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from components import host_scripts as hs
+from pure import host_scripts as hs
+from pure import shell
 
 RENDERERS: dict[str, Callable[[], str]] = {
     "preflight": hs.render_preflight,
@@ -38,28 +38,63 @@ RENDERERS: dict[str, Callable[[], str]] = {
 }
 
 
+def assigned(script: str, lib: str = "host/lib.sh") -> dict[str, str | list[str]]:
+    """The header's variables as bash sees them: everything before the lib's text."""
+    head = script[: script.index(shell.read(lib).removeprefix("#!/usr/bin/env bash\n"))]
+    names = sorted(set(re.findall(r"^([A-Z][A-Z0-9_]*)=", head, re.M)))
+    probe = head + "set +u\n" + PROBE
+    raw = subprocess.run(
+        ["bash", "-c", probe, "probe", *names], capture_output=True, check=True
+    ).stdout.decode()
+    values: dict[str, str | list[str]] = {}
+    for record in raw.split("\x01")[:-1]:
+        name, kind, *items = record.split("\0")[:-1]
+        values[name] = items if kind == "a" else items[0]
+    return values
+
+
+# For each name: NAME \0 a|s \0 items \0 ... \x01 (a: an array).
+PROBE = r"""for v in "$@"; do
+  [[ "$(declare -p "$v" 2>/dev/null)" == "declare -a"* ]] && kind=a || kind=s
+  declare -n ref="$v"
+  printf '%s\0%s\0' "$v" "$kind"
+  printf '%s\0' "${ref[@]}"
+  printf '\001'
+  unset -n ref
+done
+"""
+
+
 @pytest.mark.parametrize("name", sorted(RENDERERS))
-def test_script_is_strict_bash_and_lints_clean(name: str, tmp_path: Path) -> None:
+def test_script_is_strict_bash_with_the_lib_first(name: str, tmp_path: Path) -> None:
     script = RENDERERS[name]()
-    assert script.startswith("#!/usr/bin/env bash\nset -euo pipefail\n")
+    assert script.startswith("#!/usr/bin/env bash\nset -euo pipefail\nSTEP=")
     assert script.rstrip().endswith("finish")
-    assert "require_supported_os" in script
+    lib = script.index("require_supported_os\n")
+    assert lib < script.index("declare -F finish >/dev/null ||")  # the guard skips `source`
     f = tmp_path / f"{name}.sh"
     f.write_text(script)
     subprocess.run(["bash", "-n", str(f)], check=True)
-    shellcheck = shutil.which("shellcheck")
-    assert shellcheck, "shellcheck missing: run scripts/setup.d/20-vps.sh"
-    res = subprocess.run([shellcheck, "-s", "bash", str(f)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout
+
+
+def test_header_quotes_every_value_literally() -> None:
+    hostile = ["a b", "it's", '"$(touch /tmp/pwned)"', "`id`", "x\ny", "$HOME", ""]
+    text = shell.header({"ONE": hostile[2], "MANY": hostile, "NUM": 7})
+    got = assigned(text + shell.read("host/lib.sh"))
+    assert got["ONE"] == hostile[2] and got["MANY"] == hostile and got["NUM"] == "7"
+    with pytest.raises(ValueError):
+        shell.header({"lower": "x"})
+    with pytest.raises(ValueError):
+        shell.header({"A;B": "x"})
 
 
 @pytest.mark.parametrize("name", sorted(RENDERERS))
-def test_remote_command_round_trips(name: str) -> None:
+def test_command_line_round_trips(name: str) -> None:
     script = RENDERERS[name]()
-    argv = shlex.split(hs.remote_command(script))
-    assert argv[:2] == ["bash", "-c"] and argv[2] == script
-    sudo = shlex.split(hs.remote_command(script, sudo=True))
-    assert sudo[:4] == ["sudo", "-n", "bash", "-c"] and sudo[4] == script
+    argv = shlex.split(shell.command_line(script))
+    assert argv == ["bash", "-c", script, "dkim-relay"]
+    sudo = shlex.split(shell.command_line(script, sudo=True))
+    assert sudo == ["sudo", "-n", "bash", "-c", script, "dkim-relay"]
 
 
 def _run_preflight_with_os_release(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -76,7 +111,10 @@ def _run_preflight_with_os_release(text: str, tmp_path: Path) -> subprocess.Comp
             "private",
             "sh",
             "-c",
-            f"mount --bind {fake} /etc/os-release && exec bash {script}",
+            'mount --bind "$1" /etc/os-release && exec bash "$2"',
+            "sh",
+            str(fake),
+            str(script),
         ],
         capture_output=True,
         text=True,
@@ -108,19 +146,26 @@ def test_os_check(os_release: str, ok: bool, tmp_path: Path) -> None:
 
 
 # --- firewall ------------------------------------------------------------------------
+def test_firewall_parameters() -> None:
+    got = assigned(hs.render_firewall(2222))
+    assert got["STEP"] == "firewall"
+    assert got["SSH_RULE"] == "2222/tcp"
+    assert got["WANTED"] == ["2222/tcp:ssh", "587/tcp:submission"]
+    more = assigned(hs.render_firewall(22, submissions465=True, extra_ports=[2525]))
+    assert more["WANTED"] == [
+        "22/tcp:ssh",
+        "587/tcp:submission",
+        "465/tcp:submissions",
+        "2525/tcp:extra-2525",
+    ]
+
+
 def test_firewall_allows_ssh_before_enabling_and_default_deny() -> None:
     s = hs.render_firewall(2222)
-    ssh = s.index("allow_rule 2222/tcp ssh")
+    ssh = s.index('allow_rule "${SSH_RULE}" ssh')
     assert ssh < s.index("ufw --force enable")
     assert ssh < s.index("ufw default deny incoming")
-    assert "587/tcp:submission" in s
-    assert "465/tcp" not in s
     assert "IPV6=yes" in s
-
-
-def test_firewall_465_and_extras() -> None:
-    s = hs.render_firewall(22, submissions465=True, extra_ports=[2525])
-    assert "465/tcp:submissions" in s and "2525/tcp:extra-2525" in s
 
 
 @pytest.mark.parametrize("port", [0, 70000, -1])
@@ -136,38 +181,41 @@ def test_firewall_delete_never_removes_ssh() -> None:
 
 
 # --- certificate -----------------------------------------------------------------------
-def test_certificate_command_line() -> None:
-    s = hs.render_certificate(
-        "Relay.Example.com", "me@example.com", extra_names=["smtp.example.com", "relay.example.com"]
+def test_certificate_parameters() -> None:
+    got = assigned(
+        hs.render_certificate(
+            "Relay.Example.com",
+            "me@example.com",
+            extra_names=["smtp.example.com", "relay.example.com"],
+        )
     )
+    assert got["ACME_EMAIL"] == "me@example.com"
+    assert got["ACME_SERVER"] == hs.DEFAULT_ACME_SERVER
+    assert got["ACME_CA_BUNDLE"] == ""
+    assert got["CERT_NAME"] == "relay.example.com"
+    assert got["DOMAINS"] == ["relay.example.com", "smtp.example.com"]
+    assert got["WANT_NAMES"] == "relay.example.com smtp.example.com"
+    assert got["LIVE"] == "/etc/letsencrypt/live/relay.example.com"
+    assert got["RENEWAL"] == "/etc/letsencrypt/renewal/relay.example.com.conf"
+    assert got["HOOK_DIR"] == "/etc/letsencrypt/renewal-hooks"
+    assert got["HOOK_PRE"] == hs.render_hook("pre")
+    assert got["HOOK_DEPLOY"] == hs.render_hook("deploy", "relay.example.com", "dkim-relay")
+
+
+def test_certificate_command_line() -> None:
+    s = hs.render_certificate("relay.example.com", "me@example.com")
     assert "certbot certonly --standalone --non-interactive --agree-tos" in s
-    assert "--email me@example.com" in s
-    assert f"ACME_SERVER={hs.DEFAULT_ACME_SERVER}" in s
-    assert '-d relay.example.com -d smtp.example.com "${force[@]}"' in s
-    assert "WANT_NAMES='relay.example.com smtp.example.com'" in s
     for kind in ("pre", "post", "deploy"):
-        assert f"--{kind}-hook /etc/letsencrypt/renewal-hooks/{kind}/dkim-relay.sh" in s
-        assert f"install_file 0755 /etc/letsencrypt/renewal-hooks/{kind}/dkim-relay.sh" in s
-    assert "REQUESTS_CA_BUNDLE" not in s
+        assert f'--{kind}-hook "${{HOOK_DIR}}/{kind}/dkim-relay.sh"' in s
+        assert f'install_hook {kind} "${{HOOK_{kind.upper()}}}"' in s
     assert "rm " not in s.split("apt_install certbot", 1)[1]  # certificates are never deleted
 
 
-def test_certificate_hooks() -> None:
-    s = hs.render_certificate("relay.example.com", "me@example.com", container_name="myrelay")
-    assert "ufw allow 80/tcp comment 'dkim-relay acme'" in s
-    assert "ufw delete allow 80/tcp" in s
-    assert '[[ "${RENEWED_LINEAGE:-}" == /etc/letsencrypt/live/relay.example.com ]] || exit 0' in s
-    assert "docker exec myrelay relay-reload" in s
-    custom = hs.render_certificate(
-        "relay.example.com", "me@example.com", reload_command="echo reload >>/tmp/x"
-    )
-    assert "echo reload >>/tmp/x" in custom and "docker exec" not in custom
-
-
 def test_certificate_test_ca() -> None:
-    s = RENDERERS["certificate-ca"]()
-    assert "export REQUESTS_CA_BUNDLE=/etc/ssl/test-ca.pem" in s
-    assert "ACME_SERVER=https://acme-staging-v02.api.letsencrypt.org/directory" in s
+    got = assigned(RENDERERS["certificate-ca"]())
+    assert got["ACME_CA_BUNDLE"] == "/etc/ssl/test-ca.pem"
+    assert got["ACME_SERVER"] == "https://acme-staging-v02.api.letsencrypt.org/directory"
+    assert 'export REQUESTS_CA_BUNDLE="${ACME_CA_BUNDLE}"' in RENDERERS["certificate-ca"]()
 
 
 @pytest.mark.parametrize(
@@ -189,10 +237,50 @@ def test_certificate_bad_input_names_key(kwargs: dict[str, object], key: str) ->
         hs.render_certificate(**args)  # type: ignore[arg-type]
 
 
-# --- docker: the embedded merge program --------------------------------------------
+def _run_hook(hook: str, tmp_path: Path, lineage: str | None) -> subprocess.CompletedProcess[str]:
+    f = tmp_path / "hook.sh"
+    f.write_text(hook)
+    env = {"PATH": os.environ["PATH"]}
+    if lineage is not None:
+        env["RENEWED_LINEAGE"] = lineage
+    return subprocess.run(["bash", str(f)], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_deploy_hook_runs_the_reload_for_its_lineage_only(tmp_path: Path) -> None:
+    log = tmp_path / "reload's log"
+    command = 'echo "reload ${RENEWED_LINEAGE}" >>' + shlex.quote(str(log))
+    hook = hs.render_hook("deploy", "relay.example.com", "dkim-relay", command)
+    live = "/etc/letsencrypt/live/relay.example.com"
+    for lineage in ("/etc/letsencrypt/live/other.example.com", None, live):
+        res = _run_hook(hook, tmp_path, lineage)
+        assert res.returncode == 0, res.stderr
+    assert log.read_text() == f"reload {live}\n"
+
+
+def test_deploy_hook_default_reload_skips_a_missing_container(tmp_path: Path) -> None:
+    name = "dkim-relay-hooktest-absent"
+    hook = hs.render_hook("deploy", "relay.example.com", name)
+    res = _run_hook(hook, tmp_path, "/etc/letsencrypt/live/relay.example.com")
+    assert res.returncode == 0, res.stderr
+    assert f"container {name} not running" in res.stdout
+
+
+@pytest.mark.parametrize("kind", ["pre", "post", "deploy"])
+def test_hooks_are_strict_bash(kind: str, tmp_path: Path) -> None:
+    hook = hs.render_hook(kind, "relay.example.com", "dkim-relay")
+    assert hook.startswith("#!/usr/bin/env bash\nset -euo pipefail\n")
+    f = tmp_path / "hook.sh"
+    f.write_text(hook)
+    subprocess.run(["bash", "-n", str(f)], check=True)
+
+
+# --- docker: the merge program -------------------------------------------------------
+MERGE = shell.read("host/merge_daemon_json.py")
+
+
 def _merge(path: Path, engine: int) -> str:
     return subprocess.run(
-        ["python3", "-c", hs._MERGE_DAEMON_JSON, str(path), str(engine), "fd00:1::/64"],
+        ["python3", "-c", MERGE, str(path), str(engine), "fd00:1::/64"],
         capture_output=True,
         text=True,
         check=True,
@@ -221,23 +309,27 @@ def test_daemon_json_created_and_non_object_refused(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text("[1, 2]")
     res = subprocess.run(
-        ["python3", "-c", hs._MERGE_DAEMON_JSON, str(bad), "28", "fd00:1::/64"],
-        capture_output=True,
-        text=True,
+        ["python3", "-c", MERGE, str(bad), "28", "fd00:1::/64"], capture_output=True, text=True
     )
     assert res.returncode != 0 and "refusing" in res.stderr
     assert bad.read_text() == "[1, 2]"
 
 
-def test_docker_restart_only_on_change() -> None:
-    s = hs.render_docker(restart_command="echo RESTART")
+def test_docker_step_parameters() -> None:
+    got = assigned(hs.render_docker(restart_command="echo RESTART; touch x"))
+    assert got["RESTART_COMMAND"] == "echo RESTART; touch x"
+    assert got["DAEMON_JSON"] == "/etc/docker/daemon.json"
+    assert got["IPV6_CIDR"] == hs.DEFAULT_DOCKER_IPV6_CIDR
+    assert got["MERGE_DAEMON_JSON_PY"] == MERGE
+    s = hs.render_docker()
     block = s.split('if [[ "${merged}" == changed ]]; then', 1)[1].split("else", 1)[0]
-    assert "echo RESTART" in block
-    assert s.count("echo RESTART") == 1
+    assert 'bash -c "${RESTART_COMMAND}"' in block
     assert "apt_install docker.io" in s
+    with pytest.raises(ValueError):
+        hs.render_docker("10.0.0.0/8")
 
 
-# --- key material: the embedded writer -------------------------------------------------
+# --- key material: the writer program ------------------------------------------------
 def _write(
     root: Path, files: dict[str, str], mode: str = "600"
 ) -> subprocess.CompletedProcess[str]:
@@ -245,7 +337,7 @@ def _write(
         [
             "python3",
             "-c",
-            hs._WRITE_SECRETS,
+            shell.read("host/write_secrets.py"),
             str(root),
             mode,
             str(os.getuid()),
@@ -279,6 +371,35 @@ def test_secret_writer_modes_idempotence_and_cleanup(tmp_path: Path) -> None:
     assert (root / "dkim" / "s2.private").stat().st_mode & 0o777 == 0o400
 
 
+def test_secrets_step_writes_and_reports_a_generation(tmp_path: Path) -> None:
+    """The whole step (lib + secrets.sh + the writer), run here as the local engine does."""
+    root = tmp_path / "state dir" / "secrets"
+    files = {"dkim/s1.private": "KEY-ONE\n", "smtp-users": "a@example.com:pw-xyz\n"}
+
+    def run() -> str:
+        res = subprocess.run(
+            ["bash", "-c", hs.render_secrets(str(root)), "x"],
+            input=hs.secrets_stdin(files),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        assert "pw-xyz" not in res.stdout + res.stderr
+        return res.stdout
+
+    first, second = run(), run()
+    assert "key files changed" in first and "done (changed)" in first
+    assert "key files unchanged" in second and "dkim-relay[secrets]: no change" in second
+    gens = {hs.parse_generation(first), hs.parse_generation(second)}
+    assert len(gens) == 2 and all(len(g) == 32 for g in gens)
+    assert (root / "smtp-users").read_text() == files["smtp-users"]
+    gone = subprocess.run(
+        ["bash", "-c", hs.render_secrets_delete(str(root)), "x"], capture_output=True, text=True
+    )
+    assert gone.returncode == 0 and "removed" in gone.stdout and not root.exists()
+
+
 @pytest.mark.parametrize("bad", ["../escape", "/etc/passwd", "dkim/../x", "a//b"])
 def test_secret_paths_are_confined(bad: str) -> None:
     with pytest.raises(ValueError, match="relative"):
@@ -286,12 +407,20 @@ def test_secret_paths_are_confined(bad: str) -> None:
 
 
 def test_secrets_script_reads_stdin_only() -> None:
-    s = hs.render_secrets()
-    assert "python3 -c" in s and "json.load(sys.stdin)" in s
+    got = assigned(hs.render_secrets(uid=12, gid=34, file_mode=0o400))
+    assert got["SECRETS_DIR"] == hs.SECRETS_DIR and got["FILE_MODE"] == "400"
+    assert got["OWNER_UID"] == "12" and got["OWNER_GID"] == "34"
+    assert "json.load(sys.stdin)" in str(got["WRITE_SECRETS_PY"])
     with pytest.raises(ValueError):
         hs.render_secrets(file_mode=0o644)
     with pytest.raises(ValueError):
         hs.render_secrets(secrets_dir="/etc")
+
+
+def test_parse_generation() -> None:
+    assert hs.parse_generation(f"x\n{hs.GENERATION_PREFIX}abc\n") == "abc"
+    assert hs.parse_generation("nothing") == "unknown"
+    assert hs.parse_generation(None) == "unknown"  # mocks that do not fill stdout
 
 
 def test_layout_is_the_relays() -> None:
@@ -306,25 +435,3 @@ def test_layout_is_the_relays() -> None:
         hs.secret_file_path("dkim_key", "s1"),
         hs.secret_file_path("smtp_users"),
     }
-
-
-@pytest.mark.parametrize(
-    "hook",
-    [
-        hs._hook_pre(),
-        hs._hook_post(),
-        hs._hook_deploy("relay.example.com", "dkim-relay", None),
-        hs._hook_deploy("relay.example.com", "dkim-relay", 'echo "reload ${RENEWED_LINEAGE}"'),
-    ],
-    ids=["pre", "post", "deploy", "deploy-custom"],
-)
-def test_certbot_hooks_are_strict_and_lint_clean(hook: str, tmp_path: Path) -> None:
-    assert hook.startswith("#!/usr/bin/env bash\n")
-    assert "set -euo pipefail" in hook
-    f = tmp_path / "hook.sh"
-    f.write_text(hook)
-    subprocess.run(["bash", "-n", str(f)], check=True)
-    shellcheck = shutil.which("shellcheck")
-    assert shellcheck, "shellcheck missing: run scripts/setup.d/20-vps.sh"
-    res = subprocess.run([shellcheck, "-s", "bash", str(f)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stdout

@@ -22,7 +22,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from components import host_scripts as hs
 from components.host import (
     HostPreflightError,
     HostStep,
@@ -32,6 +31,7 @@ from components.host import (
     preflight_check,
     run_over_ssh,
 )
+from pure import host_scripts as hs
 from tests.vps_support import (
     EXTRA_NAME,
     PREEXISTING_DAEMON_JSON,

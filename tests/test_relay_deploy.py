@@ -30,9 +30,9 @@ import dkim
 import pytest
 
 from components import dkim as dkim_keys
-from components import host_scripts as hs
+from pure import host_scripts as hs
 from components import postfix
-from components import relay_deploy as rd
+from pure import relay_deploy as rd
 from components.relay import RELAY_DIR, read_tree
 from components.sink import SINK_CONTEXT
 

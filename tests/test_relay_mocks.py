@@ -12,9 +12,9 @@ import pulumi
 import pytest
 from pulumi_command import local, remote
 
-from components import host_scripts as hs
+from pure import host_scripts as hs
 from components import postfix
-from components import relay_deploy as rd
+from pure import relay_deploy as rd
 from components.relay import (
     GENERATION_PREFIX,
     LocalEngine,

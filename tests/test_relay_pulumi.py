@@ -117,7 +117,7 @@ def stack(tmp_path: pathlib.Path) -> Iterator[tuple[Stack, Site, dict[str, str]]
     )
     (d / "config.json").write_text(json.dumps(cfg))
     st = engine.stack("relay", env={"DKR_RELAY_CONFIG": str(d / "config.json")})
-    from components import relay_deploy as rd
+    from pure import relay_deploy as rd
 
     site = Site(
         tmp_path,

@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 
 from components import dkim as dkim_keys
-from components import host_scripts as hs
 from components import postfix
 from components.relay import RELAY_DIR, relay_image_tag
+from pure import host_scripts as hs
+from pure.shell import command_line
 from tests.engine_support import REPO, Engine, write_private, write_project
 from tests.vps_docker_support import VpsDocker, vps_docker
 from tests.vps_support import SSH_PORT, LocalVps, local_vps
@@ -92,7 +93,7 @@ def vps() -> Iterator[tuple[LocalVps, VpsDocker]]:
 
 def write_secrets(vps: LocalVps, dkim_pem: str, password: str) -> None:
     files = postfix.render_secrets(DOMAIN, {SELECTOR: dkim_pem}, {"me": password})
-    res = vps.ssh(hs.remote_command(hs.render_secrets()), stdin=hs.secrets_stdin(files))
+    res = vps.ssh(command_line(hs.render_secrets()), stdin=hs.secrets_stdin(files))
     assert password not in res.stdout + res.stderr
 
 

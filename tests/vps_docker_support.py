@@ -47,7 +47,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from components import host_scripts as hs
+from pure import host_scripts as hs
+from pure.shell import command_line
 from tests.vps_support import LocalVps
 
 SOCKET = "/run/docker.sock"
@@ -161,7 +162,7 @@ def vps_docker(vps: LocalVps, start_timeout: float = 60) -> Iterator[VpsDocker]:
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} missing: run scripts/docker-engine.sh")
     # 1. daemon.json as RelayHost's docker step leaves it (restart: nothing runs yet).
-    res = vps.ssh(hs.remote_command(hs.render_docker(restart_command="true")))
+    res = vps.ssh(command_line(hs.render_docker(restart_command="true")))
     if "dkim-relay[docker]" not in res.stdout:
         raise AssertionError(f"the docker step did not run: {res.stdout}\n{res.stderr}")
     # 2. cgroups in the namespace's fresh /sys.

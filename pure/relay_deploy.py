@@ -1,14 +1,15 @@
-"""Pure renderers for the bash scripts that run the relay (and the local sink) with the
-docker CLI. No Pulumi, no I/O: typed values in, script text and stdin payloads out.
+"""The relay's and the local sink's docker-CLI scripts (``target/relay/``,
+``target/sink/``) with their parameters, and the deploy payload. No Pulumi, no side
+effects (it reads the project's ``relay/``, ``sink/`` and ``target/`` files).
 
-``components/relay.py`` sends these scripts with ``pulumi_command`` (``local.Command``
-for this machine's engine, ``remote.Command`` over SSH for a VPS); the tests run the
-very same strings against a real Docker engine.
+``components/relay.py`` and ``components/sink.py`` run these scripts through
+``components/target.py`` (this machine's engine, or a VPS's over SSH); the tests run
+the very same scripts against a real Docker engine.
 
-Every script starts with ``set -euo pipefail``, interpolates values only through
-``shlex.quote`` in a header of variable assignments (the body is constant text), and
-is idempotent: a run that changes nothing prints ``dkim-relay[relay]: no change``
-(``[sink]`` for the sink) and leaves the container, its ID and every file alone.
+Every script starts with ``set -euo pipefail``, gets its values only as a header of
+``shlex.quote``d assignments (the files' text is constant), and is idempotent: a run
+that changes nothing prints ``dkim-relay[relay]: no change`` (``[sink]`` for the
+sink) and leaves the container, its ID and every file alone.
 
 The deploy script reads a payload on stdin: base64 of a deterministic tar.gz holding
 ``build/...`` (the image's build context) and ``config/...`` (the relay's rendered,
@@ -39,17 +40,20 @@ import hashlib
 import io
 import ipaddress
 import re
-import shlex
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from components import postfix
+from pure import shell
 
 FINGERPRINT_LABEL = "dkim-relay.fingerprint"
 QUEUE_MOUNT = "/var/spool/postfix"
 SINK_MAIL_MOUNT = "/mail"
 DEFAULT_HEALTH_TIMEOUT = 90
+RELAY_DIR = Path(__file__).resolve().parent.parent / "relay"  # the image's build context
+SINK_DIR = Path(__file__).resolve().parent.parent / "sink"  # the local sink's
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _REPO_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?$")
@@ -79,7 +83,8 @@ def _port(value: int, what: str) -> int:
     return value
 
 
-def _abs_path(value: str, what: str) -> str:
+def abs_path(value: str, what: str) -> str:
+    """``value`` without a trailing ``/``, if it is an absolute path fit for ``-v``."""
     # ':' and ',' would change the meaning of `-v SRC:DST:ro`; control chars are never ok.
     if (
         not isinstance(value, str)
@@ -116,10 +121,6 @@ def _subnet(value: str, version: int, what: str) -> tuple[str, str]:
     return str(net), str(next(net.hosts()))
 
 
-def _q(value: str | int) -> str:
-    return shlex.quote(str(value))
-
-
 # --- the stdin payload ---------------------------------------------------------------
 @dataclass(frozen=True)
 class Payload:
@@ -129,6 +130,15 @@ class Payload:
     sha256: str  # of the tar.gz bytes
     build_hash: str  # sha256 over the build files (names, modes, contents)
     config_hash: str  # sha256 over the config files
+
+
+def read_tree(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """relative path -> (mode, content) of every file under ``directory``."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_mode & 0o777, p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def tree_hash(files: Mapping[str, tuple[int, bytes]]) -> str:
@@ -194,160 +204,9 @@ def with_marker(payload_stdin: str, marker: str) -> str:
     return f"{payload_stdin}# {marker}\n"
 
 
-# --- shared bash ---------------------------------------------------------------------
-_PRELUDE = r"""
-umask 022
-log() { printf 'dkim-relay[%s]: %s\n' "${STEP}" "$*"; }
-die() { printf 'dkim-relay[%s]: error: %s\n' "${STEP}" "$*" >&2; exit 1; }
-command -v docker >/dev/null || die "the docker CLI is not installed"
-docker info >/dev/null 2>&1 ||
-  die "the Docker engine does not answer (is dockerd running, may this user use it?)"
-CHANGED=0
-finish() {
-  if ((CHANGED)); then log "done (changed)"; else log "no change"; fi
-}
-exists_container() { docker container inspect "$1" >/dev/null 2>&1; }
-# cget FORMAT: a field of CONTAINER; nget FORMAT: a field of NETWORK.
-cget() { docker container inspect -f "$1" "${CONTAINER}"; }
-nget() { docker network inspect -f "$1" "${NETWORK}"; }
-exists_network() { docker network inspect "$1" >/dev/null 2>&1; }
-# unpack_payload DIR: stdin (base64 lines, '#' comments) -> DIR/build, DIR/config.
-unpack_payload() {
-  local dir="$1" got
-  grep -v '^#' | base64 -d >"${dir}/payload.tar.gz" || die "stdin is not the base64 payload"
-  got="$(sha256sum "${dir}/payload.tar.gz")"
-  [[ "${got%% *}" == "${PAYLOAD_SHA256}" ]] || die "payload checksum mismatch"
-  tar -xzf "${dir}/payload.tar.gz" -C "${dir}" --no-same-owner
-}
-# place SRC DEST: move an unpacked tree into place unless it is there already.
-place() {
-  if [[ -d "$2" ]]; then return 0; fi
-  mv -- "$1" "$2"
-  log "unpacked $2"
-  CHANGED=1
-}
-ensure_image() {
-  if docker image inspect "${IMAGE}" >/dev/null 2>&1; then return 0; fi
-  log "building ${IMAGE}"
-  if ! docker build -t "${IMAGE}" "${BUILD_DIR}" >"${TMP}/build.log" 2>&1; then
-    tail -n 60 "${TMP}/build.log" >&2
-    die "docker build of ${IMAGE} failed"
-  fi
-  CHANGED=1
-}
-# ensure_network: a bridge with IPv6 on and exactly the given subnets/gateways.
-ensure_network() {
-  local have want="true ${NET_V4_SUBNET}@${NET_V4_GATEWAY} ${NET_V6_SUBNET}@${NET_V6_GATEWAY}"
-  if exists_network "${NETWORK}"; then
-    have="$(nget '{{.EnableIPv6}}{{range .IPAM.Config}} {{.Subnet}}@{{.Gateway}}{{end}}')"
-    [[ "${have}" == "${want}" ]] && return 0
-    log "network ${NETWORK} has '${have}', want '${want}': recreating it"
-    remove_container "${CONTAINER}"
-    local c
-    # shellcheck disable=SC2016 # a Go template, not a shell expansion
-    for c in $(nget '{{range $id, $e := .Containers}}{{$id}} {{end}}'); do
-      log "disconnecting container ${c:0:12} from ${NETWORK}"
-      docker network disconnect -f "${NETWORK}" "${c}" >/dev/null
-    done
-    docker network rm "${NETWORK}" >/dev/null
-  fi
-  docker network create --driver bridge --ipv6 \
-    --subnet "${NET_V4_SUBNET}" --gateway "${NET_V4_GATEWAY}" \
-    --subnet "${NET_V6_SUBNET}" --gateway "${NET_V6_GATEWAY}" \
-    --label dkim-relay.network=1 "${NETWORK}" >/dev/null
-  log "created network ${NETWORK}"
-  CHANGED=1
-}
-remove_container() {
-  exists_container "$1" || return 0
-  docker stop -t 30 "$1" >/dev/null 2>&1 || true
-  docker rm -f "$1" >/dev/null
-  log "removed container $1"
-  CHANGED=1
-}
-# ensure_container: recreate unless the fingerprint label matches and it sits on the
-# current network; start it if it is stopped. RUN_ARGS must end with the image.
-ensure_container() {
-  local fp have netid nets
-  fp="$({
-    printf '%s\0' "${RUN_ARGS[@]}"
-    printf 'secrets:%s\0' "${SECRETS_REVISION:-}"
-  } | sha256sum)"
-  fp="${fp%% *}"
-  netid="$(nget '{{.Id}}')"
-  if exists_container "${CONTAINER}"; then
-    have="$(cget '{{index .Config.Labels "dkim-relay.fingerprint"}}')"
-    nets="$(cget '{{range .NetworkSettings.Networks}}{{.NetworkID}} {{end}}')"
-    if [[ "${have}" == "${fp}" && " ${nets}" == *" ${netid} "* ]]; then
-      if [[ "$(cget '{{.State.Running}}')" != "true" ]]; then
-        docker start "${CONTAINER}" >/dev/null
-        log "started container ${CONTAINER}"
-        CHANGED=1
-      fi
-      return 0
-    fi
-    log "container ${CONTAINER} is out of date: recreating it"
-    remove_container "${CONTAINER}"
-  fi
-  docker run -d --label "dkim-relay.fingerprint=${fp}" "${RUN_ARGS[@]}" >/dev/null
-  log "started container ${CONTAINER} from ${IMAGE}"
-  CHANGED=1
-}
-show_logs() {
-  printf '%s\n' "---- last log lines of ${CONTAINER} ----" >&2
-  docker logs --tail 80 "${CONTAINER}" >&2 2>&1 || true
-}
-# wait_healthy SECONDS: the image's HEALTHCHECK must report healthy in time.
-wait_healthy() {
-  local limit="$1" i st restarts
-  for ((i = 0; i < limit * 2; i++)); do
-    st="$(cget '{{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}}')"
-    restarts="$(cget '{{.RestartCount}}')"
-    case "${st}" in
-      healthy) return 0 ;;
-      unhealthy) show_logs; die "container ${CONTAINER} is unhealthy" ;;
-      none) die "image ${IMAGE} has no health check" ;;
-    esac
-    if ((restarts > 0)); then show_logs; die "container ${CONTAINER} keeps exiting"; fi
-    sleep 0.5
-  done
-  show_logs
-  die "container ${CONTAINER} not healthy after ${limit} s"
-}
-# prune PATTERN KEEP...: remove work_dir entries named like PATTERN, except KEEP.
-prune_dirs() {
-  local pattern="$1" d base k keep
-  shift
-  for d in "${WORK_DIR}"/*; do
-    [[ -d "${d}" ]] || continue
-    base="${d##*/}"
-    [[ "${base}" =~ ${pattern} ]] || continue
-    keep=0
-    for k in "$@"; do [[ "${base}" == "${k}" ]] && keep=1; done
-    ((keep)) && continue
-    rm -rf -- "${d}"
-    log "pruned ${d}"
-    CHANGED=1
-  done
-}
-# prune_images: older content-tagged images of IMAGE_REPO that nothing uses.
-prune_images() {
-  local ref
-  while IFS= read -r ref; do
-    [[ "${ref##*:}" =~ ^[0-9a-f]{16}$ && "${ref}" != "${IMAGE}" ]] || continue
-    if docker image rm "${ref}" >/dev/null 2>&1; then
-      log "pruned image ${ref}"
-      CHANGED=1
-    fi
-  done < <(docker image ls --format '{{.Repository}}:{{.Tag}}' "${IMAGE_REPO}")
-}
-"""
-
-
-def _header(step: str, values: Mapping[str, str | int]) -> str:
-    lines = ["#!/usr/bin/env bash", "set -euo pipefail", f"STEP={_q(step)}"]
-    lines += [f"{k}={_q(v)}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"
+def _script(step: str, values: Mapping[str, shell.Value], body: str) -> str:
+    """The header (STEP + values), target/relay/lib.sh, then the body file."""
+    return shell.script({"STEP": step, **values}, "relay/lib.sh", body)
 
 
 # --- the relay -----------------------------------------------------------------------
@@ -378,9 +237,9 @@ class RelaySpec:
         _name(self.network, "network_name")
         _name(self.volume, "volume_name")
         _repo(self.image_repo, "image_repo")
-        _abs_path(self.work_dir, "work_dir")
-        _abs_path(self.secrets_dir, "secrets_dir")
-        _abs_path(self.cert_dir, "cert_dir")
+        abs_path(self.work_dir, "work_dir")
+        abs_path(self.secrets_dir, "secrets_dir")
+        abs_path(self.cert_dir, "cert_dir")
         if not _HOST_RE.match(self.relay_host):
             raise ValueError(f"relay_host: {self.relay_host!r} is not a host name")
         _ip(self.publish_ipv4, 4, "publish_ipv4")
@@ -436,55 +295,10 @@ def _network_values(spec_v4: str, spec_v6: str, network: str) -> dict[str, str |
     }
 
 
-_RELAY_DEPLOY = r"""
-mkdir -p -- "${WORK_DIR}"
-TMP="$(mktemp -d "${WORK_DIR}/.deploy.XXXXXX")"
-trap 'rm -rf -- "${TMP}"' EXIT
-unpack_payload "${TMP}"
-BUILD_DIR="${WORK_DIR}/build-${BUILD_H16}"
-CONFIG_HOST_DIR="${WORK_DIR}/config-${CONFIG_H16}"
-place "${TMP}/build" "${BUILD_DIR}"
-place "${TMP}/config" "${CONFIG_HOST_DIR}"
-
-[[ -d "${SECRETS_DIR}" ]] || die "secrets directory ${SECRETS_DIR} does not exist"
-[[ -f "${SECRETS_DIR}/smtp-users" ]] || die "no smtp-users file in ${SECRETS_DIR}"
-compgen -G "${SECRETS_DIR}/dkim/*.private" >/dev/null || die "no DKIM key in ${SECRETS_DIR}/dkim"
-[[ -d "${CERT_DIR}" ]] || die "certificate directory ${CERT_DIR} does not exist"
-# Revision of the key files, computed here so no hash of them passes through Pulumi.
-SECRETS_REVISION="$(cd "${SECRETS_DIR}" && find . -type f -print0 | LC_ALL=C sort -z |
-  xargs -0 -r sha256sum | sha256sum)"
-SECRETS_REVISION="${SECRETS_REVISION%% *}"
-
-ensure_image
-ensure_network
-if ! docker volume inspect "${VOLUME}" >/dev/null 2>&1; then
-  docker volume create --label dkim-relay.queue=1 "${VOLUME}" >/dev/null
-  log "created volume ${VOLUME}"
-  CHANGED=1
-fi
-
-RUN_ARGS=(--name "${CONTAINER}" --hostname "${RELAY_HOST}" --restart always --stop-timeout 30
-  --log-driver json-file --log-opt max-size=10m --log-opt max-file=3
-  --network "${NETWORK}")
-for p in "${PORTS[@]}"; do RUN_ARGS+=(-p "${p}"); done
-RUN_ARGS+=(-v "${VOLUME}:${QUEUE_MOUNT}"
-  -v "${CERT_DIR}:${CERT_MOUNT}:ro"
-  -v "${SECRETS_DIR}:${SECRETS_MOUNT}:ro"
-  -v "${CONFIG_HOST_DIR}:${CONFIG_MOUNT}:ro"
-  -e "RELAY_CERT_POLL_SECONDS=${CERT_POLL_SECONDS}"
-  "${IMAGE}")
-ensure_container
-wait_healthy "${HEALTH_TIMEOUT}"
-prune_dirs '^(build|config)-[0-9a-f]{16}$' "build-${BUILD_H16}" "config-${CONFIG_H16}"
-prune_images
-finish
-"""
-
-
 def render_relay_deploy(spec: RelaySpec, payload: Payload) -> str:
     """The deploy script (create and update): stdin is ``payload.stdin``."""
     values: dict[str, str | int] = {
-        "WORK_DIR": _abs_path(spec.work_dir, "work_dir"),
+        "WORK_DIR": abs_path(spec.work_dir, "work_dir"),
         "PAYLOAD_SHA256": payload.sha256,
         "BUILD_H16": payload.build_hash[:16],
         "CONFIG_H16": payload.config_hash[:16],
@@ -493,8 +307,8 @@ def render_relay_deploy(spec: RelaySpec, payload: Payload) -> str:
         "CONTAINER": spec.container_name,
         "VOLUME": spec.volume,
         "RELAY_HOST": spec.relay_host,
-        "SECRETS_DIR": _abs_path(spec.secrets_dir, "secrets_dir"),
-        "CERT_DIR": _abs_path(spec.cert_dir, "cert_dir"),
+        "SECRETS_DIR": abs_path(spec.secrets_dir, "secrets_dir"),
+        "CERT_DIR": abs_path(spec.cert_dir, "cert_dir"),
         "QUEUE_MOUNT": QUEUE_MOUNT,
         "CERT_MOUNT": postfix.CERT_MOUNT,
         "SECRETS_MOUNT": postfix.SECRETS_DIR,
@@ -506,36 +320,7 @@ def render_relay_deploy(spec: RelaySpec, payload: Payload) -> str:
     for h in (payload.sha256, payload.build_hash, payload.config_hash):
         if not re.fullmatch(r"[0-9a-f]{64}", h):
             raise ValueError("payload hashes must be sha256 hex digests")
-    ports = "PORTS=(" + " ".join(_q(p) for p in spec.ports()) + ")\n"
-    return _header("relay", values) + ports + _PRELUDE + _RELAY_DEPLOY
-
-
-_RELAY_DELETE = r"""
-if exists_container "${CONTAINER}"; then
-  remove_container "${CONTAINER}"
-fi
-if exists_network "${NETWORK}"; then
-  if docker network rm "${NETWORK}" >/dev/null 2>&1; then
-    log "removed network ${NETWORK}"
-    CHANGED=1
-  else
-    log "warning: network ${NETWORK} is still used by other containers; kept"
-  fi
-fi
-if ((REMOVE_QUEUE)); then
-  if docker volume inspect "${VOLUME}" >/dev/null 2>&1; then
-    docker volume rm "${VOLUME}" >/dev/null
-    log "removed volume ${VOLUME}"
-    CHANGED=1
-  fi
-elif docker volume inspect "${VOLUME}" >/dev/null 2>&1; then
-  log "kept volume ${VOLUME}: it may hold queued mail (docker volume rm ${VOLUME} to drop it)"
-fi
-if [[ -d "${WORK_DIR}" ]]; then
-  prune_dirs '^(build|config)-[0-9a-f]{16}$'
-fi
-finish
-"""
+    return _script("relay", {**values, "PORTS": spec.ports()}, "relay/deploy.sh")
 
 
 def render_relay_delete(spec: RelaySpec, remove_queue: bool = False) -> str:
@@ -543,13 +328,13 @@ def render_relay_delete(spec: RelaySpec, remove_queue: bool = False) -> str:
     kept unless ``remove_queue``: it may hold mail not yet delivered (a destroy/up
     cycle, e.g. to move subnets, must not lose it)."""
     values: dict[str, str | int] = {
-        "WORK_DIR": _abs_path(spec.work_dir, "work_dir"),
+        "WORK_DIR": abs_path(spec.work_dir, "work_dir"),
         "CONTAINER": spec.container_name,
         "NETWORK": spec.network,
         "VOLUME": spec.volume,
         "REMOVE_QUEUE": 1 if remove_queue else 0,
     }
-    return _header("relay", values) + _PRELUDE + _RELAY_DELETE
+    return _script("relay", values, "relay/delete.sh")
 
 
 # --- the local sink ------------------------------------------------------------------
@@ -564,8 +349,8 @@ class SinkSpec:
     start_timeout: int = 30
 
     def __post_init__(self) -> None:
-        _abs_path(self.work_dir, "work_dir")
-        _abs_path(self.mail_dir, "mail_dir")
+        abs_path(self.work_dir, "work_dir")
+        abs_path(self.mail_dir, "mail_dir")
         _name(self.network_name, "network_name")
         _name(self.container_name, "container_name")
         _repo(self.image_repo, "image_repo")
@@ -574,40 +359,10 @@ class SinkSpec:
             raise ValueError("start_timeout must be 1..600 seconds")
 
 
-_SINK_DEPLOY = r"""
-mkdir -p -- "${WORK_DIR}" "${MAIL_DIR}"
-TMP="$(mktemp -d "${WORK_DIR}/.sink.XXXXXX")"
-trap 'rm -rf -- "${TMP}"' EXIT
-unpack_payload "${TMP}"
-BUILD_DIR="${WORK_DIR}/sink-build-${BUILD_H16}"
-place "${TMP}/build" "${BUILD_DIR}"
-ensure_image
-exists_network "${NETWORK}" || die "network ${NETWORK} does not exist (deploy the relay first)"
-RUN_ARGS=(--name "${CONTAINER}" --restart unless-stopped
-  --log-driver json-file --log-opt max-size=10m --log-opt max-file=3
-  --network "${NETWORK}" --ip "${SINK_IPV4}"
-  -v "${MAIL_DIR}:${MAIL_MOUNT}" "${IMAGE}")
-ensure_container
-ip="$(cget "{{with index .NetworkSettings.Networks \"${NETWORK}\"}}{{.IPAddress}}{{end}}")"
-[[ "${ip}" == "${SINK_IPV4}" ]] || die "sink has address '${ip}', want ${SINK_IPV4}"
-for ((i = 0; i < START_TIMEOUT * 2; i++)); do
-  out="$(docker logs "${CONTAINER}" 2>&1 || true)"
-  [[ "${out}" == *"sink: listening"* ]] && break
-  [[ "$(cget '{{.State.Running}}')" == "true" ]] ||
-    { show_logs; die "sink exited"; }
-  sleep 0.5
-done
-[[ "${out}" == *"sink: listening"* ]] || { show_logs; die "sink did not start listening"; }
-prune_dirs '^sink-build-[0-9a-f]{16}$' "sink-build-${BUILD_H16}"
-prune_images
-finish
-"""
-
-
 def render_sink_deploy(spec: SinkSpec, payload: Payload) -> str:
     values: dict[str, str | int] = {
-        "WORK_DIR": _abs_path(spec.work_dir, "work_dir"),
-        "MAIL_DIR": _abs_path(spec.mail_dir, "mail_dir"),
+        "WORK_DIR": abs_path(spec.work_dir, "work_dir"),
+        "MAIL_DIR": abs_path(spec.mail_dir, "mail_dir"),
         "MAIL_MOUNT": SINK_MAIL_MOUNT,
         "PAYLOAD_SHA256": payload.sha256,
         "BUILD_H16": payload.build_hash[:16],
@@ -618,22 +373,13 @@ def render_sink_deploy(spec: SinkSpec, payload: Payload) -> str:
         "SINK_IPV4": _ip(spec.ipv4_address, 4, "ipv4_address"),
         "START_TIMEOUT": spec.start_timeout,
     }
-    return _header("sink", values) + _PRELUDE + _SINK_DEPLOY
-
-
-_SINK_DELETE = r"""
-remove_container "${CONTAINER}"
-if [[ -d "${WORK_DIR}" ]]; then
-  prune_dirs '^sink-build-[0-9a-f]{16}$'
-fi
-finish
-"""
+    return _script("sink", values, "sink/deploy.sh")
 
 
 def render_sink_delete(spec: SinkSpec) -> str:
     """Removes the sink container (the kept mail in mail_dir stays)."""
     values: dict[str, str | int] = {
-        "WORK_DIR": _abs_path(spec.work_dir, "work_dir"),
+        "WORK_DIR": abs_path(spec.work_dir, "work_dir"),
         "CONTAINER": spec.container_name,
     }
-    return _header("sink", values) + _PRELUDE + _SINK_DELETE
+    return _script("sink", values, "sink/delete.sh")
