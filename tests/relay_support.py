@@ -1,7 +1,8 @@
-"""Support for the relay's end-to-end tests: a real Docker engine, the real image,
-a throwaway CA laid out like /etc/letsencrypt (live/ symlinks into archive/), and an
-aiosmtpd sink bound on the test network's gateway (reachable from the container,
-never from outside).
+"""Support for the relay's end-to-end tests: a real Docker engine, the real image
+deployed by the production scripts (the secrets step and the relay's deploy script,
+as SmtpRelay runs them), a throwaway CA laid out like /etc/letsencrypt (live/ symlinks
+into archive/), and an aiosmtpd sink bound on the test network's gateway (reachable
+from the container, never from outside).
 
 Traffic only goes to loopback and the docker bridge this module creates.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import hashlib
 import ipaddress
 import os
 import smtplib
@@ -19,7 +19,6 @@ import ssl
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,8 @@ from cryptography.x509.oid import NameOID
 
 from components import postfix
 from components.dkim import dkim_txt_value, generate_private_key_pem
+from pure import host_scripts as hs
+from pure import relay_deploy as rd
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINE_SCRIPT = REPO / "scripts" / "docker-engine.sh"
@@ -309,13 +310,15 @@ class Sink:
 
 
 # ---------------------------------------------------------------- the relay under test
-@dataclass
+# The repository the deploy script finds the test's image under (tagged in advance).
+TEST_IMAGE_REPO = "dkim-relay-test"
+
+
+@dataclass(kw_only=True)
 class RelaySpec:
     name: str
-    image: str
-    network: TestNetwork
-    ip4: str
-    ip6: str
+    image: str  # built by build_image; the deploy script runs it instead of building
+    network: TestNetwork  # the deploy script keeps it (same subnets and gateways)
     cert_root: Path
     volume: str
     settings: postfix.PostfixSettings
@@ -323,94 +326,65 @@ class RelaySpec:
     dkim_keys: dict[str, str]
     port_587: int
     port_465: int | None = None
-    secrets_host_dir: Path | None = None  # None: deliver secrets with docker cp (uploads)
+    secrets_host_dir: Path | None = None  # default: <tmp>/<name>/secrets
     cert_poll_seconds: int = 0
     publish_v4: str = "127.0.0.1"
     publish_v6: str = "::1"
+    # Not used: Docker picks the relay's addresses on the network, as in production.
+    ip4: str | None = None
+    ip6: str | None = None
 
 
-def secret_digest(files: dict[str, str]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(files):
-        h.update(k.encode() + b"\0" + files[k].encode() + b"\0")
-    return h.hexdigest()
-
-
-def _copy_tree_into(container: str, files: dict[str, str], dest: str, tmp: Path) -> None:
-    """Deliver files like pulumi-docker's `uploads`: written before the container starts."""
-    staging = tmp / f"stage-{uuid.uuid4().hex}"
-    for rel, content in files.items():
-        p = staging / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-    docker("cp", f"{staging}/.", f"{container}:{dest}")
-    for p in sorted(staging.rglob("*"), reverse=True):
-        p.unlink() if p.is_file() else p.rmdir()
-    staging.rmdir()
-
-
-def write_secrets_dir(root: Path, files: dict[str, str]) -> None:
-    """The layout the host component writes: 0700 dirs, 0600 files, root-owned."""
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for rel, content in files.items():
-        p = root / rel
-        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
+def run_script(script: str, stdin: str) -> str:
+    """Runs a target script on this machine as SmtpRelay's local engine does."""
+    proc = subprocess.run(
+        ["bash", "-c", script, "dkim-relay"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"script exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
+            f"stderr:\n{proc.stderr[-4000:]}"
+        )
+    return proc.stdout
 
 
 def start_relay(spec: RelaySpec, tmp: Path) -> str:
-    """docker create + deliver files + start, as the SmtpRelay component does."""
+    """A fresh relay container, deployed as SmtpRelay deploys it on this machine: the
+    secrets step writes the key files, then the production deploy script (payload of
+    relay/ and the rendered config on stdin) runs the container and waits for health."""
     docker("rm", "-f", spec.name, check=False)
-    config = postfix.render_config(spec.settings)
-    secrets = postfix.render_secrets(spec.settings.domain, spec.dkim_keys, spec.passwords)
-    args = [
-        "create",
-        "--name",
-        spec.name,
-        "--network",
-        spec.network.name,
-        "--ip",
-        spec.ip4,
-        "--ip6",
-        spec.ip6,
-        "--hostname",
-        spec.settings.relay_host,
-        "--label",
-        f"dkim-relay.secrets-sha256={secret_digest(secrets)}",
-        "-e",
-        f"RELAY_CERT_POLL_SECONDS={spec.cert_poll_seconds}",
-        "-v",
-        f"{spec.volume}:/var/spool/postfix",
-        "-v",
-        f"{spec.cert_root}:{postfix.CERT_MOUNT}:ro",
-        "--log-opt",
-        "max-size=10m",
-        "--log-opt",
-        "max-file=3",
-        "-p",
-        f"{spec.publish_v4}:{spec.port_587}:587",
-        "-p",
-        f"[{spec.publish_v6}]:{spec.port_587}:587",
-    ]
-    if spec.port_465 is not None:
-        args += [
-            "-p",
-            f"{spec.publish_v4}:{spec.port_465}:465",
-            "-p",
-            f"[{spec.publish_v6}]:{spec.port_465}:465",
-        ]
-    if spec.secrets_host_dir is not None:
-        write_secrets_dir(spec.secrets_host_dir, secrets)
-        args += ["-v", f"{spec.secrets_host_dir}:{postfix.SECRETS_DIR}:ro"]
-    docker(*args, spec.image)
-    _copy_tree_into(spec.name, config, postfix.CONFIG_DIR, tmp)
-    if spec.secrets_host_dir is None:
-        _copy_tree_into(spec.name, secrets, postfix.SECRETS_DIR, tmp)
-    docker("start", spec.name)
+    base = tmp / spec.name
+    secrets_dir = spec.secrets_host_dir or base / "secrets"
+    files = postfix.render_secrets(spec.settings.domain, spec.dkim_keys, spec.passwords)
+    run_script(hs.render_secrets(str(secrets_dir)), hs.secrets_stdin(files))
+    payload = rd.make_payload(rd.read_tree(rd.RELAY_DIR), postfix.render_config(spec.settings))
+    docker("tag", spec.image, rd.image_tag(TEST_IMAGE_REPO, payload.build_hash))
+    deploy = rd.RelaySpec(
+        work_dir=str(base / "work"),
+        relay_host=spec.settings.relay_host,
+        secrets_dir=str(secrets_dir),
+        cert_dir=str(spec.cert_root),
+        container_name=spec.name,
+        network_name=spec.network.name,
+        volume_name=spec.volume,
+        image_repo=TEST_IMAGE_REPO,
+        publish_ipv4=spec.publish_v4,
+        publish_ipv6=spec.publish_v6,
+        submission_host_port=spec.port_587,
+        submissions_465=spec.port_465 is not None,
+        submissions_host_port=spec.port_465 or 465,
+        ipv4_subnet=spec.network.v4_subnet,
+        ipv6_subnet=spec.network.v6_subnet,
+        cert_poll_seconds=spec.cert_poll_seconds,
+        health_timeout=120,
+    )
+    out = run_script(rd.render_relay_deploy(deploy, payload), payload.stdin)
+    if f"network {spec.network.name}" in out:
+        raise AssertionError(f"the deploy script touched the test network:\n{out}")
     return spec.name
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +13,8 @@ import pytest
 from pulumi_command import remote
 
 from components import host as host_mod
-from pure import host_scripts as hs
 from components.host import RelayHost, RelayHostArgs, SshTarget
+from pure import host_scripts as hs
 from tests.pulumi_harness import Registered, strip_secrets, unwrap
 
 SSH_KEY = (
@@ -23,6 +24,7 @@ SSH_KEY = (
 DKIM_KEY = "-----BEGIN PRIVATE KEY-----\nZGtpbS1zZWNyZXQtbW9jaw==\n-----END PRIVATE KEY-----\n"
 PASSWORD = "smtp-secret-mock-9f8e7d"
 SECRET_STRINGS = ("c3NoLWtleS1zZWNyZXQtbW9jaw", "ZGtpbS1zZWNyZXQtbW9jaw", PASSWORD)
+GENERATION = "00112233445566778899aabbccddeeff"
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockHostKeyMockHostKeyMockHostKeyMock"
 
 
@@ -46,7 +48,10 @@ class Mocks(pulumi.runtime.Mocks):
         self.world.resources.append(Registered(args.typ, args.name, dict(args.inputs)))
         outs = dict(args.inputs)
         if args.typ == "command:remote:Command":
-            outs.setdefault("stdout", "dkim-relay: no change")
+            out = "dkim-relay: no change"
+            if args.name.endswith("-secrets"):
+                out = f"dkim-relay[secrets]: key files changed\n{hs.GENERATION_PREFIX}{GENERATION}"
+            outs.setdefault("stdout", out)
             outs.setdefault("stderr", "")
         return f"{args.name}-id", outs
 
@@ -122,7 +127,8 @@ def test_component_type_and_children(monkeypatch: pytest.MonkeyPatch) -> None:
     assert results["secrets_dir"] == hs.SECRETS_DIR
     assert results["docker_ready"] == "ready" and results["cert_ready"] == "ready"
     assert results["firewall_ports"] == ["2222/tcp", "587/tcp"]
-    assert results["revision.secret"] is True and len(results["revision"]) == 64
+    # The secrets step's generation: random per run, not derived from the key files.
+    assert results["revision.secret"] is False and results["revision"] == GENERATION
 
 
 def test_ordering(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,6 +181,8 @@ def test_no_secret_in_command_lines_or_plain_inputs(monkeypatch: pytest.MonkeyPa
     assert all(v for k, v in results.items() if k.endswith(".key.secret"))
     kw = world.kwargs["vps-secrets"]
     assert kw["logging"] == remote.Logging.NONE
+    create = shlex.split(world.named("vps-secrets").inputs["create"])
+    assert create == ["bash", "-c", hs.render_secrets(), "dkim-relay"]
     assert {"stdin", "stdout", "stderr"} <= set(kw["opts"].additional_secret_outputs)
     for name in ("vps-preflight", "vps-firewall", "vps-docker", "vps-certificate"):
         assert "stdin" not in world.named(name).inputs
@@ -191,6 +199,7 @@ def test_without_secret_files_no_secrets_step(monkeypatch: pytest.MonkeyPatch) -
     world, _, results = build(monkeypatch, secret_files=None)
     assert "vps-secrets" not in world.kwargs
     assert results["secrets_dir"] == hs.SECRETS_DIR
+    assert results["revision"] == "none"
 
 
 def test_preflight_runs_on_up_not_preview(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,8 @@
 """End to end: the real relay image on a real Docker engine (started by
-scripts/docker-engine.sh from a fixture), a throwaway CA, a DKIM key from
-components/dkim.py, and an aiosmtpd sink on the test network's gateway.
+scripts/docker-engine.sh from a fixture), deployed by the production scripts (the
+secrets step and the relay's deploy script, see tests/relay_support.py), a throwaway
+CA, a DKIM key from components/dkim.py, and an aiosmtpd sink on the test network's
+gateway.
 
 Clients reach the relay through its published ports on 127.0.0.1 and [::1] (as Gmail
 reaches the VPS's IPv4 and IPv6); the relay delivers to the sink through `relayhost`.
@@ -86,7 +88,6 @@ def relay_running(
     dkim_pem: str,
     workdir: Path,
     *,
-    octet: int,
     sink_port: int,
     port_587: int,
     port_465: int | None = None,
@@ -106,8 +107,6 @@ def relay_running(
         name=name,
         image=IMAGE,
         network=net,
-        ip4=NET_V4.replace(".0/24", f".{octet}"),
-        ip6=NET_V6.replace("::/64", f"::{octet}"),
         cert_root=ca.root,
         volume=f"{name}-queue",
         settings=settings,
@@ -146,7 +145,6 @@ def relay(
         ca,
         dkim_pem,
         workdir,
-        octet=10,
         sink_port=2525,
         port_587=rs.free_port(),
         port_465=rs.free_port(),
@@ -240,7 +238,11 @@ def test_signed_mail_over_implicit_tls_465(
             subject,
             implicit_tls=True,
         )
-        rs.wait_for("message at the sink", lambda s=subject: len(find(sink, s)) == 1, 60)
+
+        def arrived(s: str = subject) -> bool:
+            return len(find(sink, s)) == 1
+
+        rs.wait_for("message at the sink", arrived, 60)
         assert dkim.verify(find(sink, subject)[0].data, dnsfunc=rs.dnsfunc_for(dns))
 
 
@@ -516,7 +518,7 @@ def test_no_mail_lost_across_recreation_with_sink_down(
     net: rs.TestNetwork, ca: rs.TestCA, dkim_pem: str, workdir: Path, dns: dict[str, str]
 ) -> None:
     sink = rs.Sink(net.v4_gateway, 2526)  # not started: the recipient's MX is down
-    secrets_dir = workdir / "host-secrets"  # the VPS path: host dir, bind-mounted read-only
+    secrets_dir = workdir / "host-secrets"  # the key files stay on the host across recreation
     ctx = ca.client_context()
     ctx.check_hostname = False
     subjects = [unique_subject() for _ in range(5)]
@@ -526,7 +528,6 @@ def test_no_mail_lost_across_recreation_with_sink_down(
         ca,
         dkim_pem,
         workdir,
-        octet=11,
         sink_port=2526,
         port_587=rs.free_port(),
         secrets_host_dir=secrets_dir,
@@ -599,7 +600,6 @@ def test_renewed_cert_served_after_reload_and_queue_kept(
         ca,
         dkim_pem,
         workdir,
-        octet=12,
         sink_port=2527,
         port_587=rs.free_port(),
         cert_poll_seconds=1,
@@ -648,7 +648,6 @@ def test_reload_refuses_missing_cert(net: rs.TestNetwork, dkim_pem: str, workdir
         ca,
         dkim_pem,
         workdir,
-        octet=13,
         sink_port=2528,
         port_587=rs.free_port(),
     ) as spec:
@@ -673,7 +672,6 @@ def test_healthy_then_unhealthy_when_opendkim_dies(
         ca,
         dkim_pem,
         workdir,
-        octet=14,
         sink_port=2529,
         port_587=rs.free_port(),
     ) as spec:
@@ -694,7 +692,6 @@ def test_unhealthy_when_the_submission_service_cannot_start(
         ca,
         dkim_pem,
         workdir,
-        octet=15,
         sink_port=2530,
         port_587=rs.free_port(),
     ) as spec:
