@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Source me:  source scripts/pulumi-env.sh
 # The Pulumi environment that scripts/pulumi-toolchain.sh chose (the official CLI on
-# PATH, or the engine it built from source, with plugin downloads off), plus a local
-# file backend inside the project with the passphrase secrets provider.
+# PATH, or the engine it built from source, with plugin downloads off), plus, unless
+# another backend is chosen, a local file backend inside the project with the
+# passphrase secrets provider.
 # The passphrase lives in a 0600 file under .pulumi-state (git-ignored); it is
 # never put in the environment or on a command line: only its path is.
 # Builds nothing (run scripts/pulumi-toolchain.sh for that).
@@ -16,7 +17,11 @@ if [[ -f "$_dkr_cache/toolchain.env" ]]; then
 else
   echo "pulumi-env: run scripts/pulumi-toolchain.sh first (it finds or builds the Pulumi CLI)" >&2
 fi
-export PULUMI_BACKEND_URL="file://$_dkr_repo/.pulumi-state"
+# The local folder, unless a backend was chosen already (Pulumi Cloud after `pulumi login`
+# is left alone too: PULUMI_ACCESS_TOKEN set; an s3:// bucket: PULUMI_BACKEND_URL set).
+if [[ -z "${PULUMI_BACKEND_URL:-}" && -z "${PULUMI_ACCESS_TOKEN:-}" ]]; then
+  export PULUMI_BACKEND_URL="file://$_dkr_repo/.pulumi-state"
+fi
 
 # Passphrase file: created once, random, mode 0600, inside the ignored state folder.
 (

@@ -33,6 +33,7 @@ TIERS = {
     "test_relay_hardening": "e2e",
     "test_verify_e2e": "e2e",
     "test_verify_relay_e2e": "e2e",
+    "test_backends": "engine",
     "test_engine": "engine",
     "test_engine_vps": "engine",
     "test_host_pulumi": "engine",
