@@ -38,9 +38,9 @@ exit status:
 
 alert: with --alert-webhook URL (or ${WEBHOOK_ENV}), one Slack-compatible
 {{"text": ...}} message naming each failing or warning check is posted when anything
-fails or warns (also when nothing could be checked), never when all pass. It holds
-no password. Prefer the environment variable: a URL on the command line is visible
-to other users of the machine.
+fails or warns (also when nothing could be checked), never when all pass; the post
+waits at most --timeout seconds. It holds no password. Prefer the environment
+variable: a URL on the command line is visible to other users of the machine.
 """
 
 
