@@ -8,7 +8,8 @@ set -euo pipefail
 url="${PULUMI_BACKEND_URL:-}"
 if [[ -n "${url}" ]]; then
   missing=()
-  [[ -n "${PULUMI_CONFIG_PASSPHRASE:-}" ]] || missing+=(PULUMI_CONFIG_PASSPHRASE)
+  [[ -n "${PULUMI_CONFIG_PASSPHRASE:-}${PULUMI_CONFIG_PASSPHRASE_FILE:-}" ]] \
+    || missing+=(PULUMI_CONFIG_PASSPHRASE)
   if [[ "${url}" == s3://* ]]; then
     [[ -n "${AWS_ACCESS_KEY_ID:-}" ]] || missing+=(AWS_ACCESS_KEY_ID)
     [[ -n "${AWS_SECRET_ACCESS_KEY:-}" ]] || missing+=(AWS_SECRET_ACCESS_KEY)

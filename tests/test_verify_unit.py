@@ -381,6 +381,11 @@ def test_bin_script_runs_from_any_directory_and_through_a_symlink(tmp_path: Path
     assert res.returncode == 3 and "no command" in res.stderr
 
 
+def test_bin_script_is_shellcheck_clean() -> None:
+    res = subprocess.run(["shellcheck", str(BIN)], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stdout
+
+
 def test_the_old_module_path_is_gone() -> None:
     assert not (REPO / "components" / "verify.py").exists()
     assert not (REPO / "components" / "dmarc_reports.py").exists()

@@ -4,7 +4,7 @@ verify command that the end-to-end tests run.
 
 actionlint is built by scripts/setup.d/40-actionlint.sh; a missing binary fails here.
 The backend script's login and the health check's verify step run for real with the
-Pulumi engine on a local file:// backend (run this file under the heavy-test lock).
+Pulumi engine on a local file:// backend (those two tests are in the engine tier).
 """
 
 from __future__ import annotations
@@ -184,13 +184,21 @@ def test_backend_script_names_the_choice_or_what_is_missing(
     assert "XYZ" not in res.stdout + res.stderr  # no secret is echoed
 
 
+def passphrase_file(tmp_path: Path) -> str:
+    f = tmp_path / "passphrase"
+    f.write_text("correct horse battery staple\n")
+    f.chmod(0o600)
+    return str(f)
+
+
+@pytest.mark.engine
 def test_backend_script_logs_in_to_a_self_managed_url(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
     env = {
         "PULUMI_HOME": str(tmp_path / "home"),
         "PULUMI_BACKEND_URL": f"file://{state}",
-        "PULUMI_CONFIG_PASSPHRASE": "correct horse",
+        "PULUMI_CONFIG_PASSPHRASE_FILE": passphrase_file(tmp_path),
     }
     res = backend(env, "login")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -255,6 +263,7 @@ def test_health_check_schedule_dispatch_drift_and_permissions() -> None:
     assert len(install) == 1 and "command" not in install[0]["with"]  # the CLI only
 
 
+@pytest.mark.engine
 def test_health_check_steps_fail_when_the_stack_outputs_cannot_be_read(tmp_path: Path) -> None:
     """The login and verify steps, run as GitHub runs them, on a stack that is not there."""
     state = tmp_path / "state"
@@ -264,7 +273,7 @@ def test_health_check_steps_fail_when_the_stack_outputs_cannot_be_read(tmp_path:
         "HOME": os.environ["HOME"],
         "PULUMI_HOME": str(tmp_path / "home"),
         "PULUMI_BACKEND_URL": f"file://{state}",
-        "PULUMI_CONFIG_PASSPHRASE": "correct horse",
+        "PULUMI_CONFIG_PASSPHRASE_FILE": passphrase_file(tmp_path),
         "PULUMI_STACK": "no-such-stack",
         "DKIM_RELAY_ALERT_WEBHOOK": "",
     }
