@@ -33,7 +33,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 # ---- defaults ----------------------------------------------------------------------
-LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+DEFAULT_ACME_SERVER = "https://acme-v02.api.letsencrypt.org/directory"
 DEFAULT_DKIM_SELECTOR = "relay"
 DEFAULT_CONTAINER_NAME = "dkim-relay"
 DEFAULT_SMTP_PORT = 587
@@ -43,24 +43,24 @@ DkimKeyBits = Literal[2048, 3072, 4096]
 ALLOWED_KEY_BITS: tuple[int, ...] = get_args(DkimKeyBits)
 
 CLOUDFLARE_EMAIL_ROUTING_SPF = "include:_spf.mx.cloudflare.net"
-SECRET_KEYS = ("sshPrivateKey", "smtpPasswords")
 # RFC 7208 4.6.4: terms that cost a DNS lookup; more than 10 is a permerror.
 SPF_LOOKUP_TERMS = ("include:", "exists:", "redirect=", "a:", "a/", "mx:", "mx/", "ptr:")
 SPF_LOOKUP_LIMIT = 10
 
 # ---- patterns (Python `re` syntax; the model validates with the same engine) --------
+# Anchored with \Z, not $: `$` also matches before a final newline.
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 # One DNS label: a DKIM selector, or one part of a host name.
-DNS_LABEL_PATTERN = rf"^{_LABEL}$"
+DNS_LABEL_PATTERN = rf"^{_LABEL}\Z"
 # A fully qualified host name: two labels at least, the last not all digits (so not an
 # IPv4 address), 253 characters at most, an optional final dot.
-HOSTNAME_PATTERN = rf"^(?=.{{1,253}}\.?$)(?:{_LABEL}\.)+(?!\d+\.?$){_LABEL}\.?$"
-CONTAINER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-SMTP_USER_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+HOSTNAME_PATTERN = rf"^(?=.{{1,253}}\.?\Z)(?:{_LABEL}\.)+(?!\d+\.?\Z){_LABEL}\.?\Z"
+CONTAINER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z"
+SMTP_USER_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}\Z"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\Z"
 # RFC 7489 6.2: a mailto: URI, optionally with a size limit such as !10m.
-MAILTO_PATTERN = r"^mailto:[^@\s!]+@[^@\s!]+(?:![0-9]+[kmgtKMGT]?)?$"
-NEXTHOP_PATTERN = r"^(?:\[[A-Za-z0-9.:-]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
+MAILTO_PATTERN = r"^mailto:[^@\s!]+@[^@\s!]+(?:![0-9]+[kmgtKMGT]?)?\Z"
+NEXTHOP_PATTERN = r"^(?:\[[A-Za-z0-9.:-]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z"
 
 
 # ---- value types ---------------------------------------------------------------------
@@ -257,7 +257,7 @@ class RelayConfig(BaseModel):
     ssh_port: Port = _ex(22, 22)
     ssh_host_key: str | None = _ex("ssh-ed25519 AAAA...", None)
     acme_email: EmailAddress | None = _ex("you@example.com", None)
-    acme_server: str = _ex(LETS_ENCRYPT, LETS_ENCRYPT)
+    acme_server: str = _ex(DEFAULT_ACME_SERVER, DEFAULT_ACME_SERVER)
     acme_extra_names: list[Hostname] = _ex("mail.example.com", default_factory=list)
     acme_ca_bundle: str | None = _ex("/etc/ssl/certs/test-ca.pem", None)
     tls_cert_dir: str | None = _ex(".local/letsencrypt", None)

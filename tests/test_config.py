@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,8 @@ import pytest
 import yaml
 
 from pure.config import (
+    DNS_LABEL_PATTERN,
+    HOSTNAME_PATTERN,
     ConfigError,
     RelayConfig,
     config_keys,
@@ -48,6 +51,8 @@ BAD_CASES = [
     ("relayHost", {"relayHost": "smtp.other.org"}, "outside example.com"),
     ("dkimSelector", {"dkimSelector": "bad_selector!"}, "not a valid DNS label"),
     ("dkimSelector", {"dkimSelector": "-lead"}, "not a valid DNS label"),
+    ("dkimSelector", {"dkimSelector": "relay\n"}, "not a valid DNS label"),
+    ("domain", {"domain": "example.com\n"}, "not a fully qualified domain name"),
     ("vpsIpv4", {"vpsIpv4": "203.0.113.999"}, "not an IPv4 address"),
     ("vpsIpv4", {"vpsIpv4": "2001:db8::1"}, "IPv6 address goes in vpsIpv6"),
     ("vpsIpv6", {"vpsIpv6": "203.0.113.7"}, "IPv4 address goes in vpsIpv4"),
@@ -101,6 +106,31 @@ def test_each_bad_input_names_its_key(key: str, change: dict[str, Any], expected
     found = problems(**change)
     assert key in found, found
     assert expected in found[key]
+
+
+@pytest.mark.parametrize(
+    ("name", "host", "label"),
+    [
+        ("example.com", True, False),
+        ("smtp.Example.COM.", True, False),
+        ("xn--bcher-kva.example", True, False),
+        ("relay", False, True),
+        ("r2024-a", False, True),
+        ("a" * 63, False, True),
+        ("a" * 64, False, False),
+        ("-lead.example.com", False, False),
+        ("trail-", False, False),
+        ("under_score.example.com", False, False),
+        ("192.0.2.1", False, False),
+        ("a." * 126 + "com", False, False),  # 255 characters
+        ("example.com\n", False, False),
+        ("", False, False),
+    ],
+)
+def test_shared_patterns(name: str, host: bool, label: bool) -> None:
+    # Other modules check names with these patterns through `re`, so test them that way.
+    assert bool(re.match(HOSTNAME_PATTERN, name)) is host
+    assert bool(re.match(DNS_LABEL_PATTERN, name)) is label
 
 
 def test_spf_lookups_count_email_routing_include() -> None:
