@@ -172,13 +172,11 @@ class ConfigError(Exception):
         )
 
 
-def _ex(example: Any, default: Any = ..., **kw: Any) -> Any:
-    """A field whose `example` is what the fix in an error message sets."""
-    return Field(default, examples=[example], **kw)
-
-
 class RelayConfig(BaseModel):
-    """Every key of the `dkim-relay:` config namespace (camelCase in the stack file)."""
+    """Every key of the `dkim-relay:` config namespace (camelCase in the stack file).
+
+    Each field's example is the value an error message's `pulumi config set` fix uses.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -188,13 +186,13 @@ class RelayConfig(BaseModel):
     )
 
     # Identity and DNS
-    domain: Hostname = _ex("example.com", description="the domain you send mail from")
-    relay_host: Hostname | None = _ex("smtp.example.com", None)
+    domain: Hostname = Field(description="the domain you send mail from", examples=["example.com"])
+    relay_host: Hostname | None = Field(None, examples=["smtp.example.com"])
     vps_ipv4: Annotated[
         str,
         _valid_as(IPv4Address),
         _explained("is not an IPv4 address (an IPv6 address goes in vpsIpv6)"),
-    ] = _ex("203.0.113.25", description="the VPS's public IPv4 address")
+    ] = Field(description="the VPS's public IPv4 address", examples=["203.0.113.25"])
     vps_ipv6: (
         Annotated[
             str,
@@ -202,23 +200,23 @@ class RelayConfig(BaseModel):
             _explained("is not an IPv6 address (the IPv4 address goes in vpsIpv4)"),
         ]
         | None
-    ) = _ex("2001:db8::25", None)
+    ) = Field(None, examples=["2001:db8::25"])
     dns_provider: Annotated[
         Literal["cloudflare", "manual"], _explained("is not cloudflare or manual")
-    ] = _ex("manual", "manual")
-    cloudflare_zone_id: str | None = _ex("<zone id>", None)
-    cloudflare_account_id: str | None = _ex("<account id>", None)
-    dkim_selector: DnsLabel = _ex("relay2026", DEFAULT_DKIM_SELECTOR)
-    dkim_retired_selectors: list[DnsLabel] = _ex("relay", default_factory=list)
+    ] = Field("manual", examples=["manual"])
+    cloudflare_zone_id: str | None = Field(None, examples=["<zone id>"])
+    cloudflare_account_id: str | None = Field(None, examples=["<account id>"])
+    dkim_selector: DnsLabel = Field(DEFAULT_DKIM_SELECTOR, examples=["relay2026"])
+    dkim_retired_selectors: list[DnsLabel] = Field(default_factory=list, examples=["relay"])
     dkim_key_bits: Annotated[
         DkimKeyBits,
         _explained(
             "is not an allowed RSA key size: use 2048, 3072 or 4096 (receivers treat keys "
             "under 2048 bits as weak)"
         ),
-    ] = _ex(2048, 2048)
-    dmarc_policy: Annotated[Policy, _explained("is not one of none, quarantine, reject")] = _ex(
-        "quarantine", "none"
+    ] = Field(2048, examples=[2048])
+    dmarc_policy: Annotated[Policy, _explained("is not one of none, quarantine, reject")] = Field(
+        "none", examples=["quarantine"]
     )
     dmarc_subdomain_policy: (
         Annotated[
@@ -228,46 +226,48 @@ class RelayConfig(BaseModel):
             ),
         ]
         | None
-    ) = _ex("quarantine", None)
+    ) = Field(None, examples=["quarantine"])
     dmarc_pct: Annotated[
         int, Field(strict=True, ge=0, le=100), _explained("is outside 0-100 (a percentage)")
-    ] = _ex(100, 100)
-    dmarc_rua: list[MailtoUri] = _ex("mailto:dmarc@example.com", default_factory=list)
-    dmarc_ruf: list[MailtoUri] = _ex("mailto:dmarc@example.com", default_factory=list)
+    ] = Field(100, examples=[100])
+    dmarc_rua: list[MailtoUri] = Field(default_factory=list, examples=["mailto:dmarc@example.com"])
+    dmarc_ruf: list[MailtoUri] = Field(default_factory=list, examples=["mailto:dmarc@example.com"])
     dmarc_alignment: Annotated[
         Literal["relaxed", "strict"], _explained("is not relaxed or strict")
-    ] = _ex("relaxed", "relaxed")
-    spf_extra: list[SpfTerm] = _ex("include:_spf.google.com", default_factory=list)
-    spf_all: Annotated[Literal["~all", "-all"], _explained("is not ~all or -all")] = _ex(
-        "~all", "~all"
+    ] = Field("relaxed", examples=["relaxed"])
+    spf_extra: list[SpfTerm] = Field(default_factory=list, examples=["include:_spf.google.com"])
+    spf_all: Annotated[Literal["~all", "-all"], _explained("is not ~all or -all")] = Field(
+        "~all", examples=["~all"]
     )
-    forward_to: EmailAddress | None = _ex("me@gmail.com", None)
+    forward_to: EmailAddress | None = Field(None, examples=["me@gmail.com"])
     dns_ttl: Annotated[
         Literal[1] | Annotated[int, Field(strict=True, ge=60, le=86400)],
         _explained("is not a TTL Cloudflare accepts: 1 (automatic) or 60 to 86400 seconds"),
-    ] = _ex(3600, 3600)
+    ] = Field(3600, examples=[3600])
 
     # Where the relay runs
-    deploy_target: Annotated[Literal["vps", "local"], _explained("is not vps or local")] = _ex(
-        "vps", "vps"
+    deploy_target: Annotated[Literal["vps", "local"], _explained("is not vps or local")] = Field(
+        "vps", examples=["vps"]
     )
-    docker_host: str | None = _ex("ssh://root@203.0.113.25", None)
-    ssh_host: str | None = _ex("203.0.113.25", None)
-    ssh_user: str = _ex("root", "root")
-    ssh_port: Port = _ex(22, 22)
-    ssh_host_key: str | None = _ex("ssh-ed25519 AAAA...", None)
-    acme_email: EmailAddress | None = _ex("you@example.com", None)
-    acme_server: str = _ex(DEFAULT_ACME_SERVER, DEFAULT_ACME_SERVER)
-    acme_extra_names: list[Hostname] = _ex("mail.example.com", default_factory=list)
-    acme_ca_bundle: str | None = _ex("/etc/ssl/certs/test-ca.pem", None)
-    tls_cert_dir: str | None = _ex(".local/letsencrypt", None)
+    docker_host: str | None = Field(None, examples=["ssh://root@203.0.113.25"])
+    ssh_host: str | None = Field(None, examples=["203.0.113.25"])
+    ssh_user: str = Field("root", examples=["root"])
+    ssh_port: Port = Field(22, examples=[22])
+    ssh_host_key: str | None = Field(None, examples=["ssh-ed25519 AAAA..."])
+    acme_email: EmailAddress | None = Field(None, examples=["you@example.com"])
+    acme_server: str = Field(DEFAULT_ACME_SERVER, examples=[DEFAULT_ACME_SERVER])
+    acme_extra_names: list[Hostname] = Field(default_factory=list, examples=["mail.example.com"])
+    acme_ca_bundle: str | None = Field(None, examples=["/etc/ssl/certs/test-ca.pem"])
+    tls_cert_dir: str | None = Field(None, examples=[".local/letsencrypt"])
 
     # The relay
-    smtp_users: Annotated[list[SmtpUser], Field(min_length=1)] = _ex(
-        "gmail", default_factory=lambda: ["gmail"], description="one user at least, for Gmail"
+    smtp_users: Annotated[list[SmtpUser], Field(min_length=1)] = Field(
+        default_factory=lambda: ["gmail"],
+        description="one user at least, for Gmail",
+        examples=["gmail"],
     )
-    smtp_port: Port = _ex(DEFAULT_SMTP_PORT, DEFAULT_SMTP_PORT)
-    submissions465: StrictBool = _ex(True, False)
+    smtp_port: Port = Field(DEFAULT_SMTP_PORT, examples=[DEFAULT_SMTP_PORT])
+    submissions465: StrictBool = Field(False, examples=[True])
     relay_nexthop: (
         Annotated[
             str,
@@ -275,14 +275,18 @@ class RelayConfig(BaseModel):
             _explained("is not a next hop such as [mail.example.net]:25"),
         ]
         | None
-    ) = _ex("[smarthost.example.net]:587", None)
+    ) = Field(None, examples=["[smarthost.example.net]:587"])
     relay_container_name: Annotated[
         str,
         Field(pattern=CONTAINER_NAME_PATTERN),
         _explained("is not a container name (1-63 letters, digits, _ . -)"),
-    ] = _ex(DEFAULT_CONTAINER_NAME, DEFAULT_CONTAINER_NAME)
-    relay_ipv4_subnet: Ipv4Subnet = _ex(DEFAULT_RELAY_IPV4_SUBNET, DEFAULT_RELAY_IPV4_SUBNET)
-    relay_ipv6_subnet: Ipv6Subnet = _ex(DEFAULT_RELAY_IPV6_SUBNET, DEFAULT_RELAY_IPV6_SUBNET)
+    ] = Field(DEFAULT_CONTAINER_NAME, examples=[DEFAULT_CONTAINER_NAME])
+    relay_ipv4_subnet: Ipv4Subnet = Field(
+        DEFAULT_RELAY_IPV4_SUBNET, examples=[DEFAULT_RELAY_IPV4_SUBNET]
+    )
+    relay_ipv6_subnet: Ipv6Subnet = Field(
+        DEFAULT_RELAY_IPV6_SUBNET, examples=[DEFAULT_RELAY_IPV6_SUBNET]
+    )
 
     @field_validator("dkim_retired_selectors")
     @classmethod

@@ -192,6 +192,7 @@ def test_pulumi_yaml_declares_every_key_with_the_model_default() -> None:
         spec = declared[key]
         assert spec.get("description"), key
         assert spec["type"] == types[key], key
+        assert field.examples, f"{key}: error messages take their fix from the example"
         if field.is_required():
             assert "default" not in spec, key
             continue
