@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from components.config import load_config
 from components.dkim import dkim_txt_value, generate_private_key_pem
 from components.dns import Record, build_records, zone_snippet
+from pure.config import load_config
 from tests.verify_support import (
     REPO,
     HealthRun,

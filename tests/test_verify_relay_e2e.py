@@ -25,9 +25,9 @@ import dns.resolver
 import pytest
 
 from components import postfix
-from components.config import load_config
 from components.dkim import dkim_txt_value, generate_private_key_pem
 from components.dns import build_records, zone_snippet
+from pure.config import load_config
 from tests import relay_support as rs
 from tests.verify_support import REPO, Nsd, free_port, health_check, webhook, zone_file
 
