@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pulumi
 
 from components import postfix
-from components.config import ConfigError, RelayConfig, config_keys, load_config, raw_from_strings
 from components.credentials import SmtpCredentials, SmtpCredentialsArgs
 from components.dkim import DkimKey, DkimKeyArgs
 from components.dns import MailDns, MailDnsArgs
@@ -17,6 +17,7 @@ from components.guide import render_from_outputs
 from components.host import RelayHost, RelayHostArgs
 from components.relay import LocalEngine, RemoteEngine, SmtpRelay, SmtpRelayArgs, SmtpUserSpec
 from components.sink import LocalSink, LocalSinkArgs
+from pure.config import ConfigError, RelayConfig, config_types, load_config
 
 PROJECT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 
@@ -45,9 +46,25 @@ def _lookup_zone(raw: dict[str, Any]) -> None:
         raw.setdefault("cloudflareAccountId", zone.account.id)
 
 
+# Pulumi's getter for each JSON type the model declares (Pulumi.yaml declares the same).
+GETTERS: dict[str, Callable[[pulumi.Config, str], Any]] = {
+    "string": pulumi.Config.get,
+    "integer": pulumi.Config.get_int,
+    "boolean": pulumi.Config.get_bool,
+    "array": pulumi.Config.get_object,
+}
+
+
 def read_config() -> tuple[RelayConfig, pulumi.Config]:
     config = pulumi.Config()
-    raw = raw_from_strings({key: config.get(key) for key in config_keys()})
+    raw: dict[str, Any] = {}
+    for key, kind in config_types().items():
+        try:
+            value = GETTERS[kind](config, key)
+        except pulumi.ConfigTypeError:
+            value = config.get(key)  # as written, for validation to say what is wrong
+        if value not in (None, ""):  # "" is Pulumi.yaml's "not set"
+            raw[key] = value
     _lookup_zone(raw)
     secrets_set = {"sshPrivateKey"} if config.get_secret("sshPrivateKey") is not None else set()
     try:

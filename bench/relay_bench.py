@@ -14,6 +14,7 @@ import argparse
 import re
 import smtplib
 import socket
+import ssl
 import sys
 import tempfile
 import time
@@ -45,10 +46,10 @@ def banner_ready(port: int) -> bool:
         return False
 
 
-def throughput(port: int, ctx: object, n: int) -> float:
+def throughput(port: int, ctx: ssl.SSLContext, n: int) -> float:
     msg = rs.make_message("bench@example.com", "sink@other.test", "bench")
     with smtplib.SMTP("127.0.0.1", port, local_hostname="bench.test", timeout=60) as s:
-        s.starttls(context=ctx)  # type: ignore[arg-type]
+        s.starttls(context=ctx)
         s.login("bench@example.com", PASSWORD)
         for _ in range(5):  # warm up: milter connection, smtpd caches
             s.sendmail("bench@example.com", ["sink@other.test"], msg)

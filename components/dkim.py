@@ -16,7 +16,8 @@ import pulumi.dynamic
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-ALLOWED_KEY_BITS = (2048, 3072, 4096)
+from pure.config import ALLOWED_KEY_BITS
+
 TXT_CHUNK = 255  # RFC 1035: one character-string holds at most 255 octets
 
 

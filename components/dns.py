@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 
 import pulumi
 
-from components.config import RelayConfig
 from components.dkim import txt_content
+from pure.config import RelayConfig
 
 COMMENT = "managed by dkim-relay (pulumi)"
 

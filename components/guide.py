@@ -171,8 +171,8 @@ def render_guide(inp: GuideInput) -> str:
         (
             "4. If DKIM shows a different domain (such as `gmail.com`) or FAIL, the mail did "
             "not go through the relay or the DKIM record does not match: run "
-            "`python -m components.verify` with the stack outputs "
-            f"(`pulumi stack output{stack} --json --show-secrets | python -m components.verify`)."
+            "`bin/dkim-relay verify` with the stack outputs "
+            f"(`pulumi stack output{stack} --json --show-secrets | bin/dkim-relay verify`)."
         ),
         "",
         "## Keep this guide",

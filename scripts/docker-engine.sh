@@ -2,7 +2,7 @@
 # Bring up a local Docker engine for dkim-relay's tests and local stacks, idempotently:
 #   1. install Debian's docker.io and debootstrap if missing (no registry is needed);
 #   2. merge IPv6 settings into /etc/docker/daemon.json (ip6tables: native IPv6 NAT,
-#      replaces the seed's robbertkl/ipv6nat; a ULA fixed-cidr-v6 for the default bridge);
+#      replaces the robbertkl/ipv6nat container of hand-made setups; a ULA fixed-cidr-v6 for the default bridge);
 #   3. start dockerd in the background if `docker info` does not answer, log to a file;
 #   4. build `debian:bookworm-slim` offline (debootstrap --variant=minbase + docker import)
 #      if the image is absent, caching the rootfs tarball.

@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # The main job on this machine: the whole relay, deployed by `pulumi up --stack local`
 # onto the local Docker engine, then one signed test message through it.
-# Needs no VPS and no Cloudflare account; idempotent (a second run changes nothing).
+# Needs no VPS and no Cloudflare account; idempotent (a second run changes nothing) and
+# leaves the work tree as it was (what it writes is git-ignored).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/bootstrap.sh                      # venv with the pinned requirements
 bash scripts/docker-engine.sh             # Debian's docker.io, dockerd, offline base image
-rc=0; bash scripts/pulumi-toolchain.sh || rc=$?   # the Pulumi CLI and plugins, built once
+rc=0; bash scripts/pulumi-toolchain.sh || rc=$?   # the official CLI, or one built once
 if ((rc != 0 && rc != 3)); then exit "${rc}"; fi  # 3: a plugin the local stack does not use
 # shellcheck source=scripts/pulumi-env.sh
 source scripts/pulumi-env.sh              # local file backend, passphrase file
 
 venv/bin/python scripts/local_ca.py .local/letsencrypt smtp.example.test >/dev/null
-pulumi stack select local 2>/dev/null || pulumi stack init local --secrets-provider passphrase
+if ! pulumi stack select local 2>/dev/null; then
+  rm -f Pulumi.local.yaml                 # a config file left from a removed state
+  pulumi stack init local --secrets-provider passphrase
+fi
+# The stack's config file: stacks/local.yaml plus the salt (Pulumi.local.yaml is git-ignored).
+pulumi stack export --stack local | venv/bin/python scripts/local_stack.py stacks/local.yaml Pulumi.local.yaml
 pulumi up --stack local --yes --skip-preview
 
 pulumi stack output --stack local --json --show-secrets \

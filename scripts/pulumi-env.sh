@@ -1,23 +1,27 @@
 # shellcheck shell=bash
 # Source me:  source scripts/pulumi-env.sh
-# Puts the toolchain built by scripts/pulumi-toolchain.sh on PATH and points
-# Pulumi at a local file backend inside the project with the passphrase
-# secrets provider. No Pulumi Cloud login, no downloads, no update checks.
+# The Pulumi environment that scripts/pulumi-toolchain.sh chose (the official CLI on
+# PATH, or the engine it built from source, with plugin downloads off), plus, unless
+# another backend is chosen, a local file backend inside the project with the
+# passphrase secrets provider.
 # The passphrase lives in a 0600 file under .pulumi-state (git-ignored); it is
 # never put in the environment or on a command line: only its path is.
-# Does not build anything (run scripts/pulumi-toolchain.sh for that).
+# Builds nothing (run scripts/pulumi-toolchain.sh for that).
 
 _dkr_repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 _dkr_cache=${DKIM_RELAY_CACHE:-$HOME/.cache/dkim-relay}
 
-case ":$PATH:" in
-  *":$_dkr_cache/bin:"*) ;;
-  *) export PATH="$_dkr_cache/bin:$PATH" ;;
-esac
-export PULUMI_HOME="$_dkr_cache/pulumi-home"
-export PULUMI_SKIP_UPDATE_CHECK=1
-export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
-export PULUMI_BACKEND_URL="file://$_dkr_repo/.pulumi-state"
+if [[ -f "$_dkr_cache/toolchain.env" ]]; then
+  # shellcheck source=/dev/null
+  source "$_dkr_cache/toolchain.env"
+else
+  echo "pulumi-env: run scripts/pulumi-toolchain.sh first (it finds or builds the Pulumi CLI)" >&2
+fi
+# The local folder, unless a backend was chosen already (Pulumi Cloud after `pulumi login`
+# is left alone too: PULUMI_ACCESS_TOKEN set; an s3:// bucket: PULUMI_BACKEND_URL set).
+if [[ -z "${PULUMI_BACKEND_URL:-}" && -z "${PULUMI_ACCESS_TOKEN:-}" ]]; then
+  export PULUMI_BACKEND_URL="file://$_dkr_repo/.pulumi-state"
+fi
 
 # Passphrase file: created once, random, mode 0600, inside the ignored state folder.
 (

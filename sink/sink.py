@@ -24,7 +24,7 @@ class Sink(smtpd.SMTPServer):
 
 def main() -> None:
     os.makedirs(MAIL_DIR, exist_ok=True)
-    Sink(("0.0.0.0", 25), None, decode_data=False)
+    Sink(("0.0.0.0", 25), None, decode_data=False)  # type: ignore[arg-type]  # smtpd: no relay
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print("sink: listening on port 25", flush=True)
     asyncore.loop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -28,6 +29,55 @@ CACHE = Path(os.environ.get("DKIM_RELAY_CACHE", Path.home() / ".cache" / "dkim-r
 BIN = CACHE / "bin"
 PULUMI = BIN / "pulumi"
 NAMESPACE = "dkim-relay"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (the caller binds it soon after)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def local_stack_config(name: str, certs: Path, subnet: int) -> dict[str, Any]:
+    """Config of a local-engine stack named `name` (also its container's name), with
+    the certificate in `certs` and relay networks of its own (`subnet`: 0-255)."""
+    return {
+        "domain": "engine.test",
+        "relayHost": "smtp.engine.test",
+        "vpsIpv4": "127.0.0.1",
+        "vpsIpv6": "::1",
+        "deployTarget": "local",
+        "tlsCertDir": str(certs),
+        "dkimSelector": "one",
+        "smtpPort": free_port(),
+        "relayContainerName": name,
+        "relayIpv4Subnet": f"172.30.{subnet}.0/24",
+        "relayIpv6Subnet": f"fd00:d6b1:{subnet:x}::/64",
+    }
+
+
+def send_and_verify(outputs: dict[str, Any], certs: Path, sink_dir: Path) -> str:
+    """One message through the relay with the stack's credentials, its copy in the sink
+    checked by dkimpy against the dkimDnsValue output (scripts/send_test_mail.py)."""
+    res = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "send_test_mail.py"),
+            "--cafile",
+            str(certs / "ca.pem"),
+            "--sink-dir",
+            str(sink_dir),
+        ],
+        input=json.dumps(outputs),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "DKIM signature: PASS" in res.stdout
+    assert outputs["smtpPassword"] not in res.stdout + res.stderr
+    return res.stdout
 
 
 def write_private(path: Path, text: str) -> None:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from components.config import ConfigError, RelayConfig, config_keys, load_config, raw_from_strings
+from pure.config import (
+    DNS_LABEL_PATTERN,
+    HOSTNAME_PATTERN,
+    ConfigError,
+    RelayConfig,
+    config_keys,
+    config_types,
+    load_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,9 +51,11 @@ BAD_CASES = [
     ("relayHost", {"relayHost": "smtp.other.org"}, "outside example.com"),
     ("dkimSelector", {"dkimSelector": "bad_selector!"}, "not a valid DNS label"),
     ("dkimSelector", {"dkimSelector": "-lead"}, "not a valid DNS label"),
-    ("vpsIpv4", {"vpsIpv4": "203.0.113.999"}, "not an IP address"),
-    ("vpsIpv4", {"vpsIpv4": "2001:db8::1"}, "IPv6 address; this key takes IPv4"),
-    ("vpsIpv6", {"vpsIpv6": "203.0.113.7"}, "IPv4 address; this key takes IPv6"),
+    ("dkimSelector", {"dkimSelector": "relay\n"}, "not a valid DNS label"),
+    ("domain", {"domain": "example.com\n"}, "not a fully qualified domain name"),
+    ("vpsIpv4", {"vpsIpv4": "203.0.113.999"}, "not an IPv4 address"),
+    ("vpsIpv4", {"vpsIpv4": "2001:db8::1"}, "IPv6 address goes in vpsIpv6"),
+    ("vpsIpv6", {"vpsIpv6": "203.0.113.7"}, "IPv4 address goes in vpsIpv4"),
     ("dmarcPolicy", {"dmarcPolicy": "block"}, "one of none, quarantine, reject"),
     ("dmarcSubdomainPolicy", {"dmarcSubdomainPolicy": "drop"}, "none, quarantine, reject"),
     ("dmarcPct", {"dmarcPct": 150}, "outside 0-100"),
@@ -54,8 +65,8 @@ BAD_CASES = [
     ("dnsTtl", {"dnsTtl": 30}, "not a TTL Cloudflare accepts"),
     ("dnsTtl", {"dnsTtl": 100000}, "not a TTL Cloudflare accepts"),
     ("cloudflareZoneId", {"dnsProvider": "cloudflare"}, "no zone is given"),
-    ("dkimKeyBits", {"dkimKeyBits": 1024}, "under 2048 bits"),
-    ("dkimKeyBits", {"dkimKeyBits": 2500}, "not an allowed size"),
+    ("dkimKeyBits", {"dkimKeyBits": 1024}, "under 2048 bits as weak"),
+    ("dkimKeyBits", {"dkimKeyBits": 2500}, "not an allowed RSA key size"),
     (
         "dkimRetiredSelectors",
         {"dkimSelector": "s1", "dkimRetiredSelectors": ["s0", "s1"]},
@@ -74,10 +85,14 @@ BAD_CASES = [
     ("acmeEmail", {"acmeEmail": None}, "Let's Encrypt"),
     ("smtpUsers", {"smtpUsers": ["Bad User"]}, "not a valid user name"),
     ("sshPort", {"sshPort": 70000}, "not a TCP port"),
+    ("sshPort", {"sshPort": True}, "not a TCP port"),
+    ("smtpUsers", {"smtpUsers": []}, "is empty"),
+    ("acmeExtraNames", {"acmeExtraNames": ["mail"]}, "not a fully qualified domain name"),
+    ("dkimRetiredSelectors", {"dkimRetiredSelectors": ["old", "old"]}, "twice"),
     ("dnsProvider", {"dnsProvider": "route53"}, "cloudflare or manual"),
     ("domain", {"domain": None}, "is required"),
     ("dmarcPolicyy", {"dmarcPolicyy": "none"}, "not a dkim-relay config key"),
-    ("relayIpv4Subnet", {"relayIpv4Subnet": "10.0.0.0/33"}, "not a subnet"),
+    ("relayIpv4Subnet", {"relayIpv4Subnet": "10.0.0.0/33"}, "not an IPv4 subnet"),
     ("relayIpv6Subnet", {"relayIpv6Subnet": "172.30.0.0/24"}, "not an IPv6 subnet"),
     ("relayContainerName", {"relayContainerName": "bad name"}, "not a container name"),
     ("relayNexthop", {"relayNexthop": "smtp.example.net"}, "not a next hop"),
@@ -91,6 +106,31 @@ def test_each_bad_input_names_its_key(key: str, change: dict[str, Any], expected
     found = problems(**change)
     assert key in found, found
     assert expected in found[key]
+
+
+@pytest.mark.parametrize(
+    ("name", "host", "label"),
+    [
+        ("example.com", True, False),
+        ("smtp.Example.COM.", True, False),
+        ("xn--bcher-kva.example", True, False),
+        ("relay", False, True),
+        ("r2024-a", False, True),
+        ("a" * 63, False, True),
+        ("a" * 64, False, False),
+        ("-lead.example.com", False, False),
+        ("trail-", False, False),
+        ("under_score.example.com", False, False),
+        ("192.0.2.1", False, False),
+        ("a." * 126 + "com", False, False),  # 255 characters
+        ("example.com\n", False, False),
+        ("", False, False),
+    ],
+)
+def test_shared_patterns(name: str, host: bool, label: bool) -> None:
+    # Other modules check names with these patterns through `re`, so test them that way.
+    assert bool(re.match(HOSTNAME_PATTERN, name)) is host
+    assert bool(re.match(DNS_LABEL_PATTERN, name)) is label
 
 
 def test_spf_lookups_count_email_routing_include() -> None:
@@ -124,33 +164,35 @@ def test_local_target_needs_a_cert_dir_but_no_ssh() -> None:
     load_config({**raw, "tlsCertDir": "/tmp/le"}, set())
 
 
-def test_strings_from_pulumi_are_decoded_by_type() -> None:
-    raw = raw_from_strings(
-        {
-            "domain": "example.com",
-            "dkimSelector": "2024",
-            "dmarcPct": "50",
-            "spfExtra": '["mx"]',
-            "submissions465": "true",
-        }
-    )
-    assert raw == {
-        "domain": "example.com",
-        "dkimSelector": "2024",
-        "dmarcPct": 50,
-        "spfExtra": ["mx"],
-        "submissions465": True,
-    }
+def test_each_bad_list_item_is_named_with_its_index() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({**GOOD, "dmarcRua": ["mailto:ok@example.com!10m", "a@b", "mailto:c"]}, SECRETS)
+    texts = [t for k, t in info.value.problems if k == "dmarcRua"]
+    assert len(texts) == 2, texts
+    assert "'a@b' is not a mailto: URI" in texts[0] and "'dmarcRua[1]'" in texts[0]
+    assert "'mailto:c' is not a mailto: URI" in texts[1] and "'dmarcRua[2]'" in texts[1]
+
+
+def test_values_pulumi_could_not_decode_are_reported_as_given() -> None:
+    # What the program passes on when Pulumi's typed getter fails: the text as written.
+    found = problems(smtpPort="abc", submissions465="yes", spfExtra="mx", dkimKeyBits="2048")
+    assert "'abc' is not a TCP port" in found["smtpPort"]
+    assert "'yes'" in found["submissions465"] and "submissions465 true" in found["submissions465"]
+    assert "'mx'" in found["spfExtra"] and "valid list" in found["spfExtra"]
+    assert "'2048' is not an allowed RSA key size" in found["dkimKeyBits"]
 
 
 def test_pulumi_yaml_declares_every_key_with_the_model_default() -> None:
     declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
     assert sorted(declared) == sorted(config_keys())
     kinds = {"string": str, "integer": int, "boolean": bool, "array": list}
+    types = config_types()
     for name, field in RelayConfig.model_fields.items():
         key = field.alias or name
         spec = declared[key]
         assert spec.get("description"), key
+        assert spec["type"] == types[key], key
+        assert field.examples, f"{key}: error messages take their fix from the example"
         if field.is_required():
             assert "default" not in spec, key
             continue

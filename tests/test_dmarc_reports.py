@@ -6,7 +6,6 @@ import gzip
 import io
 import os
 import subprocess
-import sys
 import time
 import zipfile
 import zlib
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components import dmarc_reports as dr
+from tools import dmarc_report as dr
 
 REPO = Path(__file__).resolve().parent.parent
 RELAY_V4 = "203.0.113.10"
@@ -178,7 +177,7 @@ def test_samples_in_all_three_formats_summarised(tmp_path: Path) -> None:
 
 def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "components.dmarc_reports", *args],
+        [str(REPO / "bin" / "dkim-relay"), "dmarc-report", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -20,7 +18,8 @@ from typing import Any
 import pytest
 
 from scripts.local_ca import issue
-from tests.engine_support import REPO, Engine, Stack
+from tests import engine_support
+from tests.engine_support import REPO, Engine, Stack, local_stack_config
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -37,12 +36,6 @@ def _ed25519_public_line() -> str:
     return public.public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
     ).decode()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -106,19 +99,7 @@ def local_stack(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Ite
     certs = tmp_path_factory.mktemp("certs")
     issue(certs, "smtp.engine.test", [])
     name = f"enginetest{uuid.uuid4().hex[:6]}"
-    config = {
-        "domain": "engine.test",
-        "relayHost": "smtp.engine.test",
-        "vpsIpv4": "127.0.0.1",
-        "vpsIpv6": "::1",
-        "deployTarget": "local",
-        "tlsCertDir": str(certs),
-        "dkimSelector": "one",
-        "smtpPort": _free_port(),
-        "relayContainerName": name,
-        "relayIpv4Subnet": "172.30.97.0/24",
-        "relayIpv6Subnet": "fd00:d6b1:97::/64",
-    }
+    config = local_stack_config(name, certs, 97)
     stack = engine.stack(name, config)
     stack.certs = certs  # type: ignore[attr-defined]
     try:
@@ -130,25 +111,8 @@ def local_stack(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 def send_and_verify(stack: Stack) -> str:
-    outputs = stack.outputs()
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "send_test_mail.py"),
-            "--cafile",
-            str(stack.certs / "ca.pem"),  # type: ignore[attr-defined]
-            "--sink-dir",
-            str(REPO / ".local" / stack.name / "sink"),
-        ],
-        input=json.dumps(outputs),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "DKIM signature: PASS" in res.stdout
-    assert outputs["smtpPassword"] not in res.stdout + res.stderr
-    return res.stdout
+    sink = REPO / ".local" / stack.name / "sink"
+    return engine_support.send_and_verify(stack.outputs(), stack.certs, sink)  # type: ignore[attr-defined]
 
 
 def test_local_stack_relays_signed_mail(local_stack: Stack) -> None:

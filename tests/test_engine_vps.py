@@ -1,13 +1,13 @@
 """The whole stack (`__main__.py`) under the real Pulumi engine against the local VPS.
 
-Issue 6: "pulumi up of a stack against local stand-ins: the VPS of the host issue
-reached by the command provider over real SSH". The pieces:
+`pulumi up` of a stack against local stand-ins, the VPS reached by the command provider
+over real SSH. The pieces:
 
 * the VPS: tests/vps_support.py (network namespace, sshd on 2222, ufw, certbot,
   pebble as Let's Encrypt, resolving every name to the VPS);
 * its Docker engine: tests/vps_docker_support.py (a dockerd inside the VPS's
   network and mount namespaces; the relay image is built on the machine's engine and
-  loaded into it, as the namespace reaches no package mirror);
+  loaded into it, as the namespace reaches no Debian package server);
 * the receiving mail server: an aiosmtpd sink on the machine side of the VPS's veth
   (``relayNexthop``), bound to that address only;
 * the project as a user runs it: the repo's Pulumi.yaml, venv and ``__main__.py``, a

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +18,7 @@ from components.guide import (
     render_guide,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Pa55word-XYZ"
 SECRET2 = "another-S3cret-QQQ"
 
@@ -150,3 +155,28 @@ def test_password_map_keyed_by_user_name() -> None:
     assert SECRET not in text and SECRET2 not in text
     asked = render_from_outputs(outs, include_password=True)
     assert f"**Password:** `{SECRET2}`" in asked and f"**Password:** `{SECRET}`" in asked
+
+
+def test_verify_command_in_the_guide_runs() -> None:
+    text = render_guide(
+        GuideInput(
+            "relay.example.org",
+            587,
+            [SendAs("a@example.org", "a")],
+            "example.org",
+            stack_name="prod",
+        )
+    )
+    pipes = re.findall(r"`(pulumi stack output --stack prod --json --show-secrets \| [^`]+)`", text)
+    assert len(pipes) == 1, text
+    argv = shlex.split(pipes[0].split("|", 1)[1])
+    assert argv == ["bin/dkim-relay", "verify"]
+    # The command the guide names exists in the repository and runs.
+    res = subprocess.run(
+        [str(REPO / argv[0]), *argv[1:], "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0 and "Check a deployed dkim-relay" in res.stdout, res.stderr

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pulumi
 import pytest
 
+from tests import pulumi_harness
 from tests.pulumi_harness import PRIVATE_MARKER, Run, run_program, unwrap
 
 LOCAL: dict[str, Any] = {
@@ -133,10 +135,54 @@ def test_given_password_is_used_and_secret(monkeypatch: pytest.MonkeyPatch) -> N
     assert "smtpPassword" in run.secret_exports
 
 
+def test_config_is_decoded_by_the_type_the_model_declares(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pulumi hands every value over as text; "2024" must stay a string, 50 an integer.
+    run = run_program(
+        monkeypatch,
+        {
+            **LOCAL,
+            "dkimSelector": "2024",
+            "dmarcPct": 50,
+            "spfExtra": ["mx"],
+            "smtpPort": 2525,
+            "submissions465": True,
+        },
+    )
+    assert run.exports["dkimSelector"] == "2024" and run.exports["smtpPort"] == 2525
+    txt = {r["name"]: r["content"] for r in run.exports["dnsRecords"] if r["type"] == "TXT"}
+    assert "pct=50" in txt["_dmarc.example.com"]
+    assert " mx " in txt["example.com"]
+    assert "2024._domainkey.example.com" in txt
+    scripts = json.dumps([r.inputs for r in _commands(run)], default=str)
+    assert "2525:587" in scripts and "465:465" in scripts, "both ports published"
+
+
 def test_bad_config_registers_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs: list[Run] = []
+
+    def recorded_run() -> Run:
+        runs.append(Run())
+        return runs[-1]
+
+    monkeypatch.setattr(pulumi_harness, "Run", recorded_run)
+    bad = {
+        "dmarcPct": 300,
+        "dkimSelector": "no good",
+        "smtpPort": "abc",
+        "submissions465": "yes",
+        "spfExtra": "mx",
+    }
     with pytest.raises(pulumi.RunError) as info:
-        run_program(monkeypatch, {**LOCAL, "dmarcPct": 300, "dkimSelector": "no good"})
-    assert "dmarcPct" in str(info.value) and "dkimSelector" in str(info.value)
+        run_program(monkeypatch, {**LOCAL, **bad})
+    text = str(info.value)
+    assert f"has {len(bad)} problems; nothing was created or changed" in text
+    assert "smtpPort: 'abc' is not a TCP port" in text
+    for key in bad:
+        assert f"  - {key}: " in text, key
+    # Let any registration already started reach the mocks before looking.
+    loop = asyncio.get_event_loop()
+    loop.run_until_complete(asyncio.gather(*asyncio.all_tasks(loop), return_exceptions=True))
+    assert runs and not runs[0].resources, runs[0].resources
 
 
 VPS: dict[str, Any] = {

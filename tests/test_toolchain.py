@@ -239,6 +239,7 @@ def test_blocked_plugin_is_reported_unavailable(engine_env: dict[str, str], name
     assert WANTED.get(name) == BLOCKED[name], "requirements.txt moved on: update BLOCKED"
     out = subprocess.run(
         ["bash", str(REPO / "scripts" / "pulumi-toolchain.sh")],
+        env=dict(os.environ, DKIM_RELAY_PULUMI="source"),
         capture_output=True,
         text=True,
         timeout=1800,
@@ -246,3 +247,198 @@ def test_blocked_plugin_is_reported_unavailable(engine_env: dict[str, str], name
     text = out.stdout + out.stderr
     assert out.returncode == 3, f"expected 'some part unavailable' (3), got {out.returncode}"
     assert re.search(rf"{name}.*UNAVAILABLE|UNAVAILABLE.*{name}", text), text[-2000:]
+
+
+# ------------------------------------------------------------------ choosing the CLI
+TOOLCHAIN = REPO / "scripts" / "pulumi-toolchain.sh"
+SDK_VERSION = importlib.metadata.version("pulumi")
+
+
+def stand_in_cli(d: pathlib.Path, version: str) -> pathlib.Path:
+    """A `pulumi` that only reports `version`, in its own folder to put on PATH."""
+    d.mkdir(parents=True, exist_ok=True)
+    exe = d / "pulumi"
+    exe.write_text(f"#!/bin/sh\necho v{version}\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def toolchain(
+    cache: pathlib.Path, path_dirs: list[pathlib.Path], **env: str
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "DKIM_RELAY_"))}
+    base.update(
+        DKIM_RELAY_CACHE=str(cache),
+        PATH=os.pathsep.join([*map(str, path_dirs), "/usr/local/bin", "/usr/bin", "/bin"]),
+        **env,
+    )
+    return subprocess.run(
+        ["bash", str(TOOLCHAIN)], env=base, capture_output=True, text=True, timeout=600
+    )
+
+
+def newer(version: str) -> str:
+    major, minor, _ = (int(x) for x in version.split("."))
+    return f"{major}.{minor + 1}.0"
+
+
+def older(version: str) -> str:
+    major, minor, _ = (int(x) for x in version.split("."))
+    return f"{major}.{minor - 1}.9"
+
+
+@pytest.mark.unit
+def test_official_cli_at_least_the_sdk_version_is_used_as_it_is(tmp_path: pathlib.Path) -> None:
+    exe = stand_in_cli(tmp_path / "official", newer(SDK_VERSION))
+    cache = tmp_path / "cache"
+    out = toolchain(cache, [exe.parent])
+    assert out.returncode == 0, out.stderr
+    assert str(exe) in out.stderr
+    assert not (cache / "bin").exists(), "nothing is built when the CLI is usable"
+    # What `source scripts/pulumi-env.sh` then gives: the official CLI, Pulumi's own
+    # plugin installation left on, no PULUMI_HOME of ours.
+    probe = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'source "$1" && command -v pulumi && '
+            'echo "acq=${PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION-unset}" && '
+            'echo "home=${PULUMI_HOME-unset}"',
+            "probe",
+            str(REPO / "scripts" / "pulumi-env.sh"),
+        ],
+        env={
+            "HOME": str(tmp_path),
+            "DKIM_RELAY_CACHE": str(cache),
+            "PATH": f"{exe.parent}:/usr/bin:/bin",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.split() == [str(exe), "acq=unset", "home=unset"]
+
+
+@pytest.mark.unit
+def test_older_official_cli_is_refused_naming_the_minimum(tmp_path: pathlib.Path) -> None:
+    exe = stand_in_cli(tmp_path / "official", older(SDK_VERSION))
+    out = toolchain(tmp_path / "cache", [exe.parent], DKIM_RELAY_PULUMI="path")
+    assert out.returncode not in (0, 3)
+    assert f"at least v{SDK_VERSION}" in out.stderr, out.stderr
+    assert not (tmp_path / "cache" / "toolchain.env").exists()
+
+
+@pytest.mark.unit
+def test_older_official_cli_in_auto_falls_back_to_the_source_build(
+    tmp_path: pathlib.Path,
+) -> None:
+    exe = stand_in_cli(tmp_path / "official", older(SDK_VERSION))
+    # GO=/bin/false stops the build at its first step: this checks only the choice.
+    out = toolchain(tmp_path / "cache", [exe.parent], GO="/bin/false")
+    assert out.returncode not in (0, 3)
+    assert f"older than the minimum v{SDK_VERSION}" in out.stderr, out.stderr
+    assert "building pulumi CLI" in out.stderr
+
+
+@pytest.mark.unit
+def test_a_source_archive_with_another_checksum_is_not_unpacked(tmp_path: pathlib.Path) -> None:
+    cache, archives = tmp_path / "cache", tmp_path / "archives"
+    (cache / "bin").mkdir(parents=True)
+    (cache / "stamps").mkdir()
+    # A CLI "already built", so that the run goes straight to the language host.
+    cli = stand_in_cli(tmp_path / "built", "3.274.0")
+    (cache / "bin" / "pulumi").symlink_to(cli)
+    version = re.search(r"PULUMI_CLI_VERSION:-([0-9.]+)", TOOLCHAIN.read_text())
+    assert version
+    (cache / "stamps" / "cli").write_text(f"v{version.group(1)}\n")
+    archives.mkdir()
+    bad = archives / "pulumi-language-python-v3.259.0.tar.gz"
+    bad.write_bytes(b"not the archive")
+    out = toolchain(cache, [], DKIM_RELAY_PULUMI="source", DKIM_RELAY_SOURCE_ARCHIVES=str(archives))
+    assert out.returncode not in (0, 3)
+    assert "expected" in out.stderr and "not unpacking" in out.stderr, out.stderr
+    assert not (cache / "src" / "language-python-v3.259.0").exists()
+
+
+DYNAMIC_PROGRAM = """\
+import pulumi
+import pulumi_command as command
+from pulumi.dynamic import CreateResult, Resource, ResourceProvider
+
+
+class Echo(ResourceProvider):
+    def create(self, props):
+        return CreateResult("echo", {"value": props["value"]})
+
+
+class EchoResource(Resource):
+    def __init__(self, name, value):
+        super().__init__(Echo(), name, {"value": value})
+
+
+echo = EchoResource("echo", "signed")
+hello = command.local.Command("hello", create="echo hello")
+pulumi.export("value", echo.value)
+pulumi.export("stdout", hello.stdout)
+"""
+
+
+def test_a_fresh_cache_builds_from_the_archives(tmp_path: pathlib.Path) -> None:
+    """A machine with no git snapshots and a cache of its own builds the language host and
+    the command plugin from the source archives, and the engine then runs a program with a
+    Python dynamic resource. Go's module and build caches are reused by hard links (Go only
+    adds entries), and so is the CLI with its stamp, so only what the archives give is built."""
+    for part in ("bin/pulumi", "stamps/cli", "go/mod", "go/cache"):
+        assert (CACHE / part).exists(), f"{CACHE / part} missing: run scripts/pulumi-toolchain.sh"
+    fresh = tmp_path / "cache"
+    (fresh / "go").mkdir(parents=True)
+    for part in ("go/mod", "go/cache"):
+        subprocess.run(["cp", "-al", str(CACHE / part), str(fresh / part)], check=True)
+    (fresh / "bin").mkdir()
+    (fresh / "stamps").mkdir()
+    os.link(CACHE / "bin" / "pulumi", fresh / "bin" / "pulumi")
+    shutil.copy(CACHE / "stamps" / "cli", fresh / "stamps" / "cli")
+
+    out = toolchain(fresh, [], DKIM_RELAY_PULUMI="source")
+    assert out.returncode == 3, out.stderr  # 3: cloudflare, which has no source build
+    assert re.search(r"language host: +v3\.259\.0\S* \(built\)", out.stderr), out.stderr
+    assert re.search(r"plugin command: +v1\.2\.1 \(built and registered\)", out.stderr)
+    built = fresh / "bin" / "pulumi-resource-command-v1.2.1"
+    reference = CACHE / "bin" / "pulumi-resource-command-v1.2.1"
+    digest = [
+        subprocess.check_output(["sha256sum", str(p)], text=True).split()[0]
+        for p in (built, reference)
+    ]
+    assert digest[0] == digest[1], "the archive build differs from the cached one"
+
+    project = tmp_path / "project"
+    project.mkdir()
+    write_project(project)
+    (project / "__main__.py").write_text(DYNAMIC_PROGRAM)
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text(os.urandom(24).hex())
+    passphrase.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_")}
+    env.update(
+        PATH=os.pathsep.join(
+            [str(fresh / "bin"), str(pathlib.Path(sys.executable).parent), env.get("PATH", "")]
+        ),
+        PULUMI_HOME=str(fresh / "pulumi-home"),
+        PULUMI_SKIP_UPDATE_CHECK="1",
+        PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION="true",
+        PULUMI_BACKEND_URL=f"file://{tmp_path / 'state'}",
+        PULUMI_CONFIG_PASSPHRASE_FILE=str(passphrase),
+    )
+    (tmp_path / "state").mkdir()
+    pulumi = str(fresh / "bin" / "pulumi")
+    res = run([pulumi, "stack", "init", "fresh", "--secrets-provider", "passphrase"], env, project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for args in (["preview", "--json"], ["up", "--yes", "--skip-preview"]):
+        res = run(
+            [pulumi, *args, "--non-interactive", "--stack", "fresh"], env, project, offline=True
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = run([pulumi, "stack", "output", "--json", "--stack", "fresh"], env, project)
+    assert json.loads(res.stdout) == {"value": "signed", "stdout": "hello"}

@@ -1,9 +1,10 @@
-"""`python -m components.verify` against real parts on loopback.
+"""`bin/dkim-relay verify` against real parts on loopback.
 
 DNS: nsd (Debian) serving zones built by components.dns from the stack's own records.
 SMTP: a Postfix from Debian's package with the relay's submission settings, plus
 services broken on purpose, each on its own port. All checks pass on the good setup;
-each broken setup fails the check it breaks, with its message.
+each broken setup fails the check it breaks, with its message. The scheduled health
+check's command posts to a real HTTP server when something fails or warns, and only then.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import datetime as dt
 import json
 import secrets
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +22,24 @@ from typing import Any
 
 import pytest
 
-from components.config import load_config
 from components.dkim import dkim_txt_value, generate_private_key_pem
 from components.dns import Record, build_records, zone_snippet
-from tests.verify_support import Leaf, Nsd, Postfix, Service, TestCA, free_port, zone_file
+from pure.config import load_config
+from tests.verify_support import (
+    REPO,
+    HealthRun,
+    Leaf,
+    Nsd,
+    Postfix,
+    Service,
+    TestCA,
+    free_port,
+    health_check,
+    silent_webhook,
+    webhook,
+    zone_file,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 USER = "gmail"
 DOMAINS = ("good.test", "baddkim.test", "badspf.test")
 
@@ -108,6 +120,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             ["smtp.other.test"], now - dt.timedelta(days=1), now + dt.timedelta(days=80)
         ),
         "expired": ca.issue(relay_names, now - dt.timedelta(days=100), now - dt.timedelta(days=10)),
+        "expiring": ca.issue(
+            relay_names, now - dt.timedelta(days=80), now + dt.timedelta(days=10, hours=1)
+        ),
     }
     password = secrets.token_urlsafe(18)
     cleanup = contextlib.ExitStack()
@@ -145,6 +160,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                     "wrongname", (("smtpd_tls_chain_files", "$tls_chain_wrongname"),), ipv6=True
                 ),
                 Service("expired", (("smtpd_tls_chain_files", "$tls_chain_expired"),), ipv6=True),
+                Service("expiring", (("smtpd_tls_chain_files", "$tls_chain_expiring"),)),
             ],
         )
         cleanup.callback(postfix.stop)
@@ -190,9 +206,8 @@ def verify(env: Env, outs: dict[str, Any], *extra: str, nameserver: str | None =
     start = time.monotonic()
     res = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "components.verify",
+            str(REPO / "bin" / "dkim-relay"),
+            "verify",
             "--nameserver",
             nameserver or env.nsd.address,
             "--cafile",
@@ -267,7 +282,7 @@ def only_failures(run: Run, *prefixes: str) -> None:
 
 def test_dkim_txt_for_another_key_fails(env: Env) -> None:
     run = verify(env, outputs(env, "baddkim.test"))
-    assert run.rc == 1, run.out
+    assert run.rc == 2, run.out
     assert "FAIL dns.dkim: relay._domainkey.baddkim.test holds a different key" in run.out, run.out
     assert "[fix: publish TXT relay._domainkey.baddkim.test" in run.out, run.out
     only_failures(run, "dns.dkim")
@@ -276,7 +291,7 @@ def test_dkim_txt_for_another_key_fails(env: Env) -> None:
 
 def test_spf_without_the_vps_address_fails(env: Env) -> None:
     run = verify(env, outputs(env, "badspf.test"))
-    assert run.rc == 1, run.out
+    assert run.rc == 2, run.out
     assert "FAIL dns.spf[127.0.0.1]: SPF of badspf.test gives 'fail' for 127.0.0.1" in run.out, (
         run.out
     )
@@ -287,7 +302,7 @@ def test_spf_without_the_vps_address_fails(env: Env) -> None:
 
 def test_auth_offered_before_tls_fails(env: Env) -> None:
     run = verify(env, outputs(env, service="authplain"))
-    assert run.rc == 1, run.out
+    assert run.rc == 2, run.out
     assert "FAIL smtp.auth-before-tls[ipv4]: AUTH PLAIN LOGIN offered before STARTTLS" in run.out, (
         run.out
     )
@@ -297,7 +312,7 @@ def test_auth_offered_before_tls_fails(env: Env) -> None:
 
 def test_open_relay_fails(env: Env) -> None:
     run = verify(env, outputs(env, service="openrelay"))
-    assert run.rc == 1, run.out
+    assert run.rc == 2, run.out
     assert "FAIL relay.refused[ipv4:outside-recipient]: OPEN RELAY" in run.out, run.out
     assert "FAIL relay.refused[ipv6:own-domain-sender]: OPEN RELAY" in run.out, run.out
     assert "never permit_mynetworks" in run.out, run.out
@@ -306,7 +321,7 @@ def test_open_relay_fails(env: Env) -> None:
 
 def test_wrong_name_certificate_fails(env: Env) -> None:
     run = verify(env, outputs(env, service="wrongname"))
-    assert run.rc == 1, run.out
+    assert run.rc == 2, run.out
     assert (
         "FAIL tls.cert-name[ipv4]: certificate is for smtp.other.test, not smtp.good.test"
         in run.out
@@ -319,7 +334,7 @@ def test_wrong_name_certificate_fails(env: Env) -> None:
 
 def test_expired_certificate_fails(env: Env) -> None:
     run = verify(env, outputs(env, service="expired"))
-    assert run.rc == 1, run.out
+    assert run.rc == 2, run.out
     assert "FAIL tls.cert-expiry[ipv4]: certificate expired 10 day(s) ago" in run.out, run.out
     assert "FAIL tls.chain[ipv4]: certificate not trusted: certificate has expired" in run.out, (
         run.out
@@ -330,7 +345,7 @@ def test_expired_certificate_fails(env: Env) -> None:
 
 def test_closed_port_fails(env: Env) -> None:
     run = verify(env, outputs(env, service="closed"))
-    assert run.rc == 1, run.out
+    assert run.rc == 2, run.out
     assert "FAIL smtp.connect[ipv4]: 127.0.0.1:" in run.out, run.out
     assert "connection refused" in run.out, run.out
     assert "FAIL smtp.connect[ipv6]: [::1]:" in run.out, run.out
@@ -342,7 +357,7 @@ def test_closed_port_fails(env: Env) -> None:
 def test_no_dns_answer_is_a_clear_failure(env: Env) -> None:
     dead = f"127.0.0.1:{free_port()}"
     run = verify(env, outputs(env), "--timeout", "1", nameserver=dead)
-    assert run.rc == 1, run.out
+    assert run.rc == 2, run.out
     assert "FAIL dns.a: smtp.good.test: DNS timeout" in run.out, run.out
     assert "FAIL dns.dkim: relay._domainkey.good.test: DNS timeout" in run.out, run.out
     assert "FAIL dns.dmarc" in run.out, run.out
@@ -355,6 +370,92 @@ def test_wrong_password_fails_without_echoing_it(env: Env) -> None:
     outs["smtpPassword"] = "not-the-password-123"
     outs["smtpPasswords"] = {USER: "not-the-password-123"}
     run = verify(env, outs, "--skip-dns")
-    assert run.rc == 1, run.out
+    assert run.rc == 2, run.out
     assert f"FAIL smtp.auth[ipv4:{USER}]: login as {USER} refused: 535" in run.out, run.out
     assert "not-the-password-123" not in run.out, run.out
+
+
+# ------------------------------------------------ the scheduled health check's command
+
+
+def loopback(env: Env) -> tuple[str, ...]:
+    return ("--nameserver", env.nsd.address, "--cafile", str(env.ca_file), "--timeout", "3")
+
+
+def assert_no_secret(run: HealthRun, body: bytes, env: Env) -> None:
+    assert env.password.encode() not in body
+    assert env.password not in json.dumps(run.report) + run.stderr
+
+
+def test_health_check_does_not_post_on_a_healthy_relay(env: Env) -> None:
+    with webhook() as hook:
+        run = health_check(outputs(env), hook.url, *loopback(env))
+    assert run.rc == 0, run.report
+    assert run.report["verdict"] == "OK" and set(run.statuses().values()) == {"PASS"}
+    assert "smtp.auth[ipv4:gmail]" in run.statuses()
+    assert not any(name.endswith("[ipv6]") for name in run.statuses())  # --skip-ipv6
+    assert hook.posts == []
+
+
+def test_health_check_posts_when_the_relay_port_is_closed(env: Env) -> None:
+    with webhook() as hook:
+        run = health_check(outputs(env, service="closed"), hook.url, *loopback(env))
+    assert run.rc == 2, run.report
+    assert run.statuses()["smtp.connect[ipv4]"] == "FAIL"
+    assert len(hook.posts) == 1, hook.posts
+    post = hook.posts[0]
+    assert post.content_type == "application/json"
+    assert hook.url.endswith(post.path)
+    lines = post.text.splitlines()
+    assert lines[0] == "dkim-relay verify on smtp.good.test: 1 failed, 0 warning(s)", post.text
+    assert lines[1].startswith("FAIL smtp.connect[ipv4]: 127.0.0.1:"), post.text
+    assert "connection refused" in lines[1]
+    assert_no_secret(run, post.body, env)
+    assert "alert: posted" in run.stderr
+
+
+def test_health_check_posts_a_warning_for_a_certificate_10_days_from_expiry(env: Env) -> None:
+    with webhook() as hook:
+        run = health_check(outputs(env, service="expiring"), hook.url, *loopback(env))
+    assert run.rc == 1, run.report  # warnings only
+    assert run.report["verdict"] == "WARN"
+    not_passing = {k: v for k, v in run.statuses().items() if v != "PASS"}
+    assert not_passing == {"tls.cert-expiry[ipv4]": "WARN"}, run.report
+    assert len(hook.posts) == 1
+    text = hook.posts[0].text
+    assert "0 failed, 1 warning(s)" in text
+    assert "WARN tls.cert-expiry[ipv4]: certificate expires in 10 day(s)" in text, text
+    assert_no_secret(run, hook.posts[0].body, env)
+    # Under a smaller threshold the same certificate is healthy: no post, exit 0.
+    with webhook() as hook:
+        run = health_check(
+            outputs(env, service="expiring"), hook.url, *loopback(env), "--warn-cert-days", "7"
+        )
+    assert run.rc == 0 and hook.posts == [], run.report
+
+
+def test_health_check_gives_up_cleanly_on_a_webhook_that_never_answers(env: Env) -> None:
+    with silent_webhook() as url:
+        run = health_check(outputs(env, service="closed"), url, *loopback(env))
+    assert run.rc == 2, run.report
+    assert run.report["verdict"] == "FAILED"  # the report is whole despite the dead webhook
+    assert "alert: not posted: the webhook did not answer within 3 s" in run.stderr
+    assert run.seconds < 20, run.seconds
+
+
+def test_health_check_fails_when_the_webhook_refuses_the_alert(env: Env) -> None:
+    with webhook(status=404) as hook:
+        run = health_check(outputs(env, service="expiring"), hook.url, *loopback(env))
+    assert len(hook.posts) == 1
+    assert "alert: not posted: the webhook answered HTTP 404" in run.stderr
+    assert run.rc == 2  # warnings only, but nobody was told: the job must fail
+
+
+def test_health_check_posts_when_the_outputs_cannot_be_read(env: Env) -> None:
+    with webhook() as hook:
+        # `pulumi stack output` gave no usable outputs: nothing can be checked.
+        run = health_check({}, hook.url, *loopback(env))
+    assert run.rc == 3 and run.report["verdict"] == "ERROR", run.report
+    assert [p.text for p in hook.posts] == [
+        "dkim-relay verify could not run: stack output 'domain' is missing"
+    ]

@@ -4,7 +4,8 @@ The relay (relay/ image, config rendered by components.postfix, a certificate fr
 test CA in the letsencrypt layout) is published on 127.0.0.1 and ::1; nsd serves the
 zone components.dns renders for it. Every check passes, and the test message sent with
 --send-to reaches the sink with a DKIM signature that dkimpy verifies against the
-key nsd serves.
+key nsd serves. The scheduled health check's command posts to a real HTTP server on a
+certificate 10 days from expiry and on a stopped relay, never with the password.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import json
 import secrets
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,13 +25,12 @@ import dns.resolver
 import pytest
 
 from components import postfix
-from components.config import load_config
 from components.dkim import dkim_txt_value, generate_private_key_pem
 from components.dns import build_records, zone_snippet
+from pure.config import load_config
 from tests import relay_support as rs
-from tests.verify_support import Nsd, free_port, zone_file
+from tests.verify_support import REPO, Nsd, free_port, health_check, webhook, zone_file
 
-REPO = Path(__file__).resolve().parent.parent
 DOMAIN = "good.test"
 RELAY = f"smtp.{DOMAIN}"
 pytestmark = pytest.mark.timeout(900)
@@ -149,9 +148,8 @@ def test_verify_passes_on_the_real_relay_and_the_mail_is_dkim_signed(relay: Rela
     before = relay.sink.count()
     res = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "components.verify",
+            str(REPO / "bin" / "dkim-relay"),
+            "verify",
             "--nameserver",
             relay.nsd.address,
             "--cafile",
@@ -170,7 +168,7 @@ def test_verify_passes_on_the_real_relay_and_the_mail_is_dkim_signed(relay: Rela
     )
     out = res.stdout + res.stderr
     assert relay.password not in out
-    assert res.returncode == 0, out + rs.logs(relay.container)
+    assert res.returncode == 1, out + rs.logs(relay.container)  # warnings only
     lines = [
         ln for ln in res.stdout.splitlines() if ln.split(" ", 1)[0] in ("PASS", "FAIL", "WARN")
     ]
@@ -201,3 +199,45 @@ def test_verify_passes_on_the_real_relay_and_the_mail_is_dkim_signed(relay: Rela
 
     assert b"d=good.test" in msg and b"s=relay" in msg
     assert dkim.verify(msg, dnsfunc=dnsfunc), msg[:2000]
+
+
+def loopback(env: RelayEnv) -> tuple[str, ...]:
+    return ("--nameserver", env.nsd.address, "--cafile", str(env.ca_file), "--timeout", "5")
+
+
+def test_health_check_posts_the_certificate_10_days_from_expiry(relay: RelayEnv) -> None:
+    with webhook() as hook:
+        run = health_check(stack_outputs(relay), hook.url, *loopback(relay))
+    assert run.rc == 1, run.report
+    not_passing = {k: v for k, v in run.statuses().items() if v != "PASS"}
+    assert not_passing == {"tls.cert-expiry[ipv4]": "WARN"}, run.report
+    assert run.statuses()[f"smtp.auth[ipv4:{relay.login}]"] == "PASS"
+    assert len(hook.posts) == 1
+    text = hook.posts[0].text
+    assert "1 warning(s)" in text and "WARN tls.cert-expiry[ipv4]: certificate expires in 9" in text
+    assert relay.password.encode() not in hook.posts[0].body
+    # With a lower threshold this relay is healthy: nothing is posted.
+    with webhook() as hook:
+        run = health_check(
+            stack_outputs(relay), hook.url, *loopback(relay), "--warn-cert-days", "5"
+        )
+    assert run.rc == 0 and hook.posts == [], run.report
+
+
+def test_health_check_posts_when_the_relay_container_is_stopped(relay: RelayEnv) -> None:
+    rs.docker("stop", relay.container)
+    try:
+        with webhook() as hook:
+            run = health_check(stack_outputs(relay), hook.url, *loopback(relay))
+    finally:
+        rs.docker("start", relay.container)
+        rs.wait_healthy(relay.container, timeout=120)
+    assert run.rc == 2, run.report
+    assert run.statuses()["smtp.connect[ipv4]"] == "FAIL", run.report
+    assert run.statuses()["dns.dkim"] == "PASS"  # DNS is fine: the failure is the relay
+    assert len(hook.posts) == 1
+    text = hook.posts[0].text
+    assert text.startswith(f"dkim-relay verify on {RELAY}: 1 failed"), text
+    assert f"FAIL smtp.connect[ipv4]: 127.0.0.1:{relay.port}:" in text, text
+    assert relay.password.encode() not in hook.posts[0].body
+    assert relay.password not in run.stderr

@@ -1,21 +1,41 @@
-"""The users' CI: actionlint passes, actions are pinned, permissions are minimal.
+"""The users' CI: actionlint passes, actions are pinned, permissions are minimal, the
+three workflows choose the state backend the same way, and the health check runs the
+verify command that the end-to-end tests run.
 
 actionlint is built by scripts/setup.d/40-actionlint.sh; a missing binary fails here.
+The backend script's login and the health check's verify step run for real with the
+Pulumi engine on a local file:// backend (those two tests are in the engine tier).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+
+from tests.verify_support import HEALTH_CHECK, WEBHOOK_ENV
+from tools.verify.cli import WEBHOOK_ENV as VERIFY_WEBHOOK_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"
 CACHE = Path(os.environ.get("DKIM_RELAY_CACHE", Path.home() / ".cache" / "dkim-relay"))
+BACKEND_SCRIPT = REPO / ".github" / "pulumi-backend.sh"
+NAMES = ["preview.yml", "deploy.yml", "health.yml"]
+BACKEND_ENV = {
+    "PULUMI_BACKEND_URL": "${{ secrets.PULUMI_BACKEND_URL || vars.PULUMI_BACKEND_URL }}",
+    "PULUMI_CONFIG_PASSPHRASE": "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}",
+    "AWS_ACCESS_KEY_ID": "${{ secrets.AWS_ACCESS_KEY_ID }}",
+    "AWS_SECRET_ACCESS_KEY": "${{ secrets.AWS_SECRET_ACCESS_KEY }}",
+    "AWS_REGION": "${{ vars.AWS_REGION }}",
+    "PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}",
+}
 
 
 def actionlint() -> str:
@@ -39,7 +59,7 @@ def run_actionlint(*files: Path) -> subprocess.CompletedProcess[str]:
 
 def test_actionlint_passes_on_the_workflows() -> None:
     files = sorted(WORKFLOWS.glob("*.yml"))
-    assert {f.name for f in files} >= {"preview.yml", "deploy.yml"}
+    assert {f.name for f in files} >= set(NAMES)
     res = run_actionlint(*files)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -66,7 +86,24 @@ def read(name: str) -> str:
     return (WORKFLOWS / name).read_text()
 
 
-@pytest.mark.parametrize("name", ["preview.yml", "deploy.yml"])
+def load(name: str) -> dict[str, Any]:
+    doc = yaml.safe_load(read(name))
+    assert isinstance(doc, dict)
+    doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the key `on` as true
+    return doc
+
+
+def steps(name: str) -> list[dict[str, Any]]:
+    return [step for job in load(name)["jobs"].values() for step in job["steps"]]
+
+
+def step(name: str, title: str) -> dict[str, Any]:
+    found = [s for s in steps(name) if s.get("name") == title]
+    assert len(found) == 1, f"{name}: no single step {title!r}"
+    return found[0]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_actions_pinned_to_commits_and_requirements_installed(name: str) -> None:
     text = read(name)
     uses = re.findall(r"uses:\s*(\S+)", text)
@@ -74,11 +111,188 @@ def test_actions_pinned_to_commits_and_requirements_installed(name: str) -> None
     for ref in uses:
         assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", ref), f"{name}: {ref} not pinned"
     assert "pip install -r requirements.txt" in text
-    assert "secrets.PULUMI_ACCESS_TOKEN" in text
     assert "secrets.CLOUDFLARE_API_TOKEN" in text
-    assert "stack-name: ${{ vars.PULUMI_STACK }}" in text
     # No token is written in the clear.
     assert not re.search(r"pul-[0-9a-f]{20,}", text)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_workflow_chooses_the_backend_the_same_way(name: str) -> None:
+    doc = load(name)
+    env = {k: v for k, v in doc["env"].items() if k in BACKEND_ENV}
+    assert env == BACKEND_ENV
+    # Said at the top, before the first key.
+    head = read(name).split("\nname:", 1)[0]
+    for word in ("PULUMI_BACKEND_URL", "PULUMI_ACCESS_TOKEN", "PULUMI_CONFIG_PASSPHRASE"):
+        assert word in head, f"{name}: the header does not name {word}"
+    runs = [s.get("run", "") for s in steps(name)]
+    assert any(r.startswith("bash .github/pulumi-backend.sh") for r in runs), name
+    for s in steps(name):
+        if str(s.get("uses", "")).startswith("pulumi/actions@") and "command" in s["with"]:
+            assert s["with"]["cloud-url"] == "${{ env.PULUMI_BACKEND_URL }}", name
+            assert s["with"]["stack-name"] == "${{ vars.PULUMI_STACK }}", name
+            assert "PULUMI_ACCESS_TOKEN" not in s.get("env", {}), name  # the job's env has it
+
+
+def backend(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    path = f"{CACHE / 'bin'}:{os.environ['PATH']}"
+    return subprocess.run(
+        ["bash", str(BACKEND_SCRIPT), *args],
+        env={"PATH": path, "HOME": os.environ["HOME"], **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_backend_script_is_shellcheck_clean() -> None:
+    res = subprocess.run(["shellcheck", str(BACKEND_SCRIPT)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "rc", "said"),
+    [
+        ({}, 1, "no state backend: set the secret PULUMI_ACCESS_TOKEN"),
+        ({"PULUMI_ACCESS_TOKEN": "", "PULUMI_BACKEND_URL": ""}, 1, "no state backend"),
+        ({"PULUMI_ACCESS_TOKEN": "pul-x"}, 0, "state backend: Pulumi Cloud"),
+        (
+            {"PULUMI_BACKEND_URL": "s3://state?region=auto&endpoint=r2.example", "AWS_REGION": ""},
+            1,
+            "not: PULUMI_CONFIG_PASSPHRASE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY",
+        ),
+        (
+            {
+                "PULUMI_BACKEND_URL": "s3://state?region=auto",
+                "PULUMI_CONFIG_PASSPHRASE": "passphrase-XYZ",
+                "AWS_ACCESS_KEY_ID": "key-id-XYZ",
+                "AWS_SECRET_ACCESS_KEY": "secret-XYZ",
+                "PULUMI_ACCESS_TOKEN": "pul-x",  # the bucket wins when both are set
+            },
+            0,
+            "state backend: self-managed, s3://state\n",
+        ),
+    ],
+)
+def test_backend_script_names_the_choice_or_what_is_missing(
+    env: dict[str, str], rc: int, said: str
+) -> None:
+    res = backend(env)
+    assert res.returncode == rc, res.stdout + res.stderr
+    assert said in res.stdout
+    assert "XYZ" not in res.stdout + res.stderr  # no secret is echoed
+
+
+def passphrase_file(tmp_path: Path) -> str:
+    f = tmp_path / "passphrase"
+    f.write_text("correct horse battery staple\n")
+    f.chmod(0o600)
+    return str(f)
+
+
+@pytest.mark.engine
+def test_backend_script_logs_in_to_a_self_managed_url(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {
+        "PULUMI_HOME": str(tmp_path / "home"),
+        "PULUMI_BACKEND_URL": f"file://{state}",
+        "PULUMI_CONFIG_PASSPHRASE_FILE": passphrase_file(tmp_path),
+    }
+    res = backend(env, "login")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "state backend: self-managed, file://" in res.stdout
+    who = subprocess.run(
+        [str(CACHE / "bin" / "pulumi"), "whoami", "-v"],
+        env={"PATH": os.environ["PATH"], "HOME": os.environ["HOME"], **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert f"Backend URL: file://{state}" in who.stdout, who.stdout + who.stderr
+
+
+def verify_commands(text: str) -> list[list[str]]:
+    """Each `bin/dkim-relay ...` command in a workflow's run scripts, as argv."""
+    out = []
+    for line in text.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        tokens = list(lexer)
+        while "bin/dkim-relay" in tokens:
+            tokens = tokens[tokens.index("bin/dkim-relay") :]
+            end = next((i for i, t in enumerate(tokens) if t in ("|", "||", "&&", ";")), None)
+            out.append(tokens[:end])
+            tokens = tokens[end:] if end else []
+    return out
+
+
+def test_health_check_runs_the_verify_command_the_tests_run() -> None:
+    runs = "\n".join(s.get("run", "") for s in steps("health.yml"))
+    assert verify_commands(runs) == [list(HEALTH_CHECK)]
+    for name in NAMES:  # and no workflow runs verify any other way
+        for command in verify_commands(read(name)):
+            assert command == list(HEALTH_CHECK), f"{name}: {command}"
+    verify = step("health.yml", "Verify the live relay")
+    assert verify["shell"] == "bash"  # -eo pipefail: a failed `pulumi stack output` fails
+    assert verify["env"] == {WEBHOOK_ENV: "${{ secrets.ALERT_WEBHOOK }}"}
+    assert WEBHOOK_ENV == VERIFY_WEBHOOK_ENV
+    piped = verify["run"].replace("\\\n", " ")
+    assert re.search(
+        r'pulumi stack output --stack "\$\{PULUMI_STACK\}" --json --show-secrets\s*\|\s*'
+        + re.escape(shlex.join(HEALTH_CHECK)),
+        piped,
+    ), piped
+
+
+def test_health_check_schedule_dispatch_drift_and_permissions() -> None:
+    doc = load("health.yml")
+    assert doc["on"]["schedule"] and "workflow_dispatch" in doc["on"]
+    minute, hour, *rest = doc["on"]["schedule"][0]["cron"].split()
+    assert hour.startswith("*/") and rest == ["*", "*", "*"]
+    assert doc["permissions"] == {"contents": "read"}
+    assert doc["env"]["PULUMI_STACK"] == "${{ vars.PULUMI_STACK }}"
+    drift = step("health.yml", "Drift (pulumi preview --refresh --expect-no-changes)")
+    assert "vars.DRIFT_CHECK == 'true'" in drift["if"] and "inputs.drift" in drift["if"]
+    argv = shlex.split(drift["run"])
+    assert argv[:2] == ["pulumi", "preview"]
+    assert {"--refresh", "--expect-no-changes", "--non-interactive"} <= set(argv)
+    install = [s for s in steps("health.yml") if str(s.get("uses", "")).startswith("pulumi/")]
+    assert len(install) == 1 and "command" not in install[0]["with"]  # the CLI only
+
+
+@pytest.mark.engine
+def test_health_check_steps_fail_when_the_stack_outputs_cannot_be_read(tmp_path: Path) -> None:
+    """The login and verify steps, run as GitHub runs them, on a stack that is not there."""
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {
+        "PATH": f"{CACHE / 'bin'}:{os.environ['PATH']}",
+        "HOME": os.environ["HOME"],
+        "PULUMI_HOME": str(tmp_path / "home"),
+        "PULUMI_BACKEND_URL": f"file://{state}",
+        "PULUMI_CONFIG_PASSPHRASE_FILE": passphrase_file(tmp_path),
+        "PULUMI_STACK": "no-such-stack",
+        "DKIM_RELAY_ALERT_WEBHOOK": "",
+    }
+    for title in ("Log in to the state backend", "Verify the live relay"):
+        script = tmp_path / "step.sh"
+        script.write_text(step("health.yml", title)["run"])
+        res = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if title.startswith("Log in"):
+            assert res.returncode == 0, res.stdout + res.stderr
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "no-such-stack" in res.stderr and "outputs are empty" in res.stderr
 
 
 def test_preview_on_pull_requests_comments_with_minimal_permissions() -> None:

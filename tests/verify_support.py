@@ -1,4 +1,5 @@
-"""Real parts for verify's end-to-end test: a test CA, nsd, and a loopback Postfix.
+"""Real parts for verify's end-to-end test: a test CA, nsd, a loopback Postfix, and an
+HTTP server standing in for a chat's incoming webhook.
 
 nsd serves zones built from the stack's own zone snippet (components.dns). One Postfix
 instance (its own config dir, `postfix -c DIR`) runs several submission services on
@@ -10,21 +11,33 @@ certificate). Debian packages: nsd, postfix, sasl2-bin, libsasl2-modules
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+REPO = Path(__file__).resolve().parent.parent
+# What .github/workflows/health.yml runs (tests/test_workflows.py holds it to that), with
+# the stack outputs on stdin and the webhook in DKIM_RELAY_ALERT_WEBHOOK. The tests add
+# only the flags that point it at loopback parts (--nameserver, --cafile, --timeout).
+HEALTH_CHECK = ("bin/dkim-relay", "verify", "--json", "--skip-ipv6")
+WEBHOOK_ENV = "DKIM_RELAY_ALERT_WEBHOOK"
 
 NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
@@ -426,3 +439,110 @@ def _banner(host: str, port: int) -> bool:
             return s.recv(64).startswith(b"220")
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------- webhook
+
+
+@dataclass(frozen=True)
+class Post:
+    path: str
+    content_type: str
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        payload = json.loads(self.body)
+        assert isinstance(payload, dict) and set(payload) == {"text"}, payload
+        return str(payload["text"])
+
+
+class Webhook:
+    """An HTTP server on loopback that records every POST, as a chat's incoming webhook."""
+
+    def __init__(self, status: int = 200) -> None:
+        posts: list[Post] = []
+        self.posts = posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the name http.server calls
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                posts.append(Post(self.path, self.headers.get("Content-Type", ""), body))
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        port = self.server.server_address[1]
+        # Shaped like a Slack URL: the path is the secret part.
+        self.url = f"http://127.0.0.1:{port}/services/T0/B0/{secrets.token_hex(12)}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+@contextlib.contextmanager
+def webhook(status: int = 200) -> Iterator[Webhook]:
+    hook = Webhook(status)
+    try:
+        yield hook
+    finally:
+        hook.stop()
+
+
+@contextlib.contextmanager
+def silent_webhook() -> Iterator[str]:
+    """A URL whose server accepts the connection (the kernel does) and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/never-answers"
+
+
+@dataclass
+class HealthRun:
+    rc: int
+    report: dict[str, object]
+    stderr: str
+    seconds: float
+
+    def statuses(self) -> dict[str, str]:
+        checks = self.report.get("checks", [])
+        assert isinstance(checks, list)
+        return {c["name"]: c["status"] for c in checks}
+
+
+def health_check(
+    outputs: Mapping[str, object], webhook_url: str | None, *loopback: str, timeout: float = 120
+) -> HealthRun:
+    """Run HEALTH_CHECK as the workflow does: outputs on stdin, the webhook in the env."""
+    env = {k: v for k, v in os.environ.items() if k != WEBHOOK_ENV and "proxy" not in k.lower()}
+    if webhook_url:
+        env[WEBHOOK_ENV] = webhook_url
+    start = time.monotonic()
+    res = subprocess.run(
+        [str(REPO / HEALTH_CHECK[0]), *HEALTH_CHECK[1:], *loopback],
+        input=json.dumps(outputs),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    seconds = time.monotonic() - start
+    try:
+        report = json.loads(res.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"not JSON: {res.stdout!r} {res.stderr}") from None
+    if webhook_url:
+        assert webhook_url not in res.stdout + res.stderr  # the URL is a secret too
+    return HealthRun(res.returncode, report, res.stderr, seconds)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m components.dmarc_reports [--relay-ip IP ...] PATH [PATH ...]
+    dkim-relay dmarc-report [--relay-ip IP ...] PATH [PATH ...]
 
 PATH is a report file (``.xml``, ``.xml.gz``, ``.gz``, ``.zip``) or a folder of them
 (searched recursively). Prints one line per source IP with message count, the
@@ -393,7 +393,7 @@ def _ip_or_net(value: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m components.dmarc_reports",
+        prog="dkim-relay dmarc-report",
         description="Summarise DMARC aggregate reports (.xml, .xml.gz, .zip) per source IP.",
     )
     ap.add_argument("paths", nargs="+", metavar="PATH", help="report files or folders")

@@ -1,0 +1,468 @@
+"""The stack's configuration: one pydantic model, validated before any resource exists.
+
+This is the one home of each config default and check: the components take their
+defaults and patterns from here. `load_config` reports every problem at once, each
+naming the config key, what is wrong and how to fix it. Secrets (SSH key, SMTP
+passwords, API tokens) are not part of the model: they stay Pulumi secrets, and the
+model only learns whether they are set.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    WrapValidator,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+# ---- defaults ----------------------------------------------------------------------
+DEFAULT_ACME_SERVER = "https://acme-v02.api.letsencrypt.org/directory"
+DEFAULT_DKIM_SELECTOR = "relay"
+DEFAULT_CONTAINER_NAME = "dkim-relay"
+DEFAULT_SMTP_PORT = 587
+DEFAULT_RELAY_IPV4_SUBNET = "172.30.87.0/24"
+DEFAULT_RELAY_IPV6_SUBNET = "fd00:d6b1:587::/64"
+DkimKeyBits = Literal[2048, 3072, 4096]
+ALLOWED_KEY_BITS: tuple[int, ...] = get_args(DkimKeyBits)
+
+CLOUDFLARE_EMAIL_ROUTING_SPF = "include:_spf.mx.cloudflare.net"
+# RFC 7208 4.6.4: terms that cost a DNS lookup; more than 10 is a permerror.
+SPF_LOOKUP_TERMS = ("include:", "exists:", "redirect=", "a:", "a/", "mx:", "mx/", "ptr:")
+SPF_LOOKUP_LIMIT = 10
+
+# ---- patterns (Python `re` syntax; the model validates with the same engine) --------
+# Anchored with \Z, not $: `$` also matches before a final newline.
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+# One DNS label: a DKIM selector, or one part of a host name.
+DNS_LABEL_PATTERN = rf"^{_LABEL}\Z"
+# A fully qualified host name: two labels at least, the last not all digits (so not an
+# IPv4 address), 253 characters at most, an optional final dot.
+HOSTNAME_PATTERN = rf"^(?=.{{1,253}}\.?\Z)(?:{_LABEL}\.)+(?!\d+\.?\Z){_LABEL}\.?\Z"
+CONTAINER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z"
+SMTP_USER_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}\Z"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\Z"
+# RFC 7489 6.2: a mailto: URI, optionally with a size limit such as !10m.
+MAILTO_PATTERN = r"^mailto:[^@\s!]+@[^@\s!]+(?:![0-9]+[kmgtKMGT]?)?\Z"
+NEXTHOP_PATTERN = r"^(?:\[[A-Za-z0-9.:-]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z"
+
+
+# ---- value types ---------------------------------------------------------------------
+# A failed check raises one of two error types that `load_config` turns into text:
+# "config_value" holds what the value is not (the input and a fix are added), and
+# "config_advice" holds the whole explanation with its remedy.
+
+
+def _explained(problem: str) -> WrapValidator:
+    """Report any failure of the wrapped type as `problem`, instead of pydantic's text."""
+
+    def wrap(value: Any, handler: Callable[[Any], Any]) -> Any:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError("config_value", problem) from None
+
+    return WrapValidator(wrap)
+
+
+def _valid_as(kind: Any, at_least: int = 0) -> AfterValidator:
+    """Check a text with pydantic's type `kind`, keeping the text as written (it goes to
+    DNS records, Pulumi inputs and scripts as is). `at_least`: addresses in a network."""
+    adapter: TypeAdapter[Any] = TypeAdapter(kind)
+
+    def check(text: str) -> str:
+        if getattr(adapter.validate_python(text), "num_addresses", at_least) < at_least:
+            raise ValueError(f"fewer than {at_least} addresses")
+        return text
+
+    return AfterValidator(check)
+
+
+def _advice(text: str) -> PydanticCustomError:
+    return PydanticCustomError("config_advice", "{text}", {"text": text})
+
+
+def _spf_term(term: str) -> str:
+    t = term.lstrip("+-~?").lower()
+    if t == "all":
+        raise _advice(
+            f"{term!r} is an `all` term; the record already ends with spfAll. "
+            "Remove it and set spfAll (~all or -all) instead"
+        )
+    if t.startswith("redirect="):
+        raise _advice(f"{term!r} would make spfAll unreachable. Remove it")
+    if not re.match(r"^(ip4:|ip6:|include:|a\b|mx\b|ptr\b|exists:)", t):
+        raise PydanticCustomError(
+            "config_value", "is not an SPF mechanism (ip4:, ip6:, include:, a, mx, exists:)"
+        )
+    return term
+
+
+Hostname = Annotated[
+    str,
+    Field(pattern=HOSTNAME_PATTERN),
+    _explained(
+        "is not a fully qualified domain name (letters, digits and hyphens in "
+        "dot-separated labels; IDNs in their xn-- form)"
+    ),
+]
+DnsLabel = Annotated[
+    str,
+    Field(pattern=DNS_LABEL_PATTERN),
+    _explained(
+        "is not a valid DNS label (1-63 letters, digits or hyphens, not starting or "
+        "ending with a hyphen)"
+    ),
+]
+EmailAddress = Annotated[str, Field(pattern=EMAIL_PATTERN), _explained("is not an email address")]
+MailtoUri = Annotated[
+    str,
+    Field(pattern=MAILTO_PATTERN),
+    _explained(
+        "is not a mailto: URI. DMARC reports go to addresses written as mailto:dmarc@example.com"
+    ),
+]
+SpfTerm = Annotated[str, AfterValidator(_spf_term)]
+SmtpUser = Annotated[
+    str,
+    Field(pattern=SMTP_USER_PATTERN),
+    _explained("is not a valid user name (lowercase letters, digits, . _ -)"),
+]
+Port = Annotated[int, Field(strict=True, ge=1, le=65535), _explained("is not a TCP port (1-65535)")]
+# The relay's network needs room for the gateway, the relay and a sink.
+Ipv4Subnet = Annotated[
+    str,
+    _valid_as(IPv4Network, at_least=8),
+    _explained("is not an IPv4 subnet in CIDR form with room for the relay (/29 or larger)"),
+]
+Ipv6Subnet = Annotated[
+    str,
+    _valid_as(IPv6Network, at_least=8),
+    _explained("is not an IPv6 subnet in CIDR form with room for the relay (/125 or larger)"),
+]
+Policy = Literal["none", "quarantine", "reject"]
+
+
+class ConfigError(Exception):
+    """All problems of a stack config: each `(key, what is wrong and how to fix it)`."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = sorted(set(problems))
+        lines = [f"  - {key}: {text}" for key, text in self.problems]
+        n = len(self.problems)
+        super().__init__(
+            f"the stack config has {n} problem{'s' if n != 1 else ''}; "
+            "nothing was created or changed:\n" + "\n".join(lines)
+        )
+
+
+class RelayConfig(BaseModel):
+    """Every key of the `dkim-relay:` config namespace (camelCase in the stack file).
+
+    Each field's example is the value an error message's `pulumi config set` fix uses.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        regex_engine="python-re",
+    )
+
+    # Identity and DNS
+    domain: Hostname = Field(description="the domain you send mail from", examples=["example.com"])
+    relay_host: Hostname | None = Field(None, examples=["smtp.example.com"])
+    vps_ipv4: Annotated[
+        str,
+        _valid_as(IPv4Address),
+        _explained("is not an IPv4 address (an IPv6 address goes in vpsIpv6)"),
+    ] = Field(description="the VPS's public IPv4 address", examples=["203.0.113.25"])
+    vps_ipv6: (
+        Annotated[
+            str,
+            _valid_as(IPv6Address),
+            _explained("is not an IPv6 address (the IPv4 address goes in vpsIpv4)"),
+        ]
+        | None
+    ) = Field(None, examples=["2001:db8::25"])
+    dns_provider: Annotated[
+        Literal["cloudflare", "manual"], _explained("is not cloudflare or manual")
+    ] = Field("manual", examples=["manual"])
+    cloudflare_zone_id: str | None = Field(None, examples=["<zone id>"])
+    cloudflare_account_id: str | None = Field(None, examples=["<account id>"])
+    dkim_selector: DnsLabel = Field(DEFAULT_DKIM_SELECTOR, examples=["relay2026"])
+    dkim_retired_selectors: list[DnsLabel] = Field(default_factory=list, examples=["relay"])
+    dkim_key_bits: Annotated[
+        DkimKeyBits,
+        _explained(
+            "is not an allowed RSA key size: use 2048, 3072 or 4096 (receivers treat keys "
+            "under 2048 bits as weak)"
+        ),
+    ] = Field(2048, examples=[2048])
+    dmarc_policy: Annotated[Policy, _explained("is not one of none, quarantine, reject")] = Field(
+        "none", examples=["quarantine"]
+    )
+    dmarc_subdomain_policy: (
+        Annotated[
+            Policy,
+            _explained(
+                "is not one of none, quarantine, reject (or unset it to follow dmarcPolicy)"
+            ),
+        ]
+        | None
+    ) = Field(None, examples=["quarantine"])
+    dmarc_pct: Annotated[
+        int, Field(strict=True, ge=0, le=100), _explained("is outside 0-100 (a percentage)")
+    ] = Field(100, examples=[100])
+    dmarc_rua: list[MailtoUri] = Field(default_factory=list, examples=["mailto:dmarc@example.com"])
+    dmarc_ruf: list[MailtoUri] = Field(default_factory=list, examples=["mailto:dmarc@example.com"])
+    dmarc_alignment: Annotated[
+        Literal["relaxed", "strict"], _explained("is not relaxed or strict")
+    ] = Field("relaxed", examples=["relaxed"])
+    spf_extra: list[SpfTerm] = Field(default_factory=list, examples=["include:_spf.google.com"])
+    spf_all: Annotated[Literal["~all", "-all"], _explained("is not ~all or -all")] = Field(
+        "~all", examples=["~all"]
+    )
+    forward_to: EmailAddress | None = Field(None, examples=["me@gmail.com"])
+    dns_ttl: Annotated[
+        Literal[1] | Annotated[int, Field(strict=True, ge=60, le=86400)],
+        _explained("is not a TTL Cloudflare accepts: 1 (automatic) or 60 to 86400 seconds"),
+    ] = Field(3600, examples=[3600])
+
+    # Where the relay runs
+    deploy_target: Annotated[Literal["vps", "local"], _explained("is not vps or local")] = Field(
+        "vps", examples=["vps"]
+    )
+    docker_host: str | None = Field(None, examples=["ssh://root@203.0.113.25"])
+    ssh_host: str | None = Field(None, examples=["203.0.113.25"])
+    ssh_user: str = Field("root", examples=["root"])
+    ssh_port: Port = Field(22, examples=[22])
+    ssh_host_key: str | None = Field(None, examples=["ssh-ed25519 AAAA..."])
+    acme_email: EmailAddress | None = Field(None, examples=["you@example.com"])
+    acme_server: str = Field(DEFAULT_ACME_SERVER, examples=[DEFAULT_ACME_SERVER])
+    acme_extra_names: list[Hostname] = Field(default_factory=list, examples=["mail.example.com"])
+    acme_ca_bundle: str | None = Field(None, examples=["/etc/ssl/certs/test-ca.pem"])
+    tls_cert_dir: str | None = Field(None, examples=[".local/letsencrypt"])
+
+    # The relay
+    smtp_users: Annotated[list[SmtpUser], Field(min_length=1)] = Field(
+        default_factory=lambda: ["gmail"],
+        description="one user at least, for Gmail",
+        examples=["gmail"],
+    )
+    smtp_port: Port = Field(DEFAULT_SMTP_PORT, examples=[DEFAULT_SMTP_PORT])
+    submissions465: StrictBool = Field(False, examples=[True])
+    relay_nexthop: (
+        Annotated[
+            str,
+            Field(pattern=NEXTHOP_PATTERN),
+            _explained("is not a next hop such as [mail.example.net]:25"),
+        ]
+        | None
+    ) = Field(None, examples=["[smarthost.example.net]:587"])
+    relay_container_name: Annotated[
+        str,
+        Field(pattern=CONTAINER_NAME_PATTERN),
+        _explained("is not a container name (1-63 letters, digits, _ . -)"),
+    ] = Field(DEFAULT_CONTAINER_NAME, examples=[DEFAULT_CONTAINER_NAME])
+    relay_ipv4_subnet: Ipv4Subnet = Field(
+        DEFAULT_RELAY_IPV4_SUBNET, examples=[DEFAULT_RELAY_IPV4_SUBNET]
+    )
+    relay_ipv6_subnet: Ipv6Subnet = Field(
+        DEFAULT_RELAY_IPV6_SUBNET, examples=[DEFAULT_RELAY_IPV6_SUBNET]
+    )
+
+    @field_validator("dkim_retired_selectors")
+    @classmethod
+    def _retired_apart_from_signing(cls, retired: list[str], info: ValidationInfo) -> list[str]:
+        selector = info.data.get("dkim_selector")
+        if selector in retired:
+            raise _advice(
+                f"{selector!r} is the signing selector (dkimSelector) and cannot also be "
+                "retired. Remove it from dkimRetiredSelectors, or pick a new dkimSelector"
+            )
+        if len(set(retired)) != len(retired):
+            raise _advice("lists a selector twice. Remove the duplicate")
+        return retired
+
+    # ---- derived values -------------------------------------------------------------
+    @property
+    def relay_fqdn(self) -> str:
+        return self.relay_host or f"smtp.{self.domain}"
+
+    @property
+    def ssh_target(self) -> str:
+        return self.ssh_host or self.vps_ipv4
+
+    @property
+    def all_selectors(self) -> list[str]:
+        return [self.dkim_selector, *self.dkim_retired_selectors]
+
+    @property
+    def spf_terms(self) -> list[str]:
+        terms = [f"ip4:{self.vps_ipv4}"]
+        if self.vps_ipv6:
+            terms.append(f"ip6:{self.vps_ipv6}")
+        terms += self.spf_extra
+        if self.forward_to and CLOUDFLARE_EMAIL_ROUTING_SPF not in terms:
+            terms.append(CLOUDFLARE_EMAIL_ROUTING_SPF)
+        return terms
+
+
+_FIELDS = {field.alias or name: field for name, field in RelayConfig.model_fields.items()}
+
+
+def config_keys() -> list[str]:
+    """Every config key of the model, camelCase, as in the stack file."""
+    return list(_FIELDS)
+
+
+@functools.cache
+def config_types() -> dict[str, str]:
+    """The JSON type of each key ("string", "integer", "boolean", "array"), as the model
+    declares it: Pulumi.yaml declares the same, and the program picks its getter by it."""
+    props = RelayConfig.model_json_schema(by_alias=True)["properties"]
+    types = {}
+    for key, schema in props.items():
+        options = [schema, *schema.get("anyOf", [])]
+        types[key] = next(o["type"] for o in options if o.get("type", "null") != "null")
+    return types
+
+
+def _fix(key: str, index: int | None = None) -> str:
+    """`pulumi config set` with the key's example value."""
+    value = _FIELDS[key].examples[0]  # type: ignore[index]
+    example = shlex.quote(value if isinstance(value, str) else json.dumps(value))
+    if index is not None:
+        return f"Fix: pulumi config set --path '{key}[{index}]' {example}"
+    return f"Fix: pulumi config set {key} {example}"
+
+
+def _explain(error: Mapping[str, Any]) -> tuple[str, str]:
+    """A pydantic error as (key, what is wrong and how to fix it)."""
+    loc = error["loc"]
+    key = str(loc[0]) if loc else "config"
+    if key not in _FIELDS:
+        return key, f"is not a dkim-relay config key (a typo?). Remove it: pulumi config rm {key}"
+    field = _FIELDS[key]
+    index = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    if index is None and "array" == config_types()[key]:
+        index = 0
+    kind, value = error["type"], error.get("input")
+    if kind == "missing":
+        return key, f"is required ({field.description}). {_fix(key)}"
+    if kind == "config_advice":
+        return key, error["msg"]
+    if kind == "config_value":
+        return key, f"{value!r} {error['msg']}. {_fix(key, index)}"
+    if kind == "too_short":
+        return key, f"is empty; it needs {field.description}. {_fix(key, index)}"
+    msg = error["msg"][:1].lower() + error["msg"][1:]
+    return key, f"{value!r}: {msg}. {_fix(key, index)}"
+
+
+def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[str, str]]:
+    """Rules between keys, on the raw values so that they are found whatever else is wrong."""
+    problems: list[tuple[str, str]] = []
+    domain = str(raw.get("domain") or "").lower().rstrip(".")
+    relay = str(raw.get("relayHost") or "").lower().rstrip(".")
+    if relay and all(re.match(HOSTNAME_PATTERN, n) for n in (relay, domain)):
+        if relay != domain and not relay.endswith("." + domain):
+            problems.append(
+                (
+                    "relayHost",
+                    f"{raw['relayHost']!r} is outside {domain}, so this stack cannot publish its "
+                    f"address. Fix: pulumi config set relayHost smtp.{domain}",
+                )
+            )
+    provider = raw.get("dnsProvider", "manual")
+    if provider == "cloudflare" and not raw.get("cloudflareZoneId"):
+        problems.append(
+            (
+                "cloudflareZoneId",
+                "dnsProvider is cloudflare but no zone is given and none was found for the "
+                "domain. Copy the Zone ID from the zone's Overview page in the Cloudflare "
+                "dashboard. Fix: pulumi config set cloudflareZoneId <zone id>",
+            )
+        )
+    if raw.get("forwardTo") and provider != "cloudflare":
+        problems.append(
+            (
+                "forwardTo",
+                "needs dnsProvider cloudflare (inbound forwarding uses Cloudflare Email "
+                "Routing). Set dnsProvider to cloudflare, or remove it: pulumi config rm forwardTo",
+            )
+        )
+    extra = raw.get("spfExtra") or []
+    if isinstance(extra, list):
+        terms = [str(t).lstrip("+-~?").lower() for t in extra]
+        if raw.get("forwardTo") and CLOUDFLARE_EMAIL_ROUTING_SPF not in terms:
+            terms.append(CLOUDFLARE_EMAIL_ROUTING_SPF)
+        lookups = sum(1 for t in terms if t in ("a", "mx", "ptr") or t.startswith(SPF_LOOKUP_TERMS))
+        if lookups > SPF_LOOKUP_LIMIT:
+            problems.append(
+                (
+                    "spfExtra",
+                    f"the SPF record would need {lookups} DNS lookups (include, a, mx, ptr, "
+                    f"exists each cost one; Email Routing adds one); receivers stop at "
+                    f"{SPF_LOOKUP_LIMIT} and fail SPF. Replace includes with ip4:/ip6: terms",
+                )
+            )
+    if raw.get("deployTarget", "vps") == "vps":
+        if not raw.get("acmeEmail"):
+            problems.append(
+                (
+                    "acmeEmail",
+                    "is needed to request the relay's Let's Encrypt certificate (expiry "
+                    "notices go there). Fix: pulumi config set acmeEmail you@example.com",
+                )
+            )
+        if "sshPrivateKey" not in secrets_set:
+            problems.append(
+                (
+                    "sshPrivateKey",
+                    "is needed to reach the VPS. Fix: pulumi config set --secret "
+                    "sshPrivateKey < ~/.ssh/id_ed25519",
+                )
+            )
+    elif not raw.get("tlsCertDir"):
+        problems.append(
+            (
+                "tlsCertDir",
+                "a local stack needs a folder laid out like /etc/letsencrypt holding the "
+                "relay's certificate. Fix: run scripts/local-up.sh, which makes one",
+            )
+        )
+    return problems
+
+
+def load_config(raw: Mapping[str, Any], secrets_set: set[str] | None = None) -> RelayConfig:
+    """Validate raw stack config (camelCase keys); raise ConfigError listing every problem.
+
+    An empty string means "not set": Pulumi.yaml cannot declare a null default.
+    """
+    raw = {k: v for k, v in raw.items() if v is not None and v != ""}
+    problems = _cross_checks(raw, secrets_set or set())
+    try:
+        model = RelayConfig.model_validate(raw)
+    except ValidationError as err:
+        problems += [_explain(e) for e in err.errors()]
+    if problems:
+        raise ConfigError(problems)
+    return model
