@@ -4,8 +4,9 @@ The relay (relay/ image, config rendered by components.postfix, a certificate fr
 test CA in the letsencrypt layout) is published on 127.0.0.1 and ::1; nsd serves the
 zone components.dns renders for it, and the PTR of both addresses names the relay.
 Every check passes, and the test message sent with --send-to reaches the sink with a
-DKIM signature that dkimpy verifies against the key nsd serves. The scheduled health check's command posts to a real HTTP server on a
-certificate 10 days from expiry and on a stopped relay, never with the password.
+DKIM signature that dkimpy verifies against the key nsd serves. The scheduled health
+check's command posts to a real HTTP server on a certificate 10 days from expiry and on
+a stopped relay, never with the password.
 """
 
 from __future__ import annotations
