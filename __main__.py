@@ -125,6 +125,8 @@ def main() -> None:
                 {
                     "domain": cfg.domain,
                     "relayHost": cfg.relay_fqdn,
+                    "vpsIpv4": cfg.vps_ipv4,
+                    "vpsIpv6": cfg.vps_ipv6,
                     "smtpServer": cfg.relay_fqdn,
                     "smtpPort": cfg.smtp_port,
                     "smtpUsername": logins[0],

@@ -36,6 +36,10 @@ class GuideInput:
     # Only ever filled when the user explicitly asked for the password in the guide.
     passwords: Mapping[str, str] | None = None
     stack_name: str = ""
+    # The VPS's public addresses (vpsIpv4, vpsIpv6) and the relay's HELO name (relayHost,
+    # default smtp_server): each address needs a PTR to that name.
+    vps_addresses: Sequence[str] = ()
+    relay_host: str = ""
 
 
 def _md_cell(value: object) -> str:
@@ -72,6 +76,37 @@ def render_dns_table(records: Sequence[Mapping[str, object]]) -> str:
             f"| `{content}` | {_md_cell(rec.get('ttl', ''))} |"
         )
     return "\n".join(lines)
+
+
+def _reverse_dns_section(inp: GuideInput, step: int, stack: str) -> list[str]:
+    host = inp.relay_host or inp.smtp_server
+    rows = [f"| `{_md_cell(a)}` | `{_md_cell(host)}` |" for a in inp.vps_addresses]
+    passes = " and ".join(f"`PASS dns.ptr[{a}]`" for a in inp.vps_addresses)
+    return [
+        f"## {step}. Reverse DNS: set the PTR of each VPS address at your VPS provider",
+        "",
+        (
+            "Gmail and most receivers reject mail from an address whose reverse DNS (PTR) "
+            "is missing or names a host that does not resolve back to it (over IPv6 Gmail "
+            "answers `550-5.7.1 ... does not meet IPv6 sending guidelines regarding PTR "
+            f"records`). The relay greets receivers as `{host}`, so give every address of "
+            "the VPS that name. The PTR is set at your VPS provider, not at your DNS host: "
+            "in its control panel (the server's network or IP settings) or, with some "
+            "providers, by a support ticket."
+        ),
+        "",
+        "| VPS address | Reverse DNS (PTR) to set |",
+        "| --- | --- |",
+        *rows,
+        "",
+        (
+            f"Many providers accept the PTR only once the A/AAAA records of `{host}` are "
+            "visible. Then check it with "
+            f"`pulumi stack output{stack} --json --show-secrets | bin/dkim-relay verify`: "
+            f"it should print {passes}; otherwise it names the PTR to set."
+        ),
+        "",
+    ]
 
 
 def render_guide(inp: GuideInput) -> str:
@@ -118,6 +153,10 @@ def render_guide(inp: GuideInput) -> str:
             "Wait until the records are visible (a few minutes to an hour) before sending.",
             "",
         ]
+        step += 1
+
+    if inp.vps_addresses:
+        out += _reverse_dns_section(inp, step, stack)
         step += 1
 
     out += [
@@ -225,6 +264,7 @@ def render_from_outputs(
             passwords.update({str(k): str(v) for k, v in pw_map.items()})
         if outputs.get("smtpPassword") is not None:
             passwords.setdefault(keys[0], str(outputs["smtpPassword"]))
+    addresses = [str(outputs[k]) for k in ("vpsIpv4", "vpsIpv6") if outputs.get(k)]
     records_obj = outputs.get("dnsRecords") or []
     if not isinstance(records_obj, (list, tuple)):
         raise TypeError("dnsRecords must be a list")
@@ -241,5 +281,7 @@ def render_from_outputs(
             dns_records=records_obj,
             passwords=passwords,
             stack_name=stack_name,
+            vps_addresses=addresses,
+            relay_host=str(outputs.get("relayHost") or ""),
         )
     )

@@ -17,6 +17,8 @@ from components.guide import (
     render_from_outputs,
     render_guide,
 )
+from tools.verify import dns_checks as d
+from tools.verify.result import PASS
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Pa55word-XYZ"
@@ -55,6 +57,8 @@ def outputs(provider: str = "manual") -> dict[str, Any]:
     return {
         "domain": "example.com",
         "relayHost": "mail.example.com",
+        "vpsIpv4": "203.0.113.10",
+        "vpsIpv6": "2001:db8::10",
         "smtpServer": "mail.example.com",
         "smtpPort": 587,
         "smtpUsername": "me@example.com",
@@ -117,7 +121,39 @@ def test_managed_dns_mode_has_no_manual_records() -> None:
     text = render_from_outputs(outputs("cloudflare"))
     assert "Add these DNS records" not in text
     assert "zoneSnippet" not in text
-    assert "203.0.113.10" not in text
+    assert "| Type | Name | Content | TTL |" not in text and "| A |" not in text
+
+
+def ptr_rows(text: str) -> list[tuple[str, str]]:
+    """The (address, PTR name) rows of the guide's reverse DNS table."""
+    section = text.split("Reverse DNS:", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([^`]+)` \| `([^`]+)` \|$", section, re.M)
+
+
+@pytest.mark.parametrize("provider", ["cloudflare", "manual"])
+def test_reverse_dns_names_the_ptr_of_each_vps_address(provider: str) -> None:
+    text = render_from_outputs(outputs(provider))
+    step = 1 if provider == "cloudflare" else 2  # after the manual DNS records
+    assert f"## {step}. Reverse DNS" in text
+    rows = ptr_rows(text)
+    assert rows == [("203.0.113.10", "mail.example.com"), ("2001:db8::10", "mail.example.com")]
+    # The PTR the guide asks for is the one verify passes (once the A/AAAA resolve back).
+    for addr, name in rows:
+        assert d.evaluate_ptr(addr, "mail.example.com", [name], {name: [addr]}).status == PASS
+    assert "at your VPS provider, not at your DNS host" in text
+    assert "`PASS dns.ptr[203.0.113.10]` and `PASS dns.ptr[2001:db8::10]`" in text
+    assert "pulumi stack output --json --show-secrets | bin/dkim-relay verify" in text
+    # Before Gmail is set up: without it the mail does not arrive.
+    assert text.index("Reverse DNS") < text.index("Accounts and Import")
+
+
+def test_reverse_dns_without_ipv6_and_for_another_relay_host() -> None:
+    outs = outputs("cloudflare") | {"vpsIpv6": None, "relayHost": "relay.example.com"}
+    rows = ptr_rows(render_from_outputs(outs))
+    assert rows == [("203.0.113.10", "relay.example.com")]
+    # Without the addresses there is no table to fill in.
+    plain = {k: v for k, v in outputs("cloudflare").items() if not k.startswith("vpsIp")}
+    assert "Reverse DNS" not in render_from_outputs(plain)
 
 
 def test_table_cells_escape_pipes() -> None:
@@ -165,10 +201,12 @@ def test_verify_command_in_the_guide_runs() -> None:
             [SendAs("a@example.org", "a")],
             "example.org",
             stack_name="prod",
+            vps_addresses=["192.0.2.1"],
         )
     )
     pipes = re.findall(r"`(pulumi stack output --stack prod --json --show-secrets \| [^`]+)`", text)
-    assert len(pipes) == 1, text
+    assert len(pipes) == 2, text  # in the reverse DNS step and the signature check
+    assert len(set(pipes)) == 1, pipes
     argv = shlex.split(pipes[0].split("|", 1)[1])
     assert argv == ["bin/dkim-relay", "verify"]
     # The command the guide names exists in the repository and runs.

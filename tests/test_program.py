@@ -239,3 +239,13 @@ def test_guide_is_plain_and_names_the_login(monkeypatch: pytest.MonkeyPatch) -> 
     assert "smtp.example.com" in guide and "gmail@example.com" in guide
     assert "generated-gmail" not in guide
     assert "relay._domainkey.example.com" in guide, "manual DNS: the records to add"
+
+
+def test_guide_names_the_ptr_of_each_vps_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_program(monkeypatch, {**LOCAL, "vpsIpv6": "::1"})
+    guide = run.exports["gmailGuide"]
+    assert "Reverse DNS" in guide
+    for key in ("vpsIpv4", "vpsIpv6"):
+        address = run.exports[key]
+        line = next((ln for ln in guide.splitlines() if address in ln and "|" in ln), "")
+        assert "smtp.example.com" in line, f"no PTR row for {key} {address}"

@@ -1,6 +1,8 @@
 """`bin/dkim-relay verify` against real parts on loopback.
 
-DNS: nsd (Debian) serving zones built by components.dns from the stack's own records.
+DNS: nsd (Debian) serving zones built by components.dns from the stack's own records,
+and reverse zones with the PTR records a VPS provider would publish (the test addresses
+are only names there: SMTP connections go to loopback).
 SMTP: a Postfix from Debian's package with the relay's submission settings, plus
 services broken on purpose, each on its own port. All checks pass on the good setup;
 each broken setup fails the check it breaks, with its message. The scheduled health
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import ipaddress
 import json
 import secrets
 import subprocess
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dns.resolver
 import pytest
 
 from components.dkim import dkim_txt_value, generate_private_key_pem
@@ -35,13 +39,48 @@ from tests.verify_support import (
     TestCA,
     free_port,
     health_check,
+    reverse_zones,
     silent_webhook,
     webhook,
     zone_file,
 )
+from tools.verify.result import FAIL, PASS, WARN
 
 USER = "gmail"
-DOMAINS = ("good.test", "baddkim.test", "badspf.test")
+LOOPBACK = ("127.0.0.1", "::1")
+
+
+@dataclass(frozen=True)
+class PtrCase:
+    """A domain whose VPS addresses have reverse DNS set up one way."""
+
+    domain: str
+    ipv4: str
+    ipv6: str
+    ptr: str | None  # the PTR name of both addresses, None for no PTR
+
+
+# A provider's default name, whose A/AAAA is the "elsewhere" case's addresses only.
+PROVIDER_NAME = "vps.provider.test"
+PTR_CASES = {
+    "right": PtrCase("ptr-right.test", "127.0.0.2", "2001:db8::2", "smtp.ptr-right.test"),
+    "missing": PtrCase("ptr-missing.test", "127.0.0.3", "2001:db8::3", None),
+    "elsewhere": PtrCase("ptr-elsewhere.test", "127.0.0.4", "2001:db8::4", PROVIDER_NAME),
+    "unconfirmed": PtrCase("ptr-unconfirmed.test", "127.0.0.5", "2001:db8::5", PROVIDER_NAME),
+}
+# Each domain's VPS addresses: what its A/AAAA/SPF records and the outputs name.
+ADDRESSES = {
+    "good.test": LOOPBACK,
+    "baddkim.test": LOOPBACK,
+    "badspf.test": LOOPBACK,
+    **{c.domain: (c.ipv4, c.ipv6) for c in PTR_CASES.values()},
+}
+DOMAINS = tuple(ADDRESSES)
+# The reverse zones: the loopback addresses name the good relay, so that it passes.
+PTRS = {ip: "smtp.good.test" for ip in LOOPBACK} | {
+    ip: c.ptr for c in PTR_CASES.values() if c.ptr for ip in (c.ipv4, c.ipv6)
+}
+PROVIDER_ZONE = f"{PROVIDER_NAME}. IN A 127.0.0.4\n{PROVIDER_NAME}. IN AAAA 2001:db8::4\n"
 
 
 @dataclass
@@ -61,8 +100,8 @@ def cfg_for(domain: str) -> Any:
     return load_config(
         {
             "domain": domain,
-            "vpsIpv4": "127.0.0.1",
-            "vpsIpv6": "::1",
+            "vpsIpv4": ADDRESSES[domain][0],
+            "vpsIpv6": ADDRESSES[domain][1],
             "acmeEmail": f"postmaster@{domain}",
             "dmarcPolicy": "quarantine",
             "dmarcRua": [f"mailto:dmarc-reports@{domain}"],
@@ -127,7 +166,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     password = secrets.token_urlsafe(18)
     cleanup = contextlib.ExitStack()
     with cleanup:
-        nsd = Nsd(base / "nsd", {d: zone_file(d, snippets[d]) for d in DOMAINS})
+        zones = {d: zone_file(d, snippets[d]) for d in DOMAINS}
+        zones["provider.test"] = zone_file("provider.test", PROVIDER_ZONE)
+        nsd = Nsd(base / "nsd", zones | reverse_zones(PTRS))
         cleanup.callback(nsd.stop)
         sink, got = start_sink()
         cleanup.callback(sink.stop)
@@ -172,8 +213,8 @@ def outputs(env: Env, domain: str = "good.test", service: str = "good") -> dict[
     return {
         "domain": domain,
         "relayHost": f"smtp.{domain}",
-        "vpsIpv4": "127.0.0.1",
-        "vpsIpv6": "::1",
+        "vpsIpv4": ADDRESSES[domain][0],
+        "vpsIpv6": ADDRESSES[domain][1],
         "smtpServer": f"smtp.{domain}",
         "smtpPort": port,
         "smtpUsername": USER,
@@ -245,6 +286,7 @@ def test_good_setup_passes_every_check(env: Env) -> None:
         "dns.spf",
         "dns.dkim",
         "dns.dmarc",
+        "dns.ptr",
         "smtp.connect",
         "smtp.starttls",
         "smtp.auth-before-tls",
@@ -354,6 +396,110 @@ def test_closed_port_fails(env: Env) -> None:
     assert run.status("dns.") == {"PASS"}
 
 
+# ------------------------------------------------ reverse DNS
+
+
+def dns_truth(env: Env, ip: str) -> tuple[list[str], list[str]]:
+    """dnspython's view: the PTR names of ip, and the addresses those names resolve to."""
+    host, port = env.nsd.address.rsplit(":", 1)
+    res = dns.resolver.Resolver(configure=False)
+    res.nameservers, res.port = [host], int(port)
+    try:
+        names = [r.target.to_text(omit_final_dot=True) for r in res.resolve_address(ip)]
+    except dns.resolver.NXDOMAIN:
+        names = []
+    kind = "AAAA" if ":" in ip else "A"
+    forward = []
+    for name in names:
+        with contextlib.suppress(dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            forward += [str(ipaddress.ip_address(a.address)) for a in res.resolve(name, kind)]
+    return names, forward
+
+
+# case -> exit code, and for each address: status, the start of the detail and of the fix
+PTR_EXPECTED = {
+    "right": (0, PASS, "PTR of {ip} is smtp.ptr-right.test, which resolves back to {ip}", ""),
+    "missing": (
+        2,
+        FAIL,
+        "{ip} has no reverse DNS (PTR)",
+        "set the reverse DNS (PTR) of {ip} to smtp.ptr-missing.test at your VPS provider "
+        "(its control panel",
+    ),
+    "elsewhere": (
+        1,
+        WARN,
+        "PTR of {ip} is vps.provider.test, which resolves back, but not smtp.ptr-elsewhere.test",
+        "set the reverse DNS (PTR) of {ip} to smtp.ptr-elsewhere.test at your VPS provider, "
+        "in place of vps.provider.test",
+    ),
+    "unconfirmed": (
+        2,
+        FAIL,
+        "PTR of {ip} is vps.provider.test, which does not resolve back to {ip}",
+        "set the reverse DNS (PTR) of {ip} to smtp.ptr-unconfirmed.test at your VPS provider, "
+        "in place of vps.provider.test, which does not resolve back",
+    ),
+}
+
+
+def test_reverse_dns_right_missing_elsewhere_and_not_forward_confirmed(env: Env) -> None:
+    # (case, IP version) -> status, detail and fix, with the address and relay host generic
+    seen: dict[tuple[str, int], tuple[str, str, str]] = {}
+    for case, c in PTR_CASES.items():
+        rc, status, detail, fix = PTR_EXPECTED[case]
+        for ip in (c.ipv4, c.ipv6):
+            # The zones hold what the case says, as dnspython sees them.
+            names, forward = dns_truth(env, ip)
+            assert names == ([c.ptr] if c.ptr else []), (case, ip, names)
+            assert (ip in forward) == (case in ("right", "elsewhere")), (case, ip, forward)
+
+        # SMTP goes to the loopback relay; the addresses are only looked up in DNS.
+        outs = outputs(env, c.domain)
+        run = verify(env, outs, "--ipv4", "127.0.0.1", "--skip-ipv6")
+        assert run.rc == rc, (case, run.out)
+        # Nothing but the PTR is wrong: the rest passes, so the exit code is the PTR's.
+        not_pass = [ln for ln in run.lines if not ln.startswith("PASS")]
+        assert all(ln.split()[1].startswith("dns.ptr[") for ln in not_pass), (case, run.out)
+        assert len(not_pass) == (0 if status == PASS else 2), (case, run.out)
+        with webhook() as hook:
+            health = health_check(outs, hook.url, *loopback(env), "--ipv4", "127.0.0.1")
+        assert health.rc == rc, (case, health.report)
+        report_checks = health.report["checks"]
+        assert isinstance(report_checks, list)
+        checks = {ch["name"]: ch for ch in report_checks}
+        for ip in (c.ipv4, c.ipv6):
+            name = f"dns.ptr[{ip}]"
+            line = next(ln for ln in run.lines if ln.split()[1] == f"{name}:")
+            assert line.startswith(f"{status} {name}: {detail.format(ip=ip)}"), (case, line)
+            if fix:
+                assert f" [fix: {fix.format(ip=ip)}" in line, (case, line)
+            else:
+                assert "[fix:" not in line, (case, line)
+            got = checks[name]
+            assert (got["status"], got["fix"].startswith(fix.format(ip=ip))) == (status, True)
+            assert got["detail"] in line
+            generic = {k: got[k].replace(ip, "IP").replace(outs["relayHost"], "RELAY") for k in got}
+            seen[case, ipaddress.ip_address(ip).version] = (
+                generic["status"],
+                generic["detail"],
+                generic["fix"],
+            )
+        # The alert names the PTR problem, and is sent only when there is one.
+        if status == PASS:
+            assert hook.posts == [], (case, hook.posts)
+        else:
+            assert len(hook.posts) == 1, (case, hook.posts)
+            assert f"{status} dns.ptr[{c.ipv4}]: {detail.format(ip=c.ipv4)}" in hook.posts[0].text
+    # Four cases, four different results for each family (detail and fix both differ).
+    for version in (4, 6):
+        results = [v for k, v in seen.items() if k[1] == version]
+        assert len(results) == 4
+        assert len({detail for _s, detail, _f in results}) == 4, results
+        assert len({fix for _s, _d, fix in results}) == 4, results
+        assert sorted(st for st, _d, _f in results) == [FAIL, FAIL, PASS, WARN]
+
+
 def test_no_dns_answer_is_a_clear_failure(env: Env) -> None:
     dead = f"127.0.0.1:{free_port()}"
     run = verify(env, outputs(env), "--timeout", "1", nameserver=dead)
@@ -361,6 +507,7 @@ def test_no_dns_answer_is_a_clear_failure(env: Env) -> None:
     assert "FAIL dns.a: smtp.good.test: DNS timeout" in run.out, run.out
     assert "FAIL dns.dkim: relay._domainkey.good.test: DNS timeout" in run.out, run.out
     assert "FAIL dns.dmarc" in run.out, run.out
+    assert "FAIL dns.ptr[127.0.0.1]: PTR of 127.0.0.1: DNS timeout" in run.out, run.out
     # SMTP checks do not need DNS: they still pass.
     assert run.status("smtp.connect") == {"PASS"}
 

@@ -2,10 +2,11 @@
 
 The relay (relay/ image, config rendered by components.postfix, a certificate from a
 test CA in the letsencrypt layout) is published on 127.0.0.1 and ::1; nsd serves the
-zone components.dns renders for it. Every check passes, and the test message sent with
---send-to reaches the sink with a DKIM signature that dkimpy verifies against the
-key nsd serves. The scheduled health check's command posts to a real HTTP server on a
-certificate 10 days from expiry and on a stopped relay, never with the password.
+zone components.dns renders for it, and the PTR of both addresses names the relay.
+Every check passes, and the test message sent with --send-to reaches the sink with a
+DKIM signature that dkimpy verifies against the key nsd serves. The scheduled health
+check's command posts to a real HTTP server on a certificate 10 days from expiry and on
+a stopped relay, never with the password.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from components.dkim import dkim_txt_value, generate_private_key_pem
 from components.dns import build_records, zone_snippet
 from pure.config import load_config
 from tests import relay_support as rs
-from tests.verify_support import REPO, Nsd, free_port, health_check, webhook, zone_file
+from tests.verify_support import (
+    REPO,
+    Nsd,
+    free_port,
+    health_check,
+    reverse_zones,
+    webhook,
+    zone_file,
+)
 
 DOMAIN = "good.test"
 RELAY = f"smtp.{DOMAIN}"
@@ -103,7 +112,8 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayEnv]:
         )
         recs = build_records(cfg, {"relay": value})
         snippet = zone_snippet(DOMAIN, recs)
-        nsd = Nsd(tmp / "nsd", {DOMAIN: zone_file(DOMAIN, snippet)})
+        ptrs = reverse_zones({"127.0.0.1": RELAY, "::1": RELAY})
+        nsd = Nsd(tmp / "nsd", {DOMAIN: zone_file(DOMAIN, snippet)} | ptrs)
         stack.callback(nsd.stop)
         stack.callback(rs.docker, "volume", "rm", "-f", spec.volume, check=False)
         stack.callback(rs.docker, "rm", "-f", spec.name, check=False)

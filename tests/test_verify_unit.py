@@ -69,6 +69,120 @@ def test_spf() -> None:
     assert d.evaluate_spf("192.0.2.1", "d", "temperror", "DNS timeout").fix.startswith("check")
 
 
+RELAY = "smtp.example.com"
+
+
+@pytest.mark.parametrize(
+    ("ip", "names", "forward", "status", "detail", "fix"),
+    [
+        (
+            "192.0.2.25",
+            ["smtp.example.com."],
+            {"smtp.example.com": ["192.0.2.25"]},
+            PASS,
+            "PTR of 192.0.2.25 is smtp.example.com, which resolves back to 192.0.2.25",
+            "",
+        ),
+        (  # names compare without case or final dot; the IPv6 forms compare as addresses
+            "2001:db8::25",
+            ["SMTP.Example.COM"],
+            {"SMTP.Example.COM": ["2001:db8:0:0::25"]},
+            PASS,
+            "resolves back to 2001:db8::25",
+            "",
+        ),
+        (
+            "2001:db8::25",
+            [],
+            {},
+            FAIL,
+            "2001:db8::25 has no reverse DNS (PTR)",
+            "set the reverse DNS (PTR) of 2001:db8::25 to smtp.example.com at your VPS "
+            "provider (its control panel, or a support ticket)",
+        ),
+        (
+            "192.0.2.25",
+            ["vps-25.provider.test"],
+            {"vps-25.provider.test": ["192.0.2.25"]},
+            WARN,
+            "PTR of 192.0.2.25 is vps-25.provider.test, which resolves back, but not "
+            "smtp.example.com, the name the relay greets with (HELO)",
+            "set the reverse DNS (PTR) of 192.0.2.25 to smtp.example.com at your VPS "
+            "provider, in place of vps-25.provider.test",
+        ),
+        (
+            "192.0.2.25",
+            ["vps-25.provider.test"],
+            {"vps-25.provider.test": ["192.0.2.99"]},
+            FAIL,
+            "PTR of 192.0.2.25 is vps-25.provider.test, which does not resolve back to "
+            "192.0.2.25 (vps-25.provider.test has A 192.0.2.99)",
+            "set the reverse DNS (PTR) of 192.0.2.25 to smtp.example.com at your VPS "
+            "provider, in place of vps-25.provider.test, which does not resolve back to "
+            "192.0.2.25",
+        ),
+        (  # the PTR is right, the forward record is not: fix the A record instead
+            "2001:db8::25",
+            ["smtp.example.com"],
+            {"smtp.example.com": []},
+            FAIL,
+            "(smtp.example.com has AAAA none)",
+            "publish AAAA smtp.example.com -> 2001:db8::25",
+        ),
+        (  # an A for the wrong family's address never confirms
+            "192.0.2.25",
+            ["smtp.example.com"],
+            {"smtp.example.com": ["192.0.2.26"]},
+            FAIL,
+            "does not resolve back",
+            "publish A smtp.example.com -> 192.0.2.25",
+        ),
+        (
+            "192.0.2.25",
+            ["smtp.example.com", "vps-25.provider.test"],
+            {"smtp.example.com": ["192.0.2.25"], "vps-25.provider.test": ["192.0.2.25"]},
+            WARN,
+            "several PTR names (smtp.example.com, vps-25.provider.test)",
+            "leave only the PTR smtp.example.com for 192.0.2.25 at your VPS provider",
+        ),
+        (  # the relay's name is there but does not confirm; another one does
+            "192.0.2.25",
+            ["smtp.example.com", "vps-25.provider.test"],
+            {"smtp.example.com": [], "vps-25.provider.test": ["192.0.2.25"]},
+            WARN,
+            "but not smtp.example.com",
+            "set the reverse DNS (PTR) of 192.0.2.25 to smtp.example.com",
+        ),
+    ],
+)
+def test_ptr(
+    ip: str,
+    names: list[str],
+    forward: dict[str, list[str]],
+    status: str,
+    detail: str,
+    fix: str,
+) -> None:
+    r = d.evaluate_ptr(ip, RELAY, names, forward)
+    assert r.check == f"dns.ptr[{ip}]"
+    assert r.status == status, r
+    assert detail in r.detail, r
+    assert r.fix.startswith(fix) if fix else r.fix == "", r
+
+
+def test_ptr_cases_are_told_apart() -> None:
+    ip = "2001:db8::25"
+    results = [
+        d.evaluate_ptr(ip, RELAY, [RELAY], {RELAY: [ip]}),
+        d.evaluate_ptr(ip, RELAY, [], {}),
+        d.evaluate_ptr(ip, RELAY, ["other.test"], {"other.test": [ip]}),
+        d.evaluate_ptr(ip, RELAY, ["other.test"], {"other.test": ["2001:db8::99"]}),
+    ]
+    assert [r.status for r in results] == [PASS, FAIL, WARN, FAIL]
+    assert len({r.detail for r in results}) == 4
+    assert len({r.fix for r in results}) == 4
+
+
 def test_dkim_record_comparison() -> None:
     name = "relay._domainkey.example.com"
     assert d.evaluate_dkim(name, [DKIM], DKIM).status == PASS

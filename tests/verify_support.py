@@ -1,7 +1,8 @@
 """Real parts for verify's end-to-end test: a test CA, nsd, a loopback Postfix, and an
 HTTP server standing in for a chat's incoming webhook.
 
-nsd serves zones built from the stack's own zone snippet (components.dns). One Postfix
+nsd serves zones built from the stack's own zone snippet (components.dns), and reverse
+zones with the PTR records a VPS provider would publish for the test addresses. One Postfix
 instance (its own config dir, `postfix -c DIR`) runs several submission services on
 loopback ports, one per scenario: the good relay, and relays broken on purpose (AUTH
 before TLS, an open relay through permit_mynetworks, a wrong-name and an expired
@@ -173,6 +174,24 @@ def zone_file(origin: str, snippet: str) -> str:
         f"ns1 IN A 127.0.0.1\n"
     )
     return head + snippet
+
+
+def reverse_zones(ptrs: Mapping[str, str]) -> dict[str, str]:
+    """The zones ``in-addr.arpa`` and ``ip6.arpa`` holding a PTR for each address.
+
+    Both zones are always served, so an address without a PTR gets NXDOMAIN, as from a
+    VPS provider's reverse zone, rather than a refusal.
+    """
+    import dns.reversename
+
+    lines: dict[str, list[str]] = {"in-addr.arpa": [], "ip6.arpa": []}
+    for ip, name in ptrs.items():
+        rev = dns.reversename.from_address(ip).to_text()
+        origin = "ip6.arpa" if rev.endswith(".ip6.arpa.") else "in-addr.arpa"
+        lines[origin].append(f"{rev} IN PTR {name.rstrip('.')}.")
+    return {
+        origin: zone_file(origin, "".join(f"{ln}\n" for ln in ls)) for origin, ls in lines.items()
+    }
 
 
 class Nsd:

@@ -1,4 +1,5 @@
-"""``dkim-relay verify``: check a live deployment end to end (DNS, TLS, AUTH, no open relay).
+"""``dkim-relay verify``: check a live deployment end to end (DNS and reverse DNS, TLS, AUTH,
+no open relay).
 
 Modules: ``outputs`` reads the stack outputs into a ``Target``; ``dns_checks`` and
 ``smtp_checks`` judge DNS and the submission service (pure ``evaluate_*`` functions plus

@@ -86,7 +86,7 @@ def verdict(code: int) -> str:
 def parser() -> argparse.ArgumentParser:
     ap = _Parser(
         prog="dkim-relay verify",
-        description="Check a deployed dkim-relay: DNS, TLS, AUTH, no open relay.",
+        description="Check a deployed dkim-relay: DNS (reverse DNS too), TLS, AUTH, no open relay.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

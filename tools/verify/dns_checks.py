@@ -1,4 +1,5 @@
-"""DNS checks: A/AAAA name the VPS, SPF passes for it, the DKIM key and DMARC are published.
+"""DNS checks: A/AAAA name the VPS, SPF passes for it, the DKIM key and DMARC are published,
+and each VPS address has reverse DNS (PTR) that points back to it and names the relay.
 
 The ``evaluate_*`` functions are pure; ``dns_checks`` asks a resolver (dnspython, with
 pyspf and checkdmarc pointed at it) with timeouts.
@@ -121,6 +122,61 @@ def evaluate_dkim(name: str, txt_records: Sequence[str], expected_value: str) ->
     )
 
 
+def _same_name(a: str, b: str) -> bool:
+    return a.rstrip(".").lower() == b.rstrip(".").lower()
+
+
+def evaluate_ptr(
+    ip: str, relay_host: str, ptr_names: Sequence[str], forward: Mapping[str, Sequence[str]]
+) -> Result:
+    """The reverse DNS of one VPS address.
+
+    ``ptr_names``: the PTR answers for ``ip``; ``forward``: each name's A (IPv4) or AAAA
+    (IPv6) answers. Receivers such as Gmail reject mail from an address without a PTR
+    that resolves back to it (forward-confirmed); the relay's HELO name is ``relay_host``,
+    so that is the name the PTR should hold.
+    """
+    check = f"dns.ptr[{ip}]"
+    kind = "A" if ipaddress.ip_address(ip).version == 4 else "AAAA"
+    set_ptr = f"set the reverse DNS (PTR) of {ip} to {relay_host} at your VPS provider"
+    if not ptr_names:
+        return Result(
+            FAIL,
+            check,
+            f"{ip} has no reverse DNS (PTR); receivers such as Gmail reject its mail",
+            f"{set_ptr} (its control panel, or a support ticket)",
+        )
+    want = ipaddress.ip_address(ip)
+    names = [n.rstrip(".") for n in ptr_names]
+    confirmed = [n for n in names if want in {ipaddress.ip_address(a) for a in forward.get(n, ())}]
+    ours = any(_same_name(n, relay_host) for n in names)
+    shown = ", ".join(names)
+    if not confirmed:
+        back = "; ".join(f"{n} has {kind} {', '.join(forward.get(n, ())) or 'none'}" for n in names)
+        detail = f"PTR of {ip} is {shown}, which does not resolve back to {ip} ({back})"
+        if ours:
+            fix = f"publish {kind} {relay_host} -> {ip} (pulumi up, or the dnsRecords output)"
+        else:
+            fix = f"{set_ptr}, in place of {shown}, which does not resolve back to {ip}"
+        return Result(FAIL, check, detail, fix)
+    if not any(_same_name(n, relay_host) for n in confirmed):
+        return Result(
+            WARN,
+            check,
+            f"PTR of {ip} is {shown}, which resolves back, but not {relay_host}, "
+            "the name the relay greets with (HELO)",
+            f"{set_ptr}, in place of {shown}",
+        )
+    if len(names) > 1:
+        return Result(
+            WARN,
+            check,
+            f"{ip} has several PTR names ({shown}); receivers may pick any",
+            f"leave only the PTR {relay_host} for {ip} at your VPS provider",
+        )
+    return Result(PASS, check, f"PTR of {ip} is {relay_host}, which resolves back to {ip}")
+
+
 def make_resolver(nameserver: tuple[str, int] | None, timeout: float) -> Any:
     import dns.resolver
 
@@ -231,7 +287,22 @@ def dns_checks(t: Target, res: Any, timeout: float) -> Iterator[Result]:
         yield evaluate_dkim(name, txts, t.dkim_value)
 
     yield dmarc_check(t.domain, res, timeout)
-    return
+
+    for ip in (t.ipv4, t.ipv6):
+        if ip:
+            yield ptr_check(ip, t.relay_host, res)
+
+
+def ptr_check(ip: str, relay_host: str, res: Any) -> Result:
+    import dns.reversename
+
+    answers, err = resolve(res, dns.reversename.from_address(ip).to_text(), "PTR")
+    if not answers and ("timeout" in err or err.startswith("no nameserver")):
+        return Result(FAIL, f"dns.ptr[{ip}]", f"PTR of {ip}: {err}", "check --nameserver")
+    names = [a.target.to_text(omit_final_dot=True) for a in answers]
+    kind = "A" if ipaddress.ip_address(ip).version == 4 else "AAAA"
+    forward = {n: [a.address for a in resolve(res, n, kind)[0]] for n in names}
+    return evaluate_ptr(ip, relay_host, names, forward)
 
 
 def dmarc_check(domain: str, res: Any, timeout: float) -> Result:
