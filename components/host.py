@@ -47,6 +47,7 @@ from pulumi_command import local, remote
 
 from components.target import Target, key_files
 from pure import host_scripts as hs
+from pure.config import DEFAULT_ACME_SERVER, DEFAULT_CONTAINER_NAME
 
 
 class HostPreflightError(Exception):
@@ -236,12 +237,12 @@ class RelayHostArgs:
     ssh_user: str = "root"
     ssh_port: int = 22
     ssh_host_key: str | None = None
-    acme_server: str = hs.DEFAULT_ACME_SERVER
+    acme_server: str = DEFAULT_ACME_SERVER
     acme_extra_names: Sequence[str] = ()
     acme_ca_bundle: str | None = None  # path on the host; test CAs only
     submissions465: bool = False
     extra_ports: Sequence[int] = ()
-    container_name: str = hs.DEFAULT_CONTAINER_NAME
+    container_name: str = DEFAULT_CONTAINER_NAME
     # relative path under host_scripts.SECRETS_DIR -> content, i.e. what
     # components.postfix.render_secrets returns (dkim/<sel>.private, smtp-users).
     # A secret Output; it reaches the host only on the secrets step's stdin.

@@ -44,9 +44,14 @@ from pulumi_command import local, remote
 from components import postfix
 from components.target import Target, key_files
 from pure import relay_deploy as rd
+from pure.config import (
+    DEFAULT_CONTAINER_NAME,
+    DEFAULT_RELAY_IPV4_SUBNET,
+    DEFAULT_RELAY_IPV6_SUBNET,
+    DEFAULT_SMTP_PORT,
+)
 from pure.relay_deploy import RELAY_DIR, read_tree
 
-DEFAULT_CONTAINER_NAME = "dkim-relay"
 RELOAD_COMMAND = "relay-reload"
 
 
@@ -105,11 +110,11 @@ class SmtpRelayArgs:
     cert_dir: pulumi.Input[str] = "/etc/letsencrypt"
     publish_ipv4: str = "0.0.0.0"
     publish_ipv6: str | None = "::"
-    submission_host_port: int = 587
+    submission_host_port: int = DEFAULT_SMTP_PORT
     submissions_465: bool = False
     submissions_host_port: int = 465
-    ipv4_subnet: str = "172.30.87.0/24"
-    ipv6_subnet: str = "fd00:d6b1:587::/64"
+    ipv4_subnet: str = DEFAULT_RELAY_IPV4_SUBNET
+    ipv6_subnet: str = DEFAULT_RELAY_IPV6_SUBNET
     nexthop: str | None = None
     container_name: str = DEFAULT_CONTAINER_NAME
     network_name: str | None = None  # default: "<container_name>-net"

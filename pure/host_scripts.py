@@ -26,6 +26,13 @@ import re
 from collections.abc import Mapping, Sequence
 
 from pure import shell
+from pure.config import (
+    CONTAINER_NAME_PATTERN,
+    DEFAULT_ACME_SERVER,
+    DEFAULT_CONTAINER_NAME,
+    DNS_LABEL_PATTERN,
+    HOSTNAME_PATTERN,
+)
 
 # --- layout shared with the relay ---------------------------------------------
 STATE_DIR = "/etc/dkim-relay"
@@ -38,20 +45,15 @@ LETSENCRYPT_DIR = "/etc/letsencrypt"
 HOOK_DIR = LETSENCRYPT_DIR + "/renewal-hooks"
 RULE_COMMENT_PREFIX = "dkim-relay"
 SUPPORTED_OS = {"ubuntu": ("22.04", "24.04"), "debian": ("12",)}
-DEFAULT_ACME_SERVER = "https://acme-v02.api.letsencrypt.org/directory"
-DEFAULT_CONTAINER_NAME = "dkim-relay"
 # A ULA /64 for the default bridge when the host has none configured (RFC 4193).
 DEFAULT_DOCKER_IPV6_CIDR = "fd5c:6b72:1e1a::/64"
 DEFAULT_DOCKER_RESTART = "systemctl restart docker"
 # The secrets step prints a random value per run; the relay's deploy carries it.
 GENERATION_PREFIX = "dkim-relay[secrets]: generation "
 
-_HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)"
-    r"(\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
-_CONTAINER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_SELECTOR_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)
+_CONTAINER_RE = re.compile(CONTAINER_NAME_PATTERN)
+_SELECTOR_RE = re.compile(DNS_LABEL_PATTERN)
 
 
 def secret_file_path(kind: str, selector: str = "") -> str:

@@ -47,6 +47,13 @@ from pathlib import Path
 
 from components import postfix
 from pure import shell
+from pure.config import (
+    DEFAULT_CONTAINER_NAME,
+    DEFAULT_RELAY_IPV4_SUBNET,
+    DEFAULT_RELAY_IPV6_SUBNET,
+    DEFAULT_SMTP_PORT,
+    HOSTNAME_PATTERN,
+)
 
 FINGERPRINT_LABEL = "dkim-relay.fingerprint"
 QUEUE_MOUNT = "/var/spool/postfix"
@@ -57,10 +64,7 @@ SINK_DIR = Path(__file__).resolve().parent.parent / "sink"  # the local sink's
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _REPO_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,126}[a-z0-9])?$")
-_HOST_RE = re.compile(
-    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
-)
+_HOST_RE = re.compile(HOSTNAME_PATTERN)
 _REL_RE = re.compile(r"^[A-Za-z0-9_.+-]+(?:/[A-Za-z0-9_.+-]+)*$")
 
 
@@ -218,17 +222,17 @@ class RelaySpec:
     relay_host: str
     secrets_dir: str
     cert_dir: str = "/etc/letsencrypt"
-    container_name: str = "dkim-relay"
+    container_name: str = DEFAULT_CONTAINER_NAME
     network_name: str = ""  # default: <container_name>-net
     volume_name: str = ""  # default: <container_name>-queue
     image_repo: str = "dkim-relay"
     publish_ipv4: str = "0.0.0.0"
     publish_ipv6: str | None = "::"
-    submission_host_port: int = 587
+    submission_host_port: int = DEFAULT_SMTP_PORT
     submissions_465: bool = False
     submissions_host_port: int = 465
-    ipv4_subnet: str = "172.30.87.0/24"
-    ipv6_subnet: str = "fd00:d6b1:587::/64"
+    ipv4_subnet: str = DEFAULT_RELAY_IPV4_SUBNET
+    ipv6_subnet: str = DEFAULT_RELAY_IPV6_SUBNET
     cert_poll_seconds: int = 300
     health_timeout: int = DEFAULT_HEALTH_TIMEOUT
 
