@@ -9,9 +9,10 @@ Contract with the image (``relay/entrypoint.sh``):
 * Non-secret config is delivered under ``CONFIG_DIR`` (``/etc/relay/config``) with the
   relative paths returned by :func:`render_config`:
   ``postfix/main.cf``, ``postfix/master.cf``, ``postfix/sender_login``,
-  ``postfix/sender_access``, ``postfix/long_lines``, ``postfix/sasl/smtpd.conf``,
-  ``opendkim/opendkim.conf``, ``opendkim/KeyTable``, ``opendkim/SigningTable``,
-  ``opendkim/TrustedHosts``, ``opendkim/from_policy.lua``.
+  ``postfix/sender_access``, ``postfix/long_lines``, ``postfix/milter_headers``,
+  ``postfix/sasl/smtpd.conf``, ``opendkim/opendkim.conf``, ``opendkim/KeyTable``,
+  ``opendkim/SigningTable``, ``opendkim/TrustedHosts``, ``opendkim/from_policy.lua``,
+  ``opendkim/from_refusal.lua``.
 * Secrets are delivered under ``SECRETS_DIR`` (``/run/relay-secrets``), either as
   container uploads or as a host directory bind-mounted read-only. Layout
   (rendered by :func:`render_secrets` for uploads; the host writes the same layout):
@@ -282,6 +283,10 @@ def render_main_cf(s: PostfixSettings) -> str:
         # client would otherwise fold them after OpenDKIM signed, breaking the signature.
         ("header_checks", "regexp:/etc/postfix/long_lines"),
         ("body_checks", "regexp:/etc/postfix/long_lines"),
+        # OpenDKIM lets a message through unsigned, before any policy script runs, when it
+        # finds no From: or cannot parse it; in sign mode its only trace is the
+        # Authentication-Results header it adds then. Refuse such mail here.
+        ("milter_header_checks", "regexp:/etc/postfix/milter_headers"),
         # Anvil: rate limits per client, mynetworks not exempt.
         ("anvil_rate_time_unit", rl.time_unit),
         ("smtpd_client_auth_rate_limit", str(rl.auth_per_unit)),
@@ -343,6 +348,22 @@ _INTERNAL_SERVICES: tuple[tuple[str, str, str, str, str, str, str], ...] = (
 )
 
 
+def auth_limit_per_service(s: PostfixSettings) -> int:
+    """Each submission service's share of the AUTH budget per client and time unit.
+
+    anvil counts per service *and* client, so with 465 on a client would get the budget
+    twice. Postfix cannot share one counter: anvil's key is the master.cf service name,
+    and giving 465 the name of 587 (``smtpd -n submission``) also gives it 587's accept
+    lock (``pid/inet.submission``), so 465 stops answering (tried). Each port gets half
+    instead (rounded up; 0 stays "no limit"), so both together allow at most the budget
+    plus one.
+    """
+    n = s.rate_limits.auth_per_unit
+    if not s.submissions_465 or n == 0:
+        return n
+    return (n + 1) // 2
+
+
 def render_master_cf(s: PostfixSettings) -> str:
     """master.cf: no port 25, submission on 587, optional implicit TLS on 465."""
     out = ["# Rendered by dkim-relay components/postfix.py; do not edit.\n"]
@@ -350,14 +371,16 @@ def render_master_cf(s: PostfixSettings) -> str:
     out.append("submission inet n       -       n       -       -       smtpd\n")
     out.append("  -o syslog_name=postfix/submission\n")
     out.extend(f"  -o {opt}\n" for opt in _SUBMISSION_OPTS)
+    auth = auth_limit_per_service(s)
+    if auth != s.rate_limits.auth_per_unit:
+        out.append(f"  -o smtpd_client_auth_rate_limit={auth}\n")
     if s.submissions_465:
-        # "-n submission": anvil keys its counters by service name and client, so 465
-        # counts under 587's name and a client has one budget (AUTH, connections,
-        # messages) across both ports, not two. The log keeps its own syslog_name.
-        out.append("submissions inet n      -       n       -       -       smtpd -n submission\n")
+        out.append("submissions inet n      -       n       -       -       smtpd\n")
         out.append("  -o syslog_name=postfix/submissions\n")
         out.append("  -o smtpd_tls_wrappermode=yes\n")
         out.extend(f"  -o {opt}\n" for opt in _SUBMISSION_OPTS)
+        if auth != s.rate_limits.auth_per_unit:
+            out.append(f"  -o smtpd_client_auth_rate_limit={auth}\n")
     for name, typ, private, unpriv, chroot, wakeup, rest in _INTERNAL_SERVICES:
         maxproc, command = rest.split(" ", 1)
         out.append(
@@ -392,6 +415,15 @@ def render_sender_login_map(s: PostfixSettings) -> str:
 def render_sender_access() -> str:
     """texthash access map for the sender check (``<>`` is Postfix's null-sender key)."""
     return "<> REJECT 5.7.1 submitted mail needs a sender address, not the null sender\n"
+
+
+def render_milter_headers(s: PostfixSettings) -> str:
+    """regexp table for milter_header_checks (headers OpenDKIM adds)."""
+    return (
+        "# Rendered by dkim-relay components/postfix.py; do not edit.\n"
+        "/^Authentication-Results:/ REJECT 5.7.1 the message needs exactly one From: "
+        f"header with one address at {s.domain}\n"
+    )
 
 
 def render_long_lines() -> str:
@@ -440,6 +472,7 @@ def render_opendkim_conf(s: PostfixSettings) -> str:
         ("SoftwareHeader", "no"),
         # Refuses, before signing, a header From that is not one address the login owns.
         ("SetupPolicyScript", f"{OPENDKIM_DIR}/from_policy.lua"),
+        ("FinalPolicyScript", f"{OPENDKIM_DIR}/from_refusal.lua"),
     ]
     head = "# Rendered by dkim-relay components/postfix.py; do not edit.\n"
     return head + "".join(f"{k} {v}\n" for k, v in pairs)
@@ -452,9 +485,13 @@ def _lua_str(text: str) -> str:
 _FROM_POLICY = r"""
 -- Mail whose From is not ours would go out unsigned, or signed for a sender the login
 -- does not own. Postfix checks only the envelope (reject_sender_login_mismatch).
+-- OpenDKIM's setup hook has no set_reply, so the reason is handed to the final script
+-- (from_refusal.lua), which refuses with it before the signature is made. The sign
+-- request keeps OpenDKIM on the message until then: without one (a foreign From) it
+-- would accept the message at the end of the headers and never run the final script.
 local function refuse(why)
-  odkim.set_reply(ctx, "550", "5.7.1", why)
-  odkim.set_result(ctx, SMFIS_REJECT)
+  odkim.export(ctx, "REFUSE", why)
+  odkim.sign(ctx, KEY)
 end
 
 -- The addr-spec of a From value holding exactly one mailbox, else nil. Quoted strings
@@ -488,6 +525,13 @@ local function mailbox(value)
   return addr
 end
 
+-- OpenDKIM also runs this once at start-up with a null ctx to check it, where the
+-- odkim functions return their own names: stop there.
+if odkim.get_envfrom(ctx) == "dkimf_xs_getenvfrom"
+    and odkim.get_mtasymbol(ctx, "{auth_authen}") == "dkimf_xs_getmtasymbol" then
+  return
+end
+
 local from = odkim.get_header(ctx, "From", 0)
 if from == nil or odkim.get_header(ctx, "From", 1) ~= nil then
   refuse("the message needs exactly one From: header")
@@ -518,7 +562,7 @@ def render_from_policy(s: PostfixSettings) -> str:
 
     The owner is a ``may_send_as`` entry (address or ``@domain``) of the login, or any
     address at the domain for users without ``may_send_as``. OpenDKIM answers 550 at the
-    end of DATA, before anything is queued or signed.
+    end of DATA (:func:`render_from_refusal`), before anything is queued or signed.
     """
     domain = s.domain.lower()
     rows = []
@@ -529,7 +573,19 @@ def render_from_policy(s: PostfixSettings) -> str:
     return (
         "-- Rendered by dkim-relay components/postfix.py; do not edit.\n"
         f"local DOMAIN = {_lua_str(domain)}\n"
+        f"local KEY = {_lua_str(f'{s.dkim_selector}._domainkey.{s.domain}')}\n"
         "local MAY_SEND_AS = {\n" + "".join(rows) + "}\n" + _FROM_POLICY
+    )
+
+
+def render_from_refusal() -> str:
+    """OpenDKIM final script (Lua): refuse with the reason from_policy.lua exported."""
+    return (
+        "-- Rendered by dkim-relay components/postfix.py; do not edit.\n"
+        "if REFUSE ~= nil then\n"
+        '  odkim.set_reply(ctx, "550", "5.7.1", REFUSE)\n'
+        "  odkim.set_result(ctx, SMFIS_REJECT)\n"
+        "end\n"
     )
 
 
@@ -557,12 +613,14 @@ def render_config(s: PostfixSettings) -> dict[str, str]:
         "postfix/sender_login": render_sender_login_map(s),
         "postfix/sender_access": render_sender_access(),
         "postfix/long_lines": render_long_lines(),
+        "postfix/milter_headers": render_milter_headers(s),
         "postfix/sasl/smtpd.conf": render_sasl_smtpd_conf(),
         "opendkim/opendkim.conf": render_opendkim_conf(s),
         "opendkim/KeyTable": render_key_table(s),
         "opendkim/SigningTable": render_signing_table(s),
         "opendkim/TrustedHosts": render_trusted_hosts(),
         "opendkim/from_policy.lua": render_from_policy(s),
+        "opendkim/from_refusal.lua": render_from_refusal(),
     }
 
 
