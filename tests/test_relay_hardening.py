@@ -633,7 +633,7 @@ def test_opendkim_fault_recovers_by_itself(
         before = opendkim_pid(spec.name)
         early = session(spec, ctx, "alice", timeout=60)
         start = time.monotonic()
-        rs.docker("exec", spec.name, "kill", f"-{fault}", before)
+        rs.docker("exec", spec.name, "bash", "-c", f"kill -{fault} {before}")
         during, reply = outage_submission(spec, ctx, early)
         early.close()
         assert 400 <= reply[0] < 500, f"during the outage: {reply}"
