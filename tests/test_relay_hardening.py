@@ -10,6 +10,7 @@ the docker network this module creates.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import json
@@ -518,7 +519,7 @@ def test_one_auth_budget_across_587_and_465(
                 s.starttls(context=ctx)
             with s:
                 s.ehlo()
-                cred = __import__("base64").b64encode(b"\0alice@example.com\0wrong").decode()
+                cred = base64.b64encode(b"\0alice@example.com\0wrong").decode()
                 return s.docmd("AUTH", f"PLAIN {cred}")
 
         # Keep trying on both ports until both refuse: what gets through in total is
