@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import email.utils
+import functools
 import json
 import smtplib
 import socket
@@ -674,3 +675,32 @@ def test_healthy_relay_reports_no_restart(relay: rs.RelaySpec) -> None:
     rs.wait_for("a health result", lambda: bool(health_log(relay.name)), 30)
     out = str(health_log(relay.name)[-1]["Output"]).strip()
     assert out == "ok", out
+
+
+def test_repeated_opendkim_deaths_back_off(
+    net: rs.TestNetwork,
+    ca: rs.TestCA,
+    dkim_pem: str,
+    workdir: Path,
+    sink: rs.Sink,
+    ctx: ssl.SSLContext,
+    dns: dict[str, str],
+) -> None:
+    """Each death in a row waits twice as long before the restart (1, 2, 4 s; at most
+    30 s), and the relay still comes back and signs."""
+    with relay_running("dkimrelay-hard-backoff", net, ca, dkim_pem, workdir, octet=22) as spec:
+        for n in (1, 2, 3):
+            pid = opendkim_pid(spec.name)
+            rs.docker("exec", spec.name, "bash", "-c", f"kill -KILL {pid}")
+            rs.wait_for(f"restart {n}", functools.partial(_restarted, spec.name, n), 60)
+        log = rs.logs(spec.name)
+        for n, delay in ((1, 1), (2, 2), (3, 4)):
+            assert f"opendkim died (signal 9); restart {n} in {delay} s" in log, log
+        watch = HealthWatch(spec.name)
+        until_signing(spec, sink, ctx, dns, watch, time.monotonic())
+
+
+def _restarted(container: str, n: int) -> bool:
+    """The entrypoint logged restart n and OpenDKIM's socket came up after it."""
+    _, found, after = rs.logs(container).partition(f"; restart {n} in ")
+    return bool(found) and "opendkim up again" in after
