@@ -9,8 +9,10 @@ Contract with the image (``relay/entrypoint.sh``):
 * Non-secret config is delivered under ``CONFIG_DIR`` (``/etc/relay/config``) with the
   relative paths returned by :func:`render_config`:
   ``postfix/main.cf``, ``postfix/master.cf``, ``postfix/sender_login``,
+  ``postfix/sender_access``, ``postfix/long_lines``, ``postfix/milter_headers``,
   ``postfix/sasl/smtpd.conf``, ``opendkim/opendkim.conf``, ``opendkim/KeyTable``,
-  ``opendkim/SigningTable``, ``opendkim/TrustedHosts``.
+  ``opendkim/SigningTable``, ``opendkim/TrustedHosts``, ``opendkim/from_policy.lua``,
+  ``opendkim/from_refusal.lua``.
 * Secrets are delivered under ``SECRETS_DIR`` (``/run/relay-secrets``), either as
   container uploads or as a host directory bind-mounted read-only. Layout
   (rendered by :func:`render_secrets` for uploads; the host writes the same layout):
@@ -42,7 +44,14 @@ CERT_MOUNT = "/etc/letsencrypt"
 #: writes meet Nagle + delayed ACK and each message stalls ~80 ms (measured: 10 msg/s).
 OPENDKIM_SOCKET = "/run/opendkim/opendkim.sock"
 SASLDB_PATH = "/etc/sasldb2"
-DKIM_KEY_DIR = "/etc/opendkim/keys"
+#: RFC 5322 2.1.1: at most 998 bytes per line, CRLF excluded.
+MAX_LINE = 998
+#: TLS suites no level may offer: anonymous, unencrypted, and the CBC suites with SHA-1 MACs.
+TLS_EXCLUDED_CIPHERS = "aNULL, eNULL, SHA1"
+#: reject_sender_login_mismatch lets ``MAIL FROM:<>`` through; a user never needs it.
+_NULL_SENDER_CHECK = "check_sender_access texthash:/etc/postfix/sender_access"
+OPENDKIM_DIR = "/etc/opendkim"
+DKIM_KEY_DIR = f"{OPENDKIM_DIR}/keys"
 
 #: The seed's signed-header list (seed/000_*.txt, panubo defaults), Resent-* expanded
 #: because OpenDKIM's SignHeaders takes names, not patterns.
@@ -224,11 +233,19 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("smtpd_tls_protocols", ">=TLSv1.2"),
         ("smtpd_tls_mandatory_protocols", ">=TLSv1.2"),
         ("smtpd_tls_mandatory_ciphers", "high"),
+        ("smtpd_tls_ciphers", "high"),
+        # Both lists: the mandatory one applies at "encrypt" (587 and 465), the other at
+        # every level, so a later change of level cannot bring these suites back.
+        ("smtpd_tls_exclude_ciphers", TLS_EXCLUDED_CIPHERS),
+        ("smtpd_tls_mandatory_exclude_ciphers", TLS_EXCLUDED_CIPHERS),
         ("smtpd_tls_loglevel", "1"),
         ("smtpd_tls_received_header", "yes"),
         ("smtpd_tls_session_cache_database", "btree:${data_directory}/smtpd_scache"),
         # Outbound: opportunistic TLS to the recipient's MX.
         ("smtp_tls_security_level", "may"),
+        # Outbound drops only anonymous and null suites: with opportunistic TLS a failed
+        # handshake falls back to plaintext, so refusing CBC-SHA1 to an old MX is worse.
+        ("smtp_tls_exclude_ciphers", "aNULL, eNULL"),
         ("smtp_tls_loglevel", "1"),
         ("smtp_tls_session_cache_database", "btree:${data_directory}/smtp_scache"),
         # SASL (Cyrus, sasldb); config in $config_directory/sasl/smtpd.conf.
@@ -246,7 +263,7 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("smtpd_helo_restrictions", ""),
         (
             "smtpd_sender_restrictions",
-            "reject_non_fqdn_sender, reject_sender_login_mismatch, "
+            f"reject_non_fqdn_sender, reject_sender_login_mismatch, {_NULL_SENDER_CHECK}, "
             "permit_sasl_authenticated, reject",
         ),
         ("smtpd_relay_restrictions", "permit_sasl_authenticated, reject"),
@@ -258,6 +275,18 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("allow_percent_hack", "no"),
         ("swap_bangpath", "no"),
         ("strict_rfc821_envelopes", "yes"),
+        # SMTP smuggling: a bare LF (or "<LF>.<LF>") must not end a message on one hop and
+        # not on the next. Reject ("yes" replies 521 and hangs up), with no exemption.
+        ("smtpd_forbid_bare_newline", "yes"),
+        ("smtpd_forbid_bare_newline_exclusions", ""),
+        # Lines over MAX_LINE bytes are refused at submission (5.6.0): Postfix's SMTP
+        # client would otherwise fold them after OpenDKIM signed, breaking the signature.
+        ("header_checks", "regexp:/etc/postfix/long_lines"),
+        ("body_checks", "regexp:/etc/postfix/long_lines"),
+        # OpenDKIM lets a message through unsigned, before any policy script runs, when it
+        # finds no From: or cannot parse it; in sign mode its only trace is the
+        # Authentication-Results header it adds then. Refuse such mail here.
+        ("milter_header_checks", "regexp:/etc/postfix/milter_headers"),
         # Anvil: rate limits per client, mynetworks not exempt.
         ("anvil_rate_time_unit", rl.time_unit),
         ("smtpd_client_auth_rate_limit", str(rl.auth_per_unit)),
@@ -272,6 +301,10 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("non_smtpd_milters", "$smtpd_milters"),
         ("milter_default_action", "tempfail"),
         ("milter_protocol", "6"),
+        # A hung OpenDKIM holds each session this long before the 4xx (default 30 s); the
+        # entrypoint restarts it sooner than that.
+        ("milter_connect_timeout", "10s"),
+        ("milter_command_timeout", "10s"),
     ]
     return "# Rendered by dkim-relay components/postfix.py; do not edit.\n" + _lines(pairs)
 
@@ -283,7 +316,7 @@ _SUBMISSION_OPTS: tuple[str, ...] = (
     "smtpd_client_restrictions=permit_sasl_authenticated,reject",
     "smtpd_helo_restrictions=",
     "smtpd_sender_restrictions=reject_non_fqdn_sender,reject_sender_login_mismatch,"
-    "permit_sasl_authenticated,reject",
+    f"{_NULL_SENDER_CHECK.replace(' ', ',')},permit_sasl_authenticated,reject",
     "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
     "smtpd_recipient_restrictions=reject_non_fqdn_recipient,permit_sasl_authenticated,reject",
     "milter_macro_daemon_name=ORIGINATING",
@@ -315,6 +348,22 @@ _INTERNAL_SERVICES: tuple[tuple[str, str, str, str, str, str, str], ...] = (
 )
 
 
+def auth_limit_per_service(s: PostfixSettings) -> int:
+    """Each submission service's share of the AUTH budget per client and time unit.
+
+    anvil counts per service *and* client, so with 465 on a client would get the budget
+    twice. Postfix cannot share one counter: anvil's key is the master.cf service name,
+    and giving 465 the name of 587 (``smtpd -n submission``) also gives it 587's accept
+    lock (``pid/inet.submission``), so 465 stops answering (tried). Each port gets half
+    instead (rounded up; 0 stays "no limit"), so both together allow at most the budget
+    plus one.
+    """
+    n = s.rate_limits.auth_per_unit
+    if not s.submissions_465 or n == 0:
+        return n
+    return (n + 1) // 2
+
+
 def render_master_cf(s: PostfixSettings) -> str:
     """master.cf: no port 25, submission on 587, optional implicit TLS on 465."""
     out = ["# Rendered by dkim-relay components/postfix.py; do not edit.\n"]
@@ -322,11 +371,16 @@ def render_master_cf(s: PostfixSettings) -> str:
     out.append("submission inet n       -       n       -       -       smtpd\n")
     out.append("  -o syslog_name=postfix/submission\n")
     out.extend(f"  -o {opt}\n" for opt in _SUBMISSION_OPTS)
+    auth = auth_limit_per_service(s)
+    if auth != s.rate_limits.auth_per_unit:
+        out.append(f"  -o smtpd_client_auth_rate_limit={auth}\n")
     if s.submissions_465:
         out.append("submissions inet n      -       n       -       -       smtpd\n")
         out.append("  -o syslog_name=postfix/submissions\n")
         out.append("  -o smtpd_tls_wrappermode=yes\n")
         out.extend(f"  -o {opt}\n" for opt in _SUBMISSION_OPTS)
+        if auth != s.rate_limits.auth_per_unit:
+            out.append(f"  -o smtpd_client_auth_rate_limit={auth}\n")
     for name, typ, private, unpriv, chroot, wakeup, rest in _INTERNAL_SERVICES:
         maxproc, command = rest.split(" ", 1)
         out.append(
@@ -356,6 +410,32 @@ def render_sender_login_map(s: PostfixSettings) -> str:
             owners[key].extend(o for o in dom_owners if o not in owners[key])
     body = "".join(f"{key} {','.join(logins)}\n" for key, logins in sorted(owners.items()))
     return "# envelope sender -> SASL logins allowed to use it\n" + body
+
+
+def render_sender_access() -> str:
+    """texthash access map for the sender check (``<>`` is Postfix's null-sender key)."""
+    return "<> REJECT 5.7.1 submitted mail needs a sender address, not the null sender\n"
+
+
+def render_milter_headers(s: PostfixSettings) -> str:
+    """regexp table for milter_header_checks (headers OpenDKIM adds)."""
+    return (
+        "# Rendered by dkim-relay components/postfix.py; do not edit.\n"
+        "/^Authentication-Results:/ REJECT 5.7.1 the message needs exactly one From: "
+        f"header with one address at {s.domain}\n"
+    )
+
+
+def render_long_lines() -> str:
+    """regexp table for header_checks and body_checks: refuse any line over MAX_LINE bytes.
+
+    ``m``: in a folded header, each physical line counts on its own.
+    """
+    return (
+        "# Rendered by dkim-relay components/postfix.py; do not edit.\n"
+        f"/^.{{{MAX_LINE + 1}}}/m REJECT 5.6.0 line longer than {MAX_LINE} bytes; "
+        "wrap it or use quoted-printable or base64 with short lines\n"
+    )
 
 
 def render_sasl_smtpd_conf() -> str:
@@ -390,9 +470,123 @@ def render_opendkim_conf(s: PostfixSettings) -> str:
         ("UserID", "opendkim:opendkim"),
         ("RequireSafeKeys", "yes"),
         ("SoftwareHeader", "no"),
+        # Refuses, before signing, a header From that is not one address the login owns.
+        ("SetupPolicyScript", f"{OPENDKIM_DIR}/from_policy.lua"),
+        ("FinalPolicyScript", f"{OPENDKIM_DIR}/from_refusal.lua"),
     ]
     head = "# Rendered by dkim-relay components/postfix.py; do not edit.\n"
     return head + "".join(f"{k} {v}\n" for k, v in pairs)
+
+
+def _lua_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_FROM_POLICY = r"""
+-- Mail whose From is not ours would go out unsigned, or signed for a sender the login
+-- does not own. Postfix checks only the envelope (reject_sender_login_mismatch).
+-- OpenDKIM's setup hook has no set_reply, so the reason is handed to the final script
+-- (from_refusal.lua), which refuses with it before the signature is made. The sign
+-- request keeps OpenDKIM on the message until then: without one (a foreign From) it
+-- would accept the message at the end of the headers and never run the final script.
+local function refuse(why)
+  odkim.export(ctx, "REFUSE", why)
+  odkim.sign(ctx, KEY)
+end
+
+-- The addr-spec of a From value holding exactly one mailbox, else nil. Quoted strings
+-- and comments are dropped first (a display name may hold "@", "," or "<").
+local function mailbox(value)
+  local out, quoted, depth, escaped = {}, false, 0, false
+  for c in value:gmatch(".") do
+    if escaped then
+      escaped = false
+    elseif c == "\\" and (quoted or depth > 0) then
+      escaped = true
+    elseif quoted then
+      if c == '"' then quoted = false end
+    elseif depth > 0 then
+      if c == "(" then depth = depth + 1 elseif c == ")" then depth = depth - 1 end
+    elseif c == '"' then
+      quoted = true
+    elseif c == "(" then
+      depth = 1
+    else
+      out[#out + 1] = c
+    end
+  end
+  if quoted or depth > 0 then return nil end
+  local rest = table.concat(out):gsub("%s+", " ")
+  if rest:find("[,;:]") then return nil end
+  local addr = rest:match("^[^<>]*<([^<>]*)>%s*$") or rest:match("^%s*([^%s<>]+)%s*$")
+  if addr == nil then return nil end
+  addr = addr:lower()
+  if addr:match("^[^@%s]+@[^@%s]+$") == nil then return nil end
+  return addr
+end
+
+-- OpenDKIM also runs this once at start-up with a null ctx to check it, where the
+-- odkim functions return their own names: stop there.
+if odkim.get_envfrom(ctx) == "dkimf_xs_getenvfrom"
+    and odkim.get_mtasymbol(ctx, "{auth_authen}") == "dkimf_xs_getmtasymbol" then
+  return
+end
+
+local from = odkim.get_header(ctx, "From", 0)
+if from == nil or odkim.get_header(ctx, "From", 1) ~= nil then
+  refuse("the message needs exactly one From: header")
+  return
+end
+local addr = mailbox(from)
+if addr == nil then
+  refuse("the From: header must hold exactly one address")
+  return
+end
+local at_domain = addr:match("(@[^@]+)$")
+if at_domain ~= "@" .. DOMAIN then
+  refuse("From: " .. addr .. " is not at " .. DOMAIN)
+  return
+end
+local login = (odkim.get_mtasymbol(ctx, "{auth_authen}") or ""):lower()
+for _, pattern in ipairs(MAY_SEND_AS[login] or {}) do
+  if pattern == addr or pattern == at_domain then
+    return
+  end
+end
+refuse("login " .. login .. " may not send with From: " .. addr)
+"""
+
+
+def render_from_policy(s: PostfixSettings) -> str:
+    """OpenDKIM setup script (Lua): one From, at the domain, owned by the SASL login.
+
+    The owner is a ``may_send_as`` entry (address or ``@domain``) of the login, or any
+    address at the domain for users without ``may_send_as``. OpenDKIM answers 550 at the
+    end of DATA (:func:`render_from_refusal`), before anything is queued or signed.
+    """
+    domain = s.domain.lower()
+    rows = []
+    for user in s.users:
+        patterns = [p.lower() for p in user.may_send_as] or [f"@{domain}"]
+        items = ", ".join(_lua_str(p) for p in patterns)
+        rows.append(f"  [{_lua_str(login_name(user, s.domain).lower())}] = {{{items}}},\n")
+    return (
+        "-- Rendered by dkim-relay components/postfix.py; do not edit.\n"
+        f"local DOMAIN = {_lua_str(domain)}\n"
+        f"local KEY = {_lua_str(f'{s.dkim_selector}._domainkey.{s.domain}')}\n"
+        "local MAY_SEND_AS = {\n" + "".join(rows) + "}\n" + _FROM_POLICY
+    )
+
+
+def render_from_refusal() -> str:
+    """OpenDKIM final script (Lua): refuse with the reason from_policy.lua exported."""
+    return (
+        "-- Rendered by dkim-relay components/postfix.py; do not edit.\n"
+        "if REFUSE ~= nil then\n"
+        '  odkim.set_reply(ctx, "550", "5.7.1", REFUSE)\n'
+        "  odkim.set_result(ctx, SMFIS_REJECT)\n"
+        "end\n"
+    )
 
 
 def render_key_table(s: PostfixSettings) -> str:
@@ -417,11 +611,16 @@ def render_config(s: PostfixSettings) -> dict[str, str]:
         "postfix/main.cf": render_main_cf(s),
         "postfix/master.cf": render_master_cf(s),
         "postfix/sender_login": render_sender_login_map(s),
+        "postfix/sender_access": render_sender_access(),
+        "postfix/long_lines": render_long_lines(),
+        "postfix/milter_headers": render_milter_headers(s),
         "postfix/sasl/smtpd.conf": render_sasl_smtpd_conf(),
         "opendkim/opendkim.conf": render_opendkim_conf(s),
         "opendkim/KeyTable": render_key_table(s),
         "opendkim/SigningTable": render_signing_table(s),
         "opendkim/TrustedHosts": render_trusted_hosts(),
+        "opendkim/from_policy.lua": render_from_policy(s),
+        "opendkim/from_refusal.lua": render_from_refusal(),
     }
 
 

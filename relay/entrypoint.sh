@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # relay-entrypoint: install the config and secrets the stack delivered, then run
-# OpenDKIM and Postfix in the foreground (tini is PID 1). Stops cleanly on SIGTERM.
+# OpenDKIM and Postfix and supervise both (tini is PID 1). Stops cleanly on SIGTERM.
+# Postfix gone: the container exits and `restart: always` brings it back. OpenDKIM dead
+# or hung (no milter answer): it is killed and restarted here with a back-off of 1 s
+# doubling to at most 30 s; meanwhile Postfix answers 4xx (milter_default_action).
 #
 # Inputs (see components/postfix.py for the full contract):
 #   /etc/relay/config/{postfix,opendkim}/...   rendered config (uploads, not secret)
@@ -14,6 +17,13 @@ CONFIG_DIR=/etc/relay/config
 SECRETS_DIR=/run/relay-secrets
 POLL="${RELAY_CERT_POLL_SECONDS:-300}"
 OPENDKIM_SOCKET=/run/opendkim/opendkim.sock  # components/postfix.py OPENDKIM_SOCKET
+# What the supervisor saw, for the health check (relay/healthcheck.sh reads it).
+STATUS=/run/relay-health/opendkim
+PROBE_EVERY=2        # seconds between milter probes
+PROBE_TIMEOUT=2      # seconds a probe may wait for an answer
+HUNG_AFTER=2         # failed probes in a row before OpenDKIM counts as hung
+BACKOFF_MAX=30       # seconds, the longest wait before a restart
+STABLE_AFTER=60      # seconds of answering after which the back-off starts again at 1 s
 
 log() { printf 'relay-entrypoint: %s\n' "$*"; }
 die() { log "FATAL: $*"; exit 1; }
@@ -126,10 +136,15 @@ stop_all() {
 
 # 6. OpenDKIM first: with milter_default_action=tempfail Postfix would answer 451
 #    until the milter is up.
-start_opendkim() {
+launch_opendkim() {
+  rm -f /run/opendkim/opendkim.pid "${OPENDKIM_SOCKET}"
   opendkim -f -x /etc/opendkim/opendkim.conf &
   opendkim_pid=$!
-  wait_socket "${OPENDKIM_SOCKET}" || die "opendkim did not open its socket"
+  wait_socket "${OPENDKIM_SOCKET}"
+}
+
+start_opendkim() {
+  launch_opendkim || die "opendkim did not open its socket"
   log "opendkim up (pid ${opendkim_pid})"
 }
 
@@ -172,6 +187,78 @@ start_cert_watcher() {
   watcher_pid=$!
 }
 
+# 8. Supervision. The status file holds one line the health check prints:
+#    "<state> <restarts> <epoch of last event> <reason>".
+restarts=0
+set_status() {
+  install -d -m 0755 "$(dirname "${STATUS}")"
+  printf '%s %s %s %s\n' "$1" "${restarts}" "$(date +%s)" "$2" >"${STATUS}.new"
+  mv "${STATUS}.new" "${STATUS}"
+}
+
+# Sleep in the background and wait for it: bash runs the TERM trap only between
+# foreground commands, so this keeps `docker stop` quick.
+nap() {
+  sleep "$1" &
+  wait "$!" || true
+}
+
+# OpenDKIM is gone (already reaped) or was just killed: wait out the back-off, start it
+# again, and leave the next back-off in ${delay}.
+delay=1
+restart_opendkim() {
+  local reason="$1"
+  restarts=$((restarts + 1))
+  log "opendkim ${reason}; restart ${restarts} in ${delay} s"
+  set_status down "${reason}"
+  nap "${delay}"
+  kill -0 "${postfix_pid}" 2>/dev/null || return 0
+  delay=$((delay * 2 > BACKOFF_MAX ? BACKOFF_MAX : delay * 2))
+  if launch_opendkim; then
+    log "opendkim up again (pid ${opendkim_pid})"
+    set_status up "${reason}"
+  else
+    log "opendkim did not open its socket"
+    set_status down "did not open its socket after: ${reason}"
+  fi
+  up_since="$(date +%s)"
+}
+
+supervise() {
+  local rc fails=0 now
+  up_since="$(date +%s)"
+  while kill -0 "${postfix_pid}" 2>/dev/null; do
+    if ! kill -0 "${opendkim_pid}" 2>/dev/null; then
+      rc=0
+      wait "${opendkim_pid}" 2>/dev/null || rc=$?
+      if ((rc > 128)); then
+        restart_opendkim "died (signal $((rc - 128)))"
+      else
+        restart_opendkim "died (exit ${rc})"
+      fi
+      fails=0
+      continue
+    fi
+    if relay-milter-probe "${OPENDKIM_SOCKET}" "${PROBE_TIMEOUT}" >/dev/null; then
+      fails=0
+      now="$(date +%s)"
+      if ((delay > 1 && now - up_since >= STABLE_AFTER)); then
+        delay=1
+      fi
+    else
+      fails=$((fails + 1))
+      if ((fails >= HUNG_AFTER)); then
+        kill -KILL "${opendkim_pid}" 2>/dev/null || true
+        wait "${opendkim_pid}" 2>/dev/null || true
+        restart_opendkim "hung (no milter answer to ${fails} probes of ${PROBE_TIMEOUT} s)"
+        fails=0
+        continue
+      fi
+    fi
+    nap "${PROBE_EVERY}"
+  done
+}
+
 main() {
   trap stop_all TERM INT
   install_config
@@ -180,10 +267,11 @@ main() {
   build_sasldb
   prepare_spool
   start_opendkim
+  set_status up started
   start_postfix
   start_cert_watcher
+  supervise
   # Postfix gone means the relay is gone: exit so `restart: always` brings it back.
-  # OpenDKIM gone is reported by the health check (mail tempfails, senders retry).
   local rc=0
   wait "${postfix_pid}" || rc=$?
   log "postfix exited (${rc})"

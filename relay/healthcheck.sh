@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Container health: Postfix's master and OpenDKIM both alive, the milter socket
-# present, and the submission service greeting. The process checks are cheap enough for
-# every 2 s; the SMTP greeting (which logs a connect/disconnect pair) is checked on the
-# first run and then at most every 30 s, and again after any failure. A master that is
-# alive while every smtpd it starts dies on a config error is caught by the greeting.
+# Container health: Postfix's master alive, OpenDKIM alive and answering a milter
+# handshake on its socket (relay-milter-probe, 1 s), and the submission service greeting.
+# The process and milter checks are cheap enough for every 2 s and log nothing; the SMTP
+# greeting (which logs a connect/disconnect pair) is checked on the first run and then at
+# most every 30 s, and again after any failure. A master that is alive while every smtpd
+# it starts dies on a config error is caught by the greeting.
+# The output ends with what the entrypoint's supervisor did: OpenDKIM restarts and why.
 set -euo pipefail
 
-STAMP=/run/relay-health-smtp
+STAMP=/run/relay-health/smtp
+STATUS=/run/relay-health/opendkim  # written by relay-entrypoint
 PROBE_EVERY=30
 
 alive() {
@@ -17,11 +20,25 @@ alive() {
   kill -0 "${pid}" 2>/dev/null
 }
 
-alive /var/spool/postfix/pid/master.pid || { echo "postfix master is down"; exit 1; }
-alive /run/opendkim/opendkim.pid || { echo "opendkim is down"; exit 1; }
-if [[ ! -S /run/opendkim/opendkim.sock ]]; then
-  echo "opendkim milter socket is missing"
+# "; opendkim restarted N time(s), last <age> s ago: <reason>" (empty before any restart)
+history() {
+  local state n at reason
+  [[ -r "${STATUS}" ]] || return 0
+  read -r state n at reason <"${STATUS}" || return 0
+  [[ "${n}" =~ ^[0-9]+$ ]] && ((n > 0)) || return 0
+  printf '; opendkim %s, restarted %s time(s), last %s s ago: %s' \
+    "${state}" "${n}" "$(($(date +%s) - at))" "${reason}"
+}
+
+unhealthy() {
+  echo "$1$(history)"
   exit 1
+}
+
+alive /var/spool/postfix/pid/master.pid || unhealthy "postfix master is down"
+alive /run/opendkim/opendkim.pid || unhealthy "opendkim is down"
+if ! why="$(relay-milter-probe /run/opendkim/opendkim.sock 1)"; then
+  unhealthy "opendkim does not answer (${why})"
 fi
 greets() {
   local line
@@ -37,9 +54,9 @@ last="$(cat "${STAMP}" 2>/dev/null || echo 0)"
 if ((now - last >= PROBE_EVERY)); then
   if ! greets; then
     rm -f "${STAMP}"
-    echo "the submission service on 587 does not greet"
-    exit 1
+    unhealthy "the submission service on 587 does not greet"
   fi
+  mkdir -p "${STAMP%/*}"
   echo "${now}" >"${STAMP}"
 fi
-echo "ok"
+echo "ok$(history)"

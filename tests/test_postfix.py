@@ -1,6 +1,6 @@
 """The relay's config renderers, tested directly (pure functions, no Docker).
 
-The same files are run for real by tests/test_relay_e2e.py; here each policy of issue 3
+The same files are run for real by tests/test_relay_e2e.py; here each policy
 is pinned to the exact lines that implement it.
 """
 
@@ -215,10 +215,15 @@ def test_render_config_paths() -> None:
         "opendkim/KeyTable",
         "opendkim/SigningTable",
         "opendkim/TrustedHosts",
+        "opendkim/from_policy.lua",
+        "opendkim/from_refusal.lua",
         "opendkim/opendkim.conf",
+        "postfix/long_lines",
         "postfix/main.cf",
         "postfix/master.cf",
+        "postfix/milter_headers",
         "postfix/sasl/smtpd.conf",
+        "postfix/sender_access",
         "postfix/sender_login",
     ]
 
@@ -265,3 +270,110 @@ def test_invalid_settings_refused(kw: dict[str, object]) -> None:
 
 def test_login_name_is_full_address() -> None:
     assert postfix.login_name(SmtpUser("gmail"), "example.com") == "gmail@example.com"
+
+
+# ------------------------------------------------------------------------ hardening
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("smtpd_tls_exclude_ciphers", "aNULL, eNULL, SHA1"),
+        ("smtpd_tls_mandatory_exclude_ciphers", "aNULL, eNULL, SHA1"),
+        ("smtpd_tls_ciphers", "high"),
+        ("smtpd_tls_mandatory_ciphers", "high"),
+        ("smtp_tls_exclude_ciphers", "aNULL, eNULL"),
+        ("smtpd_forbid_bare_newline", "yes"),
+        ("smtpd_forbid_bare_newline_exclusions", ""),
+        ("header_checks", "regexp:/etc/postfix/long_lines"),
+        ("body_checks", "regexp:/etc/postfix/long_lines"),
+        ("milter_header_checks", "regexp:/etc/postfix/milter_headers"),
+        ("milter_connect_timeout", "10s"),
+        ("milter_command_timeout", "10s"),
+    ],
+)
+def test_main_cf_hardening(key: str, value: str) -> None:
+    assert main_cf()[key] == value
+
+
+def test_null_sender_refused_before_permitting() -> None:
+    check = "check_sender_access texthash:/etc/postfix/sender_access"
+    main = main_cf()["smtpd_sender_restrictions"]
+    assert main.index(check) < main.index("permit_sasl_authenticated")
+    svc = services(postfix.render_master_cf(settings(submissions_465=True)))
+    for name in ("submission", "submissions"):
+        (opt,) = [o for o in svc[name] if o.startswith("smtpd_sender_restrictions=")]
+        rules = opt.split("=", 1)[1].split(",")
+        i = rules.index("check_sender_access")
+        assert rules[i + 1] == "texthash:/etc/postfix/sender_access"
+        assert i < rules.index("permit_sasl_authenticated")
+    assert postfix.render_sender_access().startswith("<> REJECT 5.7.1 ")
+
+
+def _long_line_pattern() -> re.Pattern[str]:
+    (rule,) = [ln for ln in postfix.render_long_lines().splitlines() if ln.startswith("/")]
+    m = re.match(r"^/(.*)/(\w*) REJECT 5\.6\.0 ", rule)
+    assert m, rule
+    assert m.group(2) == "m"  # each physical line of a folded header on its own
+    return re.compile(m.group(1), re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("text", "refused"),
+    [
+        ("x" * 998, False),
+        ("x" * 999, True),
+        ("x" * 5000, True),
+        ("References: " + "\n ".join(["<id@example.com>"] * 200), False),
+        ("References: <a@b>\n " + "y" * 999, True),
+    ],
+)
+def test_long_line_rule(text: str, refused: bool) -> None:
+    """The regexp table, read as POSIX ERE with REG_NEWLINE (Python's MULTILINE)."""
+    assert bool(_long_line_pattern().search(text)) is refused
+
+
+def test_milter_headers_refuse_opendkim_malformed_marker() -> None:
+    text = postfix.render_milter_headers(settings())
+    (rule,) = [ln for ln in text.splitlines() if ln.startswith("/")]
+    assert rule.startswith("/^Authentication-Results:/ REJECT 5.7.1 ")
+    assert "example.com" in rule
+
+
+@pytest.mark.parametrize(
+    ("auth", "with_465", "per_service"),
+    [(10, False, 10), (10, True, 5), (9, True, 5), (1, True, 1), (0, True, 0)],
+)
+def test_auth_budget_split_across_587_and_465(auth: int, with_465: bool, per_service: int) -> None:
+    s = settings(submissions_465=with_465, rate_limits=postfix.RateLimits(auth_per_unit=auth))
+    assert postfix.auth_limit_per_service(s) == per_service
+    svc = services(postfix.render_master_cf(s))
+    names = ("submission", "submissions") if with_465 else ("submission",)
+    for name in names:
+        opts = [o for o in svc[name] if o.startswith("smtpd_client_auth_rate_limit=")]
+        assert opts == (
+            [] if per_service == auth else [f"smtpd_client_auth_rate_limit={per_service}"]
+        )
+    assert main_cf(rate_limits=s.rate_limits)["smtpd_client_auth_rate_limit"] == str(auth)
+
+
+def test_opendkim_runs_the_from_policy() -> None:
+    lines = set(postfix.render_opendkim_conf(settings()).splitlines())
+    assert "SetupPolicyScript /etc/opendkim/from_policy.lua" in lines
+    assert "FinalPolicyScript /etc/opendkim/from_refusal.lua" in lines
+
+
+def test_from_policy_tables() -> None:
+    lua = postfix.render_from_policy(settings())
+    assert 'local DOMAIN = "example.com"' in lua
+    assert 'local KEY = "relay._domainkey.example.com"' in lua
+    # no may_send_as: any address at the domain; otherwise exactly the listed ones
+    assert '["gmail@example.com"] = {"@example.com"},' in lua
+    assert '["bob@example.com"] = {"bob@example.com", "@bob.example"},' in lua
+    refusal = postfix.render_from_refusal()
+    assert 'odkim.set_reply(ctx, "550", "5.7.1", REFUSE)' in refusal
+    assert "odkim.set_result(ctx, SMFIS_REJECT)" in refusal
+
+
+def test_from_policy_lowercases_and_escapes() -> None:
+    s = settings(users=(SmtpUser("Carol", ('"c\\x"@Example.com',)),))
+    lua = postfix.render_from_policy(s)
+    assert '["carol@example.com"] = {"\\"c\\\\x\\"@example.com"},' in lua
