@@ -9,15 +9,15 @@ from typing import Any
 
 import pulumi
 
-from components import postfix
 from components.credentials import SmtpCredentials, SmtpCredentialsArgs
 from components.dkim import DkimKey, DkimKeyArgs
 from components.dns import MailDns, MailDnsArgs
-from components.guide import render_from_outputs
 from components.host import RelayHost, RelayHostArgs
 from components.relay import LocalEngine, RemoteEngine, SmtpRelay, SmtpRelayArgs, SmtpUserSpec
 from components.sink import LocalSink, LocalSinkArgs
+from pure import postfix
 from pure.config import ConfigError, RelayConfig, config_types, load_config
+from pure.guide import render_from_outputs
 
 PROJECT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 
@@ -149,7 +149,7 @@ def deploy_relay(
 ) -> SmtpRelay:
     """The VPS (over SSH) or this machine's engine, and the relay container on it."""
     private_keys = {s: k.private_key_pem for s, k in keys.items()}
-    # The key files, in the layout the relay reads (components/postfix.py).
+    # The key files, in the layout the relay reads (pure/postfix.py).
     both: pulumi.Output[list[Any]] = pulumi.Output.all(
         pulumi.Output.all(**private_keys), credentials.passwords_output
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from components import postfix  # noqa: E402
+from pure import postfix  # noqa: E402
 from tests import relay_support as rs  # noqa: E402
 
 IMAGE = "dkim-relay:bench"

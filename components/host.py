@@ -244,7 +244,7 @@ class RelayHostArgs:
     extra_ports: Sequence[int] = ()
     container_name: str = DEFAULT_CONTAINER_NAME
     # relative path under host_scripts.SECRETS_DIR -> content, i.e. what
-    # components.postfix.render_secrets returns (dkim/<sel>.private, smtp-users).
+    # pure.postfix.render_secrets returns (dkim/<sel>.private, smtp-users).
     # A secret Output; it reaches the host only on the secrets step's stdin.
     secret_files: pulumi.Input[Mapping[str, str]] | None = None
     docker_ipv6_cidr: str = hs.DEFAULT_DOCKER_IPV6_CIDR

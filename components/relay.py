@@ -12,7 +12,7 @@ Pulumi. Children (all ``parent=self``, all after ``depends_on``)::
     deploy     create = update = the deploy script, delete = the delete script,
                stdin = base64 tar.gz of relay/ and the rendered config (not secret).
 
-What the container gets (see ``components/postfix.py`` for the file contract): the
+What the container gets (see ``pure/postfix.py`` for the file contract): the
 config files read-only at ``postfix.CONFIG_DIR``; the secrets directory read-only at
 ``postfix.SECRETS_DIR`` (layout ``dkim/<selector>.private``, ``smtp-users``);
 ``cert_dir`` read-only at ``/etc/letsencrypt`` (Postfix reads
@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_command import local, remote
 
-from components import postfix
 from components.target import Target, key_files
+from pure import postfix
 from pure import relay_deploy as rd
 from pure.config import (
     DEFAULT_CONTAINER_NAME,

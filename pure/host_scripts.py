@@ -12,7 +12,7 @@ command line: key material arrives on stdin (see :func:`render_secrets` and
 SSH to a local VPS (a network namespace).
 
 Key-material layout (relative to :data:`SECRETS_DIR`; the same layout as
-``components/postfix.py``'s ``render_secrets``, which the relay reads from
+``pure/postfix.py``'s ``render_secrets``, which the relay reads from
 ``/run/relay-secrets`` where this directory is bind-mounted read-only)::
 
     dkim/<selector>.private   PEM private key, one per DKIM selector
@@ -253,7 +253,7 @@ def _check_secrets_dir(secrets_dir: str) -> None:
 def secrets_stdin(files: Mapping[str, str]) -> str:
     """The stdin of :func:`render_secrets`: JSON of relative path -> content.
 
-    ``files`` is what ``components.postfix.render_secrets`` returns (the relay's
+    ``files`` is what ``pure.postfix.render_secrets`` returns (the relay's
     layout, see :data:`SECRETS_LAYOUT`). Paths are checked here as well as on
     the host.
     """

@@ -13,7 +13,7 @@ sink) and leaves the container, its ID and every file alone.
 
 The deploy script reads a payload on stdin: base64 of a deterministic tar.gz holding
 ``build/...`` (the image's build context) and ``config/...`` (the relay's rendered,
-non-secret config files; see ``components/postfix.py``), then ``#`` comment lines the
+non-secret config files; see ``pure/postfix.py``), then ``#`` comment lines the
 script ignores (the component puts a non-secret "secrets generation" marker there so
 the command re-runs when the key files change). Nothing secret is in the payload.
 
@@ -45,8 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from components import postfix
-from pure import shell
+from pure import postfix, shell
 from pure.config import (
     DEFAULT_CONTAINER_NAME,
     DEFAULT_RELAY_IPV4_SUBNET,

@@ -5,7 +5,7 @@
 # or hung (no milter answer): it is killed and restarted here with a back-off of 1 s
 # doubling to at most 30 s; meanwhile Postfix answers 4xx (milter_default_action).
 #
-# Inputs (see components/postfix.py for the full contract):
+# Inputs (see pure/postfix.py for the full contract):
 #   /etc/relay/config/{postfix,opendkim}/...   rendered config (uploads, not secret)
 #   /run/relay-secrets/dkim/<selector>.private DKIM private keys (PEM)
 #   /run/relay-secrets/smtp-users              "login:password" lines
@@ -16,7 +16,7 @@ set -euo pipefail
 CONFIG_DIR=/etc/relay/config
 SECRETS_DIR=/run/relay-secrets
 POLL="${RELAY_CERT_POLL_SECONDS:-300}"
-OPENDKIM_SOCKET=/run/opendkim/opendkim.sock  # components/postfix.py OPENDKIM_SOCKET
+OPENDKIM_SOCKET=/run/opendkim/opendkim.sock  # pure/postfix.py OPENDKIM_SOCKET
 # What the supervisor saw, for the health check (relay/healthcheck.sh reads it).
 STATUS=/run/relay-health/opendkim
 PROBE_EVERY=2        # seconds between milter probes

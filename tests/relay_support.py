@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from components import postfix
 from components.dkim import dkim_txt_value, generate_private_key_pem
 from pure import host_scripts as hs
+from pure import postfix
 from pure import relay_deploy as rd
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from components.guide import (
+from pure.guide import (
     GuideInput,
     SendAs,
     render_dns_table,

@@ -424,7 +424,7 @@ def test_parse_generation() -> None:
 
 
 def test_layout_is_the_relays() -> None:
-    from components import postfix
+    from pure import postfix
 
     files = postfix.render_secrets(
         "example.com",

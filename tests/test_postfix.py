@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from components import postfix
-from components.postfix import PostfixSettings, SmtpUser
+from pure import postfix
+from pure.postfix import PostfixSettings, SmtpUser
 
 
 def settings(**kw: object) -> PostfixSettings:

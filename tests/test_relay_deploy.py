@@ -30,8 +30,8 @@ import dkim
 import pytest
 
 from components import dkim as dkim_keys
-from components import postfix
 from pure import host_scripts as hs
+from pure import postfix
 from pure import relay_deploy as rd
 from pure.relay_deploy import RELAY_DIR, SINK_DIR, read_tree
 

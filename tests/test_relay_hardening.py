@@ -28,7 +28,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-from components import postfix
+from pure import postfix
 from tests import relay_support as rs
 
 pytestmark = pytest.mark.timeout(900)

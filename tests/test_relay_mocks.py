@@ -12,7 +12,6 @@ import pulumi
 import pytest
 from pulumi_command import local, remote
 
-from components import postfix
 from components.relay import (
     LocalEngine,
     RemoteEngine,
@@ -23,6 +22,7 @@ from components.relay import (
 )
 from components.sink import LocalSink, LocalSinkArgs
 from pure import host_scripts as hs
+from pure import postfix
 from pure import relay_deploy as rd
 from pure.shell import command_line
 from tests.pulumi_harness import Registered, strip_secrets, unwrap

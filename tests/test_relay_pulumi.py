@@ -40,7 +40,7 @@ pytestmark = pytest.mark.timeout(1200)
 PROGRAM = """\
 import ipaddress, json, os
 import pulumi
-from components import postfix
+from pure import postfix
 from components.relay import LocalEngine, SmtpRelay, SmtpRelayArgs, SmtpUserSpec
 from components.sink import LocalSink, LocalSinkArgs
 

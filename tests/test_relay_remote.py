@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 
 from components import dkim as dkim_keys
-from components import postfix
 from components.relay import RELAY_DIR, relay_image_tag
 from pure import host_scripts as hs
+from pure import postfix
 from pure.shell import command_line
 from tests.engine_support import REPO, Engine, write_private, write_project
 from tests.vps_docker_support import VpsDocker, vps_docker

@@ -1,6 +1,6 @@
 """`verify` against the project's real relay image on the local Docker engine.
 
-The relay (relay/ image, config rendered by components.postfix, a certificate from a
+The relay (relay/ image, config rendered by pure.postfix, a certificate from a
 test CA in the letsencrypt layout) is published on 127.0.0.1 and ::1; nsd serves the
 zone components.dns renders for it, and the PTR of both addresses names the relay.
 Every check passes, and the test message sent with --send-to reaches the sink with a
@@ -25,9 +25,9 @@ import dkim
 import dns.resolver
 import pytest
 
-from components import postfix
 from components.dkim import dkim_txt_value, generate_private_key_pem
 from components.dns import build_records, zone_snippet
+from pure import postfix
 from pure.config import load_config
 from tests import relay_support as rs
 from tests.verify_support import (

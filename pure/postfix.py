@@ -37,6 +37,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pure.config import DNS_LABEL_PATTERN, HOSTNAME_PATTERN
+
 CONFIG_DIR = "/etc/relay/config"
 SECRETS_DIR = "/run/relay-secrets"
 CERT_MOUNT = "/etc/letsencrypt"
@@ -78,11 +80,8 @@ SIGNED_HEADERS: tuple[str, ...] = (
 )
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._+-]{0,62}[A-Za-z0-9])?$")
-_HOST_RE = re.compile(
-    r"^(?=.{1,253}$)(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
-)
-_SELECTOR_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})$")
+_HOST_RE = re.compile(HOSTNAME_PATTERN)
+_SELECTOR_RE = re.compile(DNS_LABEL_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -306,7 +305,7 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("milter_connect_timeout", "10s"),
         ("milter_command_timeout", "10s"),
     ]
-    return "# Rendered by dkim-relay components/postfix.py; do not edit.\n" + _lines(pairs)
+    return "# Rendered by dkim-relay pure/postfix.py; do not edit.\n" + _lines(pairs)
 
 
 _SUBMISSION_OPTS: tuple[str, ...] = (
@@ -366,7 +365,7 @@ def auth_limit_per_service(s: PostfixSettings) -> int:
 
 def render_master_cf(s: PostfixSettings) -> str:
     """master.cf: no port 25, submission on 587, optional implicit TLS on 465."""
-    out = ["# Rendered by dkim-relay components/postfix.py; do not edit.\n"]
+    out = ["# Rendered by dkim-relay pure/postfix.py; do not edit.\n"]
     out.append("# service type  private unpriv  chroot  wakeup  maxproc command\n")
     out.append("submission inet n       -       n       -       -       smtpd\n")
     out.append("  -o syslog_name=postfix/submission\n")
@@ -420,7 +419,7 @@ def render_sender_access() -> str:
 def render_milter_headers(s: PostfixSettings) -> str:
     """regexp table for milter_header_checks (headers OpenDKIM adds)."""
     return (
-        "# Rendered by dkim-relay components/postfix.py; do not edit.\n"
+        "# Rendered by dkim-relay pure/postfix.py; do not edit.\n"
         "/^Authentication-Results:/ REJECT 5.7.1 the message needs exactly one From: "
         f"header with one address at {s.domain}\n"
     )
@@ -432,7 +431,7 @@ def render_long_lines() -> str:
     ``m``: in a folded header, each physical line counts on its own.
     """
     return (
-        "# Rendered by dkim-relay components/postfix.py; do not edit.\n"
+        "# Rendered by dkim-relay pure/postfix.py; do not edit.\n"
         f"/^.{{{MAX_LINE + 1}}}/m REJECT 5.6.0 line longer than {MAX_LINE} bytes; "
         "wrap it or use quoted-printable or base64 with short lines\n"
     )
@@ -474,7 +473,7 @@ def render_opendkim_conf(s: PostfixSettings) -> str:
         ("SetupPolicyScript", f"{OPENDKIM_DIR}/from_policy.lua"),
         ("FinalPolicyScript", f"{OPENDKIM_DIR}/from_refusal.lua"),
     ]
-    head = "# Rendered by dkim-relay components/postfix.py; do not edit.\n"
+    head = "# Rendered by dkim-relay pure/postfix.py; do not edit.\n"
     return head + "".join(f"{k} {v}\n" for k, v in pairs)
 
 
@@ -571,7 +570,7 @@ def render_from_policy(s: PostfixSettings) -> str:
         items = ", ".join(_lua_str(p) for p in patterns)
         rows.append(f"  [{_lua_str(login_name(user, s.domain).lower())}] = {{{items}}},\n")
     return (
-        "-- Rendered by dkim-relay components/postfix.py; do not edit.\n"
+        "-- Rendered by dkim-relay pure/postfix.py; do not edit.\n"
         f"local DOMAIN = {_lua_str(domain)}\n"
         f"local KEY = {_lua_str(f'{s.dkim_selector}._domainkey.{s.domain}')}\n"
         "local MAY_SEND_AS = {\n" + "".join(rows) + "}\n" + _FROM_POLICY
@@ -581,7 +580,7 @@ def render_from_policy(s: PostfixSettings) -> str:
 def render_from_refusal() -> str:
     """OpenDKIM final script (Lua): refuse with the reason from_policy.lua exported."""
     return (
-        "-- Rendered by dkim-relay components/postfix.py; do not edit.\n"
+        "-- Rendered by dkim-relay pure/postfix.py; do not edit.\n"
         "if REFUSE ~= nil then\n"
         '  odkim.set_reply(ctx, "550", "5.7.1", REFUSE)\n'
         "  odkim.set_result(ctx, SMFIS_REJECT)\n"
