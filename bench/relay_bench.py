@@ -69,7 +69,7 @@ def main() -> None:
     net = rs.TestNetwork.create(f"{NAME}-net", "172.31.253.0/24", "fd00:d6b1:be7c::/64")
     sink = rs.Sink(net.v4_gateway, 2530)
     sink.start()
-    ca = rs.TestCA(tmp / "letsencrypt")
+    ca = rs.CertbotDir(tmp / "letsencrypt")
     ca.issue(rs.RELAY_HOST)
     ctx = ca.client_context()
     ctx.check_hostname = False

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -24,19 +23,13 @@ from typing import Any
 
 import yaml
 
+from tests.common import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("DKIM_RELAY_CACHE", Path.home() / ".cache" / "dkim-relay"))
 BIN = CACHE / "bin"
 PULUMI = BIN / "pulumi"
 NAMESPACE = "dkim-relay"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on `host` now (the caller binds it soon after)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def local_stack_config(name: str, certs: Path, subnet: int) -> dict[str, Any]:

@@ -14,27 +14,27 @@ import email.utils
 import ipaddress
 import os
 import smtplib
-import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP
 from aiosmtpd.smtp import Envelope, Session
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from components.dkim import dkim_txt_value, generate_private_key_pem
 from pure import host_scripts as hs
 from pure import postfix
 from pure import relay_deploy as rd
+
+# Re-exported: the relay tests call them as rs.docker, rs.free_port, rs.wait_for.
+from tests.common import TestCA, run_script
+from tests.common import docker as docker
+from tests.common import free_port as free_port
+from tests.common import wait_for as wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINE_SCRIPT = REPO / "scripts" / "docker-engine.sh"
@@ -60,10 +60,6 @@ def run(
             f"{proc.stderr.decode(errors='replace')[-2000:]}"
         )
     return proc
-
-
-def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
-    return run("docker", *args, check=check, timeout=timeout).stdout.decode().strip()
 
 
 _engine_lock = threading.Lock()
@@ -93,31 +89,6 @@ def build_image(tag: str, build_args: dict[str, str] | None = None) -> str:
         cmd += ["--build-arg", f"{k}={v}"]
     docker(*cmd, str(RELAY_DIR), timeout=900)
     return docker("image", "inspect", "-f", "{{.Id}}", tag)
-
-
-def free_port() -> int:
-    """A TCP port free on both 127.0.0.1 and ::1 (the relay publishes on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET6) as s6:
-            s6.bind(("::1", 0))
-            port = int(s6.getsockname()[1])
-            with socket.socket() as s4:
-                try:
-                    s4.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port on both loopback addresses")
-
-
-def wait_for(what: str, pred: Callable[[], bool], timeout: float = 60, every: float = 0.2) -> None:
-    """Poll until pred() is true; fail with `what` after timeout (readiness, not timing)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def health(container: str) -> str:
@@ -164,38 +135,15 @@ class TestNetwork:
 
 
 # ---------------------------------------------------------------- certificates
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
+class CertbotDir:
+    """An /etc/letsencrypt-like tree of certificates from a test CA, as certbot keeps
+    it: live/<host>/<stem>.pem links into archive/<host>/<stem><n>.pem, flipped
+    atomically by each issue (a renewal)."""
 
-
-@dataclass
-class TestCA:
-    """A throwaway CA issuing certs into a letsencrypt-like tree (live/ -> archive/)."""
-
-    root: Path
-    key: ec.EllipticCurvePrivateKey = field(
-        default_factory=lambda: ec.generate_private_key(ec.SECP256R1())
-    )
-    generation: int = 0
-
-    def __post_init__(self) -> None:
-        now = dt.datetime.now(dt.UTC)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dkim-relay test CA")])
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
+    def __init__(self, root: Path, ca: TestCA | None = None) -> None:
+        self.root, self.ca, self.generation = root, ca or TestCA(), 0
         self.root.mkdir(parents=True, exist_ok=True)
-        self.ca_pem = self.cert.public_bytes(serialization.Encoding.PEM)
+        self.ca_pem = self.ca.pem
         (self.root / "test-ca.pem").write_bytes(self.ca_pem)
 
     def issue(self, hostname: str) -> int:
@@ -203,29 +151,16 @@ class TestCA:
         self.generation += 1
         g = self.generation
         now = dt.datetime.now(dt.UTC)
-        key = ec.generate_private_key(ec.SECP256R1())
-        serial = x509.random_serial_number()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(serial)
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=10))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
+        leaf = self.ca.issue([hostname], now - dt.timedelta(minutes=5), now + dt.timedelta(days=10))
         archive = self.root / "archive" / hostname
         live = self.root / "live" / hostname
         archive.mkdir(parents=True, exist_ok=True, mode=0o700)
         live.mkdir(parents=True, exist_ok=True, mode=0o755)
-        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
         files = {
-            "cert": cert_pem,
+            "cert": leaf.cert_pem,
             "chain": self.ca_pem,
-            "fullchain": cert_pem + self.ca_pem,
-            "privkey": _pem_key(key),
+            "fullchain": leaf.cert_pem + self.ca_pem,
+            "privkey": leaf.key_pem,
         }
         for stem, data in files.items():
             path = archive / f"{stem}{g}.pem"
@@ -240,13 +175,10 @@ class TestCA:
                 tmp.unlink()
             tmp.symlink_to(f"../../archive/{hostname}/{stem}{g}.pem")
             os.replace(tmp, link)  # atomic flip, like certbot
-        return serial
+        return leaf.serial
 
-    def client_context(self, **kw: object) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cadata=self.ca_pem.decode())
-        for k, v in kw.items():
-            setattr(ctx, k, v)
-        return ctx
+    def client_context(self, **attrs: object) -> ssl.SSLContext:
+        return self.ca.client_context(**attrs)
 
 
 # ---------------------------------------------------------------- the sink
@@ -335,23 +267,6 @@ class RelaySpec:
     ip6: str | None = None
 
 
-def run_script(script: str, stdin: str) -> str:
-    """Runs a target script on this machine as SmtpRelay's local engine does."""
-    proc = subprocess.run(
-        ["bash", "-c", script, "dkim-relay"],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"script exited {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\n"
-            f"stderr:\n{proc.stderr[-4000:]}"
-        )
-    return proc.stdout
-
-
 def start_relay(spec: RelaySpec, tmp: Path) -> str:
     """A fresh relay container, deployed as SmtpRelay deploys it on this machine: the
     secrets step writes the key files, then the production deploy script (payload of
@@ -382,7 +297,7 @@ def start_relay(spec: RelaySpec, tmp: Path) -> str:
         cert_poll_seconds=spec.cert_poll_seconds,
         health_timeout=120,
     )
-    out = run_script(rd.render_relay_deploy(deploy, payload), payload.stdin)
+    out = run_script(rd.render_relay_deploy(deploy, payload), payload.stdin).stdout
     if f"network {spec.network.name}" in out:
         raise AssertionError(f"the deploy script touched the test network:\n{out}")
     return spec.name

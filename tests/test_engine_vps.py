@@ -42,6 +42,7 @@ from components.relay import RELAY_DIR, read_tree
 from pure import host_scripts as hs
 from pure import relay_deploy as rd
 from pure.shell import command_line
+from tests.common import free_port
 from tests.engine_support import REPO, Engine, Stack
 from tests.relay_support import Sink, build_image, dnsfunc_for, make_message
 from tests.vps_docker_support import VpsDocker, vps_docker
@@ -56,12 +57,6 @@ CONTAINER = f"dkr-vps-{uuid.uuid4().hex[:6]}"
 def relay_image_tag() -> str:
     """The tag the deploy script looks for (SmtpRelay hashes relay/ the same way)."""
     return rd.image_tag("dkim-relay", rd.tree_hash(read_tree(RELAY_DIR)))
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 # --- fixtures ----------------------------------------------------------------------
@@ -87,7 +82,7 @@ def relay_image(vdocker: VpsDocker) -> str:
 
 @pytest.fixture(scope="module")
 def sink(vps: LocalVps) -> Iterator[Sink]:
-    s = Sink(vps.host_ip4, _free_port(vps.host_ip4))
+    s = Sink(vps.host_ip4, free_port(vps.host_ip4))
     s.start()
     try:
         yield s

@@ -16,7 +16,6 @@ import ipaddress
 import json
 import random
 import smtplib
-import socket
 import ssl
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from pure import host_scripts as hs
 from pure import postfix
 from pure import relay_deploy as rd
 from pure.relay_deploy import RELAY_DIR, SINK_DIR, read_tree
+from tests.common import docker, free_port, run_script
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
@@ -47,45 +47,8 @@ SINK_REPO = "dkim-relay-rdtest-sink"
 
 
 # ------------------------------------------------------------------ helpers
-def run_script(
-    script: str, stdin: str = "", check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        ["bash", "-c", script, "dkim-relay"],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"script exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-        )
-    return proc
-
-
-def docker(*args: str, check: bool = True) -> str:
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)}: {proc.stderr}")
-    return proc.stdout.strip()
-
-
 def exists(kind: str, name: str) -> bool:
     return subprocess.run(["docker", kind, "inspect", name], capture_output=True).returncode == 0
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as s4:
-            s4.bind(("127.0.0.1", 0))
-            port = s4.getsockname()[1]
-        try:
-            with socket.socket(socket.AF_INET6) as s6:
-                s6.bind(("::1", port))
-        except OSError:
-            continue
-        return port
 
 
 def free_subnets() -> tuple[str, str]:

@@ -63,8 +63,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ca(workdir: Path) -> rs.TestCA:
-    ca = rs.TestCA(workdir / "letsencrypt")
+def ca(workdir: Path) -> rs.CertbotDir:
+    ca = rs.CertbotDir(workdir / "letsencrypt")
     ca.issue(rs.RELAY_HOST)
     return ca
 
@@ -84,7 +84,7 @@ def dns(dkim_pem: str) -> dict[str, str]:
 def relay_running(
     name: str,
     net: rs.TestNetwork,
-    ca: rs.TestCA,
+    ca: rs.CertbotDir,
     dkim_pem: str,
     workdir: Path,
     *,
@@ -137,7 +137,7 @@ def sink(net: rs.TestNetwork) -> Iterator[rs.Sink]:
 
 @pytest.fixture(scope="module")
 def relay(
-    net: rs.TestNetwork, ca: rs.TestCA, dkim_pem: str, workdir: Path, sink: rs.Sink
+    net: rs.TestNetwork, ca: rs.CertbotDir, dkim_pem: str, workdir: Path, sink: rs.Sink
 ) -> Iterator[rs.RelaySpec]:
     with relay_running(
         "dkimrelay-e2e-main",
@@ -153,7 +153,7 @@ def relay(
 
 
 @pytest.fixture
-def ctx(ca: rs.TestCA) -> ssl.SSLContext:
+def ctx(ca: rs.CertbotDir) -> ssl.SSLContext:
     c = ca.client_context()
     c.check_hostname = False  # we connect by address; the chain is still verified
     return c
@@ -307,7 +307,7 @@ def _legacy_tls_client() -> ssl.SSLContext:
     return c
 
 
-def test_legacy_tls_client_works_against_a_permissive_server(ca: rs.TestCA) -> None:
+def test_legacy_tls_client_works_against_a_permissive_server(ca: rs.CertbotDir) -> None:
     """Control for the TLS 1.0/1.1 refusal: this client can speak TLS 1.1 at all."""
     live = ca.root / "live" / rs.RELAY_HOST
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -515,7 +515,7 @@ def test_queue_volume_and_log_rotation(relay: rs.RelaySpec) -> None:
 
 # ------------------------------------------------------------------------ no mail lost
 def test_no_mail_lost_across_recreation_with_sink_down(
-    net: rs.TestNetwork, ca: rs.TestCA, dkim_pem: str, workdir: Path, dns: dict[str, str]
+    net: rs.TestNetwork, ca: rs.CertbotDir, dkim_pem: str, workdir: Path, dns: dict[str, str]
 ) -> None:
     sink = rs.Sink(net.v4_gateway, 2526)  # not started: the recipient's MX is down
     secrets_dir = workdir / "host-secrets"  # the key files stay on the host across recreation
@@ -591,7 +591,7 @@ def _served_serial(port: int) -> int:
 def test_renewed_cert_served_after_reload_and_queue_kept(
     net: rs.TestNetwork, dkim_pem: str, workdir: Path, dns: dict[str, str]
 ) -> None:
-    ca = rs.TestCA(workdir / "letsencrypt-renew")
+    ca = rs.CertbotDir(workdir / "letsencrypt-renew")
     first = ca.issue(rs.RELAY_HOST)
     sink = rs.Sink(net.v4_gateway, 2527)
     with relay_running(
@@ -640,7 +640,7 @@ def test_renewed_cert_served_after_reload_and_queue_kept(
 
 
 def test_reload_refuses_missing_cert(net: rs.TestNetwork, dkim_pem: str, workdir: Path) -> None:
-    ca = rs.TestCA(workdir / "letsencrypt-missing")
+    ca = rs.CertbotDir(workdir / "letsencrypt-missing")
     serial = ca.issue(rs.RELAY_HOST)
     with relay_running(
         "dkimrelay-e2e-missing",
@@ -664,7 +664,7 @@ def test_reload_refuses_missing_cert(net: rs.TestNetwork, dkim_pem: str, workdir
 
 # ------------------------------------------------------------------------ health
 def test_opendkim_restarted_when_it_dies(
-    net: rs.TestNetwork, ca: rs.TestCA, dkim_pem: str, workdir: Path
+    net: rs.TestNetwork, ca: rs.CertbotDir, dkim_pem: str, workdir: Path
 ) -> None:
     with relay_running(
         "dkimrelay-e2e-health",
@@ -689,7 +689,7 @@ def test_opendkim_restarted_when_it_dies(
 
 
 def test_unhealthy_when_the_submission_service_cannot_start(
-    net: rs.TestNetwork, ca: rs.TestCA, dkim_pem: str, workdir: Path
+    net: rs.TestNetwork, ca: rs.CertbotDir, dkim_pem: str, workdir: Path
 ) -> None:
     """Master and OpenDKIM alive, but every smtpd dies on a config error: not healthy."""
     with relay_running(

@@ -71,8 +71,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ca(workdir: Path) -> rs.TestCA:
-    ca = rs.TestCA(workdir / "letsencrypt")
+def ca(workdir: Path) -> rs.CertbotDir:
+    ca = rs.CertbotDir(workdir / "letsencrypt")
     ca.issue(rs.RELAY_HOST)
     return ca
 
@@ -99,7 +99,7 @@ def sink(net: rs.TestNetwork) -> Iterator[rs.Sink]:
 def relay_running(
     name: str,
     net: rs.TestNetwork,
-    ca: rs.TestCA,
+    ca: rs.CertbotDir,
     dkim_pem: str,
     workdir: Path,
     *,
@@ -141,14 +141,14 @@ def relay_running(
 
 @pytest.fixture(scope="module")
 def relay(
-    net: rs.TestNetwork, ca: rs.TestCA, dkim_pem: str, workdir: Path, sink: rs.Sink
+    net: rs.TestNetwork, ca: rs.CertbotDir, dkim_pem: str, workdir: Path, sink: rs.Sink
 ) -> Iterator[rs.RelaySpec]:
     with relay_running("dkimrelay-hard-main", net, ca, dkim_pem, workdir, octet=10) as spec:
         yield spec
 
 
 @pytest.fixture
-def ctx(ca: rs.TestCA) -> ssl.SSLContext:
+def ctx(ca: rs.CertbotDir) -> ssl.SSLContext:
     c = ca.client_context()
     c.check_hostname = False  # we connect by address; the chain is still verified
     return c
@@ -460,7 +460,7 @@ def test_tls12_with_aead_suite_accepted(relay: rs.RelaySpec, port_name: str) -> 
 
 @pytest.mark.parametrize(("case", "args"), BAD_TLS, ids=[c[0] for c in BAD_TLS])
 def test_weak_tls_client_works_against_a_permissive_server(
-    ca: rs.TestCA, case: str, args: tuple[str, ...]
+    ca: rs.CertbotDir, case: str, args: tuple[str, ...]
 ) -> None:
     """Control: each refused handshake is one this client can complete at all."""
     live = ca.root / "live" / rs.RELAY_HOST
@@ -490,7 +490,7 @@ def _listening(port: int) -> bool:
 
 # ------------------------------------------------------------------------ one AUTH budget
 def test_one_auth_budget_across_587_and_465(
-    net: rs.TestNetwork, ca: rs.TestCA, dkim_pem: str, workdir: Path, ctx: ssl.SSLContext
+    net: rs.TestNetwork, ca: rs.CertbotDir, dkim_pem: str, workdir: Path, ctx: ssl.SSLContext
 ) -> None:
     limits = postfix.RateLimits(
         auth_per_unit=4,
@@ -619,7 +619,7 @@ def outage_submission(
 @pytest.mark.parametrize("fault", ["KILL", "STOP"])
 def test_opendkim_fault_recovers_by_itself(
     net: rs.TestNetwork,
-    ca: rs.TestCA,
+    ca: rs.CertbotDir,
     dkim_pem: str,
     workdir: Path,
     sink: rs.Sink,
@@ -679,7 +679,7 @@ def test_healthy_relay_reports_no_restart(relay: rs.RelaySpec) -> None:
 
 def test_repeated_opendkim_deaths_back_off(
     net: rs.TestNetwork,
-    ca: rs.TestCA,
+    ca: rs.CertbotDir,
     dkim_pem: str,
     workdir: Path,
     sink: rs.Sink,

@@ -71,7 +71,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayEnv]:
         sink = rs.Sink(net.v4_gateway, free_port())
         sink.start()
         stack.callback(sink.stop)
-        ca = rs.TestCA(tmp / "letsencrypt")
+        ca = rs.CertbotDir(tmp / "letsencrypt")
         ca.issue(RELAY)
         pem = generate_private_key_pem(2048)
         value = dkim_txt_value(pem)

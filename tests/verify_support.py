@@ -13,7 +13,7 @@ certificate). Debian packages: nsd, postfix, sasl2-bin, libsasl2-modules
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
+import functools
 import json
 import os
 import secrets
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+# Re-exported: the verify tests take the CA from here.
+from tests.common import Leaf as Leaf
+from tests.common import TestCA as TestCA
+from tests.common import free_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 # What .github/workflows/health.yml runs (tests/test_workflows.py holds it to that), with
@@ -45,119 +45,7 @@ POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 SASLPASSWD2 = shutil.which("saslpasswd2") or "/usr/sbin/saslpasswd2"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on host (small race, fine for tests)."""
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(fam, socket.SOCK_STREAM) as t:
-            t.bind((host, 0))
-            port = int(t.getsockname()[1])
-            try:
-                with socket.socket(fam, socket.SOCK_DGRAM) as u:
-                    u.bind((host, port))
-            except OSError:
-                continue
-            if fam == socket.AF_INET:
-                try:
-                    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as t6:
-                        t6.bind(("::1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-def wait_for(pred: object, timeout: float, what: str) -> None:
-    assert callable(pred)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not ready after {timeout} s")
-
-
 # ------------------------------------------------------------------- test CA
-
-
-@dataclass(frozen=True)
-class Leaf:
-    key_pem: bytes
-    cert_pem: bytes
-
-
-class TestCA:
-    __test__ = False  # not a pytest class
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dkim-relay verify test CA")])
-        now = dt.datetime.now(dt.UTC)
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self.key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=400))
-            .not_valid_after(now + dt.timedelta(days=400))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, names: Iterable[str], not_before: dt.datetime, not_after: dt.datetime) -> Leaf:
-        key = ec.generate_private_key(ec.SECP256R1())
-        names = list(names)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        return Leaf(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ),
-            cert.public_bytes(serialization.Encoding.PEM),
-        )
 
 
 # ------------------------------------------------------------------- nsd
@@ -200,7 +88,7 @@ class Nsd:
     def __init__(self, workdir: Path, zones: Mapping[str, str], host: str = "127.0.0.1") -> None:
         self.dir = workdir
         self.host = host
-        self.port = free_port(host)
+        self.port = free_port(host, udp=True)
         self.dir.mkdir(parents=True, exist_ok=True)
         zone_conf = ""
         for origin, text in zones.items():
@@ -237,8 +125,8 @@ class Nsd:
         )
         first = next(iter(zones))
         try:
-            wait_for(lambda: self._answers(first), 15, "nsd")
-        except TimeoutError:
+            wait_for("nsd", lambda: self._answers(first), 15, every=0.05)
+        except AssertionError:
             self.stop()
             raise RuntimeError(f"nsd did not start: {self.log()}") from None
 
@@ -434,8 +322,8 @@ smtpd_recipient_restrictions = permit_sasl_authenticated, reject
             raise RuntimeError(f"postfix start: {start.stderr} {self.log()}")
         try:
             for port in self.ports.values():
-                wait_for(lambda p=port: _banner("127.0.0.1", p), 20, f"postfix port {port}")
-        except TimeoutError:
+                wait_for(f"postfix port {port}", functools.partial(_banner, "127.0.0.1", port), 20)
+        except AssertionError:
             self.stop()
             raise RuntimeError(f"postfix did not answer: {self.log()}") from None
 
