@@ -263,6 +263,12 @@ build_from_source() {
   export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
   local wanted name v plugins=()
   wanted=$(wanted_plugins) || die "cannot read the wanted plugin versions from $VENV"
+  # Before the long CLI build: the archives that the parts still to build need.
+  local f
+  for f in "${!ARCHIVE_SHA256[@]}"; do
+    [[ -f "$ARCHIVES/$f" || -f "$CACHE/stamps/langhost" && -f "$CACHE/stamps/plugin-command" ]] \
+      || die "source archive $f not found in $ARCHIVES (set DKIM_RELAY_SOURCE_ARCHIVES to the folder that holds it)"
+  done
   build_cli
   build_langhost
   while read -r name v; do
