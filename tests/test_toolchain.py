@@ -354,12 +354,12 @@ def test_a_source_archive_with_another_checksum_is_not_unpacked(tmp_path: pathli
     assert version
     (cache / "stamps" / "cli").write_text(f"v{version.group(1)}\n")
     archives.mkdir()
-    bad = archives / "pulumi-language-python-v3.259.0.tar.gz"
-    bad.write_bytes(b"not the archive")
+    for name in re.findall(r"\[([a-z0-9.-]+\.tar\.gz)\]=", TOOLCHAIN.read_text()):
+        (archives / name).write_bytes(b"not the archive")  # the language host's comes first
     out = toolchain(cache, [], DKIM_RELAY_PULUMI="source", DKIM_RELAY_SOURCE_ARCHIVES=str(archives))
     assert out.returncode not in (0, 3)
     assert "expected" in out.stderr and "not unpacking" in out.stderr, out.stderr
-    assert not (cache / "src" / "language-python-v3.259.0").exists()
+    assert not (cache / "src" / "language-python-v3.259.0" / "pulumi-language-python").exists()
 
 
 DYNAMIC_PROGRAM = """\
@@ -442,3 +442,17 @@ def test_a_fresh_cache_builds_from_the_archives(tmp_path: pathlib.Path) -> None:
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     res = run([pulumi, "stack", "output", "--json", "--stack", "fresh"], env, project)
     assert json.loads(res.stdout) == {"value": "signed", "stdout": "hello"}
+
+
+@pytest.mark.unit
+def test_a_missing_source_archive_is_named_before_the_cli_build(tmp_path: pathlib.Path) -> None:
+    out = toolchain(
+        tmp_path / "cache",
+        [],
+        DKIM_RELAY_PULUMI="source",
+        DKIM_RELAY_SOURCE_ARCHIVES=str(tmp_path / "none"),
+        GO="/bin/false",  # a CLI build would fail at once; the archive check must come first
+    )
+    assert out.returncode not in (0, 3)
+    assert "not found in" in out.stderr and "DKIM_RELAY_SOURCE_ARCHIVES" in out.stderr
+    assert "building pulumi CLI" not in out.stderr
