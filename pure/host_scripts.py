@@ -311,7 +311,8 @@ def parse_port25(stdout: str | None) -> dict[str, dict[str, str]]:
     for line in (stdout or "").splitlines():
         if line.startswith(PORT25_PREFIX):
             item = json.loads(line[len(PORT25_PREFIX) :])
-            results[str(item.pop("family"))] = {k: str(v) for k, v in item.items()}
+            family = str(item.pop("family"))
+            results[family] = {k: str(v) for k, v in item.items()}
     return results
 
 

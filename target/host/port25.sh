@@ -24,7 +24,7 @@ for family in "${FAMILIES[@]}"; do
   if [[ -n "${address}" ]]; then
     route="$(ip -o route get "${address}" 2>&1 || true)"
     if [[ "${route}" == *" src "* ]]; then
-      source="$(sed -E 's/.* src ([^ ]+).*/\1/' <<<"${route}")"
+      source="$(sed -nE '1s/.* src ([^ ]+).*/\1/p' <<<"${route}")"
       # shellcheck disable=SC2016 # $1 is expanded by the inner bash
       if timeout "${TIMEOUT}" bash -c 'exec 3<>"/dev/tcp/$1/25"' port25 "${address}" 2>/dev/null; then
         status="open" detail="connected"
