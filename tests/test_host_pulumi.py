@@ -172,6 +172,9 @@ def test_state_keeps_secrets_encrypted(deployed: Stack) -> None:
 
 def test_second_up_changes_only_the_port25_probe(deployed: Stack, listener: Port25Listener) -> None:
     assert {name for _, name in changed(deployed)} == {"vps-port25"}, changed(deployed)
+    # A drift check leaves the probe out and expects nothing else to change.
+    res = deployed.run("preview", "--expect-no-changes", "--exclude", "**::vps-port25")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     before = len(listener.peers)
     res = deployed.run("up", "--yes", "--skip-preview")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
