@@ -536,8 +536,10 @@ STUBS = {
     "ip": 'case "$*" in *2001:db8::25*) [ -n "${IP6_ROUTE}" ] || '
     '{ echo "RTNETLINK answers: Network is unreachable" >&2; exit 2; }; echo "${IP6_ROUTE}";; '
     '*) echo "192.0.2.25 dev eth0 src 192.0.2.9 uid 0";; esac\n',
-    # The connection itself: its exit status comes from the test (124: timed out).
-    "timeout": 'case "$*" in *2001:db8::25*) exit "${RC6}";; *) exit "${RC4}";; esac\n',
+    # The connection itself: its exit status comes from the test (124: timed out); the
+    # name lookup (bounded by timeout too) goes to the getent stub.
+    "timeout": '[ "$2" != getent ] || { shift; exec "$@"; }\n'
+    'case "$*" in *2001:db8::25*) exit "${RC6}";; *) exit "${RC4}";; esac\n',
 }
 
 

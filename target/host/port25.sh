@@ -10,8 +10,10 @@ set -euo pipefail
 # shellcheck source=lib.sh
 declare -F finish >/dev/null || . "${BASH_SOURCE[0]%/*}/lib.sh"
 
-# getent follows nsswitch (hosts file, then DNS) as the relay's lookups would.
-addresses="$(getent ahosts "${PROBE}" | awk '$2 == "STREAM" { print $1 }' || true)"
+command -v ip >/dev/null || apt_install iproute2
+# getent follows nsswitch (hosts file, then DNS) as the relay's lookups would; bounded,
+# as a resolver that does not answer would otherwise hold the deployment.
+addresses="$(timeout 20 getent ahosts "${PROBE}" | awk '$2 == "STREAM" { print $1 }' || true)"
 for family in "${FAMILIES[@]}"; do
   address="" source="" status="no route" detail="no ${family} address for ${PROBE}"
   for a in ${addresses}; do
