@@ -95,7 +95,7 @@ def main() -> None:
     )
 
     logins = [f"{u}@{cfg.domain}" for u in cfg.smtp_users]
-    relay = deploy_relay(cfg, config, keys, credentials)
+    relay, outbound_smtp = deploy_relay(cfg, config, keys, credentials)
 
     pulumi.export("domain", cfg.domain)
     pulumi.export("relayHost", cfg.relay_fqdn)
@@ -117,11 +117,13 @@ def main() -> None:
         {login: credentials.passwords[u] for login, u in zip(logins, cfg.smtp_users, strict=True)},
     )
     pulumi.export("relayContainer", relay.container_name)
+    if outbound_smtp is not None:
+        pulumi.export("outboundSmtp", outbound_smtp)
     # The guide carries no secret: it says how to read the password instead.
     pulumi.export(
         "gmailGuide",
-        dns.records.apply(
-            lambda records: render_from_outputs(
+        pulumi.Output.all(dns.records, outbound_smtp).apply(
+            lambda ro: render_from_outputs(
                 {
                     "domain": cfg.domain,
                     "relayHost": cfg.relay_fqdn,
@@ -133,7 +135,8 @@ def main() -> None:
                     "smtpUsernames": logins,
                     "smtpPasswords": dict.fromkeys(logins, ""),
                     "dnsProvider": cfg.dns_provider,
-                    "dnsRecords": records,
+                    "dnsRecords": ro[0],
+                    "outboundSmtp": ro[1],
                 },
                 stack_name=pulumi.get_stack(),
             )
@@ -146,8 +149,9 @@ def deploy_relay(
     config: pulumi.Config,
     keys: dict[str, DkimKey],
     credentials: SmtpCredentials,
-) -> SmtpRelay:
-    """The VPS (over SSH) or this machine's engine, and the relay container on it."""
+) -> tuple[SmtpRelay, pulumi.Output[Any] | None]:
+    """The VPS (over SSH) or this machine's engine, and the relay container on it; with the
+    outbound port 25 check of the VPS (none on this machine)."""
     private_keys = {s: k.private_key_pem for s, k in keys.items()}
     # The key files, in the layout the relay reads (pure/postfix.py).
     both: pulumi.Output[list[Any]] = pulumi.Output.all(
@@ -171,7 +175,7 @@ def deploy_relay(
         container_name=cfg.relay_container_name,
     )
     if cfg.deploy_target == "local":
-        return deploy_local(cfg, common, secret_files)
+        return deploy_local(cfg, common, secret_files), None
 
     host = RelayHost(
         "relay-host",
@@ -190,13 +194,15 @@ def deploy_relay(
             extra_ports=[cfg.smtp_port] if cfg.smtp_port != 587 else [],
             container_name=cfg.relay_container_name,
             secret_files=secret_files,
+            port25_probe=cfg.port25_probe,
+            vps_ipv6=cfg.vps_ipv6,
         ),
     )
     # The relay waits for Docker, the certificate and the key files.
     steps = [host.docker_step, host.certificate_step]
     if host.secrets_step is not None:
         steps.append(host.secrets_step)
-    return SmtpRelay(
+    relay = SmtpRelay(
         "relay",
         SmtpRelayArgs(
             **common,
@@ -208,6 +214,7 @@ def deploy_relay(
             depends_on=steps,
         ),
     )
+    return relay, host.outbound_smtp
 
 
 def deploy_local(

@@ -4,7 +4,13 @@ Steps (each a ``remote.Command`` made by ``components/target.py`` from a script 
 ``pure/host_scripts.py``), in this order over one SSH connection::
 
     preflight ──> firewall ──> docker ──> certificate
-        └───────> secrets
+        ├───────> secrets
+        └───────> port25
+
+* ``port25`` runs on every ``pulumi up`` (its trigger changes each run): it connects
+  from the VPS to port 25 of ``port25_probe`` over IPv4 (and IPv6 with ``vps_ipv6``)
+  and reports per family in ``outbound_smtp``; a blocked port, or an IPv6 source
+  address other than ``vps_ipv6``, is a warning, never a failed deployment;
 
 * ``firewall`` has a ``delete`` that removes only the rules it added (never SSH);
 * ``certificate`` has no ``delete``: certificates survive ``pulumi destroy``;
@@ -33,6 +39,7 @@ turns the usual failures into errors naming the config key to fix
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -47,7 +54,7 @@ from pulumi_command import local, remote
 
 from components.target import Target, key_files
 from pure import host_scripts as hs
-from pure.config import DEFAULT_ACME_SERVER, DEFAULT_CONTAINER_NAME
+from pure.config import DEFAULT_ACME_SERVER, DEFAULT_CONTAINER_NAME, DEFAULT_PORT25_PROBE
 
 
 class HostPreflightError(Exception):
@@ -227,7 +234,8 @@ class RelayHostArgs:
     ssh_port=sshPort, ssh_private_key=sshPrivateKey (secret),
     ssh_host_key=sshHostKey, acme_email=acmeEmail, acme_server=acmeServer,
     acme_extra_names=acmeExtraNames, acme_ca_bundle=acmeCaBundle,
-    relay_host=relayHost, submissions465=submissions465.
+    relay_host=relayHost, submissions465=submissions465, port25_probe=port25Probe,
+    vps_ipv6=vpsIpv6.
     """
 
     ssh_host: pulumi.Input[str]
@@ -253,6 +261,8 @@ class RelayHostArgs:
     preflight: bool = True
     secret_file_mode: int = 0o600
     secret_owner: tuple[int, int] = (0, 0)
+    port25_probe: str = DEFAULT_PORT25_PROBE
+    vps_ipv6: str | None = None  # also probe IPv6, and expect mail to leave from it
 
 
 class RelayHost(pulumi.ComponentResource):
@@ -265,6 +275,7 @@ class RelayHost(pulumi.ComponentResource):
     secrets_revision: pulumi.Output[str]  # changes each time the key files are written
     firewall_ports: pulumi.Output[list[str]]
     docker_host: pulumi.Output[str]
+    outbound_smtp: pulumi.Output[dict[str, dict[str, str]]]  # hs.parse_port25 of the last run
     connection: remote.ConnectionArgs  # for the relay's commands: the same SSH settings
     target: Target  # the VPS over that connection (with sudo for a non-root sshUser)
 
@@ -344,6 +355,22 @@ class RelayHost(pulumi.ComponentResource):
                 args.secret_file_mode,
                 args.secret_owner,
             )
+        # A new trigger each run: the result describes the VPS now, not at its creation.
+        self.port25_step = target.step(
+            f"{name}-port25",
+            scripts["port25"].create,
+            child([self.preflight_step]),
+            triggers=[secrets.token_hex(8)],
+        )
+
+        def report(stdout: str) -> dict[str, dict[str, str]]:
+            results = hs.parse_port25(stdout)
+            if not pulumi.runtime.is_dry_run():
+                for warning in hs.port25_warnings(results, args.vps_ipv6):
+                    pulumi.log.warn(warning, resource=self)
+            return results
+
+        self.outbound_smtp = self.port25_step.stdout.apply(report)
 
         live = hs.cert_dir(args.relay_host)
         self.docker_ready = self.docker_step.stdout.apply(lambda _: "ready")
@@ -373,6 +400,7 @@ class RelayHost(pulumi.ComponentResource):
                 "secrets_revision": self.secrets_revision,
                 "firewall_ports": self.firewall_ports,
                 "docker_host": self.docker_host,
+                "outbound_smtp": self.outbound_smtp,
             }
         )
 
@@ -412,6 +440,7 @@ def step_scripts(args: RelayHostArgs) -> dict[str, StepScripts]:
             hs.render_secrets(hs.SECRETS_DIR, args.secret_file_mode, uid, gid),
             hs.render_secrets_delete(hs.SECRETS_DIR),
         ),
+        "port25": StepScripts(hs.render_port25(args.port25_probe, bool(args.vps_ipv6))),
     }
 
 

@@ -14,7 +14,7 @@ import json
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -39,6 +39,9 @@ DEFAULT_CONTAINER_NAME = "dkim-relay"
 DEFAULT_SMTP_PORT = 587
 DEFAULT_RELAY_IPV4_SUBNET = "172.30.87.0/24"
 DEFAULT_RELAY_IPV6_SUBNET = "fd00:d6b1:587::/64"
+# Where the VPS checks that outbound port 25 is open: one of gmail.com's MX hosts,
+# resolved on the VPS at each run.
+DEFAULT_PORT25_PROBE = "gmail-smtp-in.l.google.com"
 DkimKeyBits = Literal[2048, 3072, 4096]
 ALLOWED_KEY_BITS: tuple[int, ...] = get_args(DkimKeyBits)
 
@@ -159,6 +162,19 @@ Ipv6Subnet = Annotated[
 Policy = Literal["none", "quarantine", "reject"]
 
 
+def _host_or_address(text: str) -> str:
+    if not re.match(HOSTNAME_PATTERN, text):
+        ip_address(text)  # ValueError when it is neither
+    return text
+
+
+HostOrAddress = Annotated[
+    str,
+    AfterValidator(_host_or_address),
+    _explained("is not a host name or an IP address"),
+]
+
+
 class ConfigError(Exception):
     """All problems of a stack config: each `(key, what is wrong and how to fix it)`."""
 
@@ -276,6 +292,7 @@ class RelayConfig(BaseModel):
         ]
         | None
     ) = Field(None, examples=["[smarthost.example.net]:587"])
+    port25_probe: HostOrAddress = Field(DEFAULT_PORT25_PROBE, examples=[DEFAULT_PORT25_PROBE])
     relay_container_name: Annotated[
         str,
         Field(pattern=CONTAINER_NAME_PATTERN),

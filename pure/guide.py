@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pure.host_scripts import SMARTHOST_FIX, port25_summary
+
 MANUAL_DNS_MODES = frozenset({"manual", "none", "zone", "zonefile"})
 
 
@@ -40,6 +42,30 @@ class GuideInput:
     # default smtp_server): each address needs a PTR to that name.
     vps_addresses: Sequence[str] = ()
     relay_host: str = ""
+    # The outboundSmtp output (the VPS's port 25 check), when known.
+    outbound_smtp: Mapping[str, Mapping[str, str]] | None = None
+
+
+def _port25_line(inp: GuideInput, stack: str) -> str:
+    results = inp.outbound_smtp
+    if not results:
+        return (
+            "**Outbound port 25:** the relay delivers to receivers' mail servers on port 25, "
+            "which many VPS providers block for new accounts. `pulumi up` checks it from the "
+            f"VPS and reports it in `pulumi stack output{stack} outboundSmtp`."
+        )
+    probe = next(iter(results.values())).get("probe", "")
+    line = (
+        f"**Outbound port 25** (checked from the VPS toward `{probe}` at the last "
+        f"`pulumi up`): {port25_summary(results)}."
+    )
+    if any(r.get("status") != "open" for r in results.values()):
+        line += (
+            " Until it is open, mail waits in the relay's queue: ask your VPS provider to "
+            "open outbound port 25 (SMTP), or send through a smarthost on port 587 "
+            f"(`{SMARTHOST_FIX}`)."
+        )
+    return line
 
 
 def _md_cell(value: object) -> str:
@@ -160,6 +186,8 @@ def render_guide(inp: GuideInput) -> str:
         step += 1
 
     out += [
+        _port25_line(inp, stack),
+        "",
         f"## {step}. Add the address in Gmail",
         "",
     ]
@@ -265,6 +293,7 @@ def render_from_outputs(
         if outputs.get("smtpPassword") is not None:
             passwords.setdefault(keys[0], str(outputs["smtpPassword"]))
     addresses = [str(outputs[k]) for k in ("vpsIpv4", "vpsIpv6") if outputs.get(k)]
+    outbound = outputs.get("outboundSmtp")
     records_obj = outputs.get("dnsRecords") or []
     if not isinstance(records_obj, (list, tuple)):
         raise TypeError("dnsRecords must be a list")
@@ -283,5 +312,6 @@ def render_from_outputs(
             stack_name=stack_name,
             vps_addresses=addresses,
             relay_host=str(outputs.get("relayHost") or ""),
+            outbound_smtp=outbound if isinstance(outbound, Mapping) else None,
         )
     )

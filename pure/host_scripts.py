@@ -21,6 +21,7 @@ Key-material layout (relative to :data:`SECRETS_DIR`; the same layout as
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -272,3 +273,97 @@ def parse_generation(stdout: str | None) -> str:
         if line.startswith(GENERATION_PREFIX):
             return line[len(GENERATION_PREFIX) :].strip()
     return "unknown"
+
+
+# --- outbound port 25 ------------------------------------------------------------
+PORT25_PREFIX = "dkim-relay[port25]: result "
+PORT25_TIMEOUT = 5
+FAMILY_NAMES = {"ipv4": "IPv4", "ipv6": "IPv6"}
+SMARTHOST_FIX = "pulumi config set relayNexthop '[smtp.your-provider.example]:587'"
+
+
+def render_port25(probe: str, ipv6: bool, timeout: int = PORT25_TIMEOUT) -> str:
+    """Connect from the host to port 25 of ``probe`` over IPv4 (and IPv6): one JSON
+    result per family (:func:`parse_port25`). Never fails on a blocked port."""
+    if not _HOSTNAME_RE.match(probe):
+        try:
+            ipaddress.ip_address(probe)
+        except ValueError:
+            raise ValueError(
+                f"port25Probe: {probe!r} is not a host name or an IP address"
+            ) from None
+    if not 1 <= timeout <= 60:
+        raise ValueError("the port 25 timeout must be 1 to 60 seconds")
+    return _step(
+        "port25",
+        {
+            "PROBE": probe,
+            "FAMILIES": ["ipv4", "ipv6"] if ipv6 else ["ipv4"],
+            "TIMEOUT": timeout,
+            "RESULT_PREFIX": PORT25_PREFIX,
+        },
+    )
+
+
+def parse_port25(stdout: str | None) -> dict[str, dict[str, str]]:
+    """family -> {probe, address, status, source, detail} from the port25 step's output."""
+    results: dict[str, dict[str, str]] = {}
+    for line in (stdout or "").splitlines():
+        if line.startswith(PORT25_PREFIX):
+            item = json.loads(line[len(PORT25_PREFIX) :])
+            family = str(item.pop("family"))
+            results[family] = {k: str(v) for k, v in item.items()}
+    return results
+
+
+def _same_address(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
+
+
+def port25_warnings(results: Mapping[str, Mapping[str, str]], vps_ipv6: str | None) -> list[str]:
+    """What to tell the user about the port25 step's results: a blocked or unroutable
+    family, and an IPv6 source address other than ``vps_ipv6`` (SPF names only that)."""
+    warnings = []
+    for family, r in sorted(results.items()):
+        name = FAMILY_NAMES.get(family, family)
+        where = f"{r.get('probe', '')} [{r.get('address', '')}]"
+        status = r.get("status")
+        if status == "blocked":
+            warnings.append(
+                f"outbound port 25 over {name} is blocked: the VPS could not connect to "
+                f"{where} port 25 ({r.get('detail', '')}). Mail to other servers waits in "
+                "the relay's queue until it can leave. Ask your VPS provider to open "
+                "outbound port 25 (SMTP), or send through a smarthost on port 587: "
+                f"{SMARTHOST_FIX}"
+            )
+        elif status == "no route":
+            warnings.append(
+                f"no {name} route to the port 25 probe {where} ({r.get('detail', '')}): "
+                f"the relay cannot deliver over {name}"
+                + (". Check the VPS's IPv6 set-up, or unset vpsIpv6" if family == "ipv6" else "")
+            )
+        source = r.get("source", "")
+        if family == "ipv6" and vps_ipv6 and source and not _same_address(source, vps_ipv6):
+            warnings.append(
+                f"the VPS sends IPv6 mail from {source}, not from vpsIpv6 {vps_ipv6} (its /64 "
+                "has several addresses): SPF names only vpsIpv6, so that mail fails SPF. "
+                f"Fix one of: pulumi config set vpsIpv6 {source}; or make {vps_ipv6} the "
+                f"source address on the VPS (a route with `src {vps_ipv6}`); or add it to "
+                f"SPF: pulumi config set --path 'spfExtra[0]' ip6:{source}"
+            )
+    return warnings
+
+
+def port25_summary(results: Mapping[str, Mapping[str, str]]) -> str:
+    """One line per the results, e.g. ``IPv4 open (from 192.0.2.1), IPv6 blocked (refused)``."""
+    parts = []
+    for family, r in sorted(results.items()):
+        status = r.get("status", "unknown")
+        extra = f"from {r['source']}" if status == "open" and r.get("source") else r.get("detail")
+        parts.append(
+            f"{FAMILY_NAMES.get(family, family)} {status}" + (f" ({extra})" if extra else "")
+        )
+    return ", ".join(parts)

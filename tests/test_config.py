@@ -42,6 +42,12 @@ def test_good_config_loads_with_defaults() -> None:
     assert cfg.relay_fqdn == "smtp.example.com"
     assert cfg.ssh_target == "203.0.113.25"
     assert cfg.dkim_key_bits == 2048 and cfg.smtp_users == ["gmail"]
+    assert cfg.port25_probe == "gmail-smtp-in.l.google.com"
+
+
+@pytest.mark.parametrize("probe", ["mx.example.net", "192.0.2.25", "2001:db8::25"])
+def test_port25_probe_takes_a_host_name_or_an_address(probe: str) -> None:
+    assert load_config({**GOOD, "port25Probe": probe}, SECRETS).port25_probe == probe
 
 
 BAD_CASES = [
@@ -56,6 +62,9 @@ BAD_CASES = [
     ("vpsIpv4", {"vpsIpv4": "203.0.113.999"}, "not an IPv4 address"),
     ("vpsIpv4", {"vpsIpv4": "2001:db8::1"}, "IPv6 address goes in vpsIpv6"),
     ("vpsIpv6", {"vpsIpv6": "203.0.113.7"}, "IPv4 address goes in vpsIpv4"),
+    ("port25Probe", {"port25Probe": "mx example"}, "not a host name or an IP address"),
+    ("port25Probe", {"port25Probe": "203.0.113.999"}, "not a host name or an IP address"),
+    ("port25Probe", {"port25Probe": "$(id)"}, "not a host name or an IP address"),
     ("dmarcPolicy", {"dmarcPolicy": "block"}, "one of none, quarantine, reject"),
     ("dmarcSubdomainPolicy", {"dmarcSubdomainPolicy": "drop"}, "none, quarantine, reject"),
     ("dmarcPct", {"dmarcPct": 150}, "outside 0-100"),

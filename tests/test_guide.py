@@ -218,3 +218,28 @@ def test_verify_command_in_the_guide_runs() -> None:
         check=False,
     )
     assert res.returncode == 0 and "Check a deployed dkim-relay" in res.stdout, res.stderr
+
+
+def test_port25_line_unknown_open_and_blocked() -> None:
+    text = render_from_outputs(outputs())
+    line = next(ln for ln in text.splitlines() if "Outbound port 25" in ln)
+    assert "pulumi stack output outboundSmtp" in line, "not known yet: where to read it"
+    open_ = {
+        f: {"probe": "mx.test", "address": a, "status": "open", "source": s, "detail": "connected"}
+        for f, a, s in (
+            ("ipv4", "192.0.2.1", "203.0.113.10"),
+            ("ipv6", "2001:db8::1", "2001:db8::10"),
+        )
+    }
+    text = render_from_outputs({**outputs(), "outboundSmtp": open_})
+    line = next(ln for ln in text.splitlines() if "Outbound port 25" in ln)
+    assert "`mx.test`" in line
+    assert "IPv4 open (from 203.0.113.10), IPv6 open (from 2001:db8::10)" in line
+    assert "relayNexthop" not in line
+    blocked = {**open_, "ipv6": {**open_["ipv6"], "status": "blocked", "detail": "refused"}}
+    text = render_from_outputs({**outputs(), "outboundSmtp": blocked})
+    line = next(ln for ln in text.splitlines() if "Outbound port 25" in ln)
+    assert "IPv6 blocked (refused)" in line
+    assert "ask your VPS provider to open outbound port 25" in line and "relayNexthop" in line
+    # Before the Gmail steps: mail cannot leave while it is blocked.
+    assert text.index("Outbound port 25") < text.index("Add the address in Gmail")

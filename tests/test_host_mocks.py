@@ -15,6 +15,8 @@ from pulumi_command import remote
 from components import host as host_mod
 from components.host import RelayHost, RelayHostArgs, SshTarget
 from pure import host_scripts as hs
+from pure import shell
+from pure.config import DEFAULT_PORT25_PROBE
 from tests.pulumi_harness import Registered, strip_secrets, unwrap
 
 SSH_KEY = (
@@ -25,6 +27,14 @@ DKIM_KEY = "-----BEGIN PRIVATE KEY-----\nZGtpbS1zZWNyZXQtbW9jaw==\n-----END PRIV
 PASSWORD = "smtp-secret-mock-9f8e7d"
 SECRET_STRINGS = ("c3NoLWtleS1zZWNyZXQtbW9jaw", "ZGtpbS1zZWNyZXQtbW9jaw", PASSWORD)
 GENERATION = "00112233445566778899aabbccddeeff"
+# The port25 step's output: IPv4 blocked, IPv6 open but from another address of the /64.
+PORT25_OUT = (
+    f'{hs.PORT25_PREFIX}{{"family": "ipv4", "probe": "mx.example.net", "address": "192.0.2.25", '
+    '"status": "blocked", "source": "203.0.113.7", "detail": "no answer within 5 s"}\n'
+    f'{hs.PORT25_PREFIX}{{"family": "ipv6", "probe": "mx.example.net", "address": "2001:db8::25", '
+    '"status": "open", "source": "2001:db8:7::99", "detail": "connected"}\n'
+    "dkim-relay[port25]: no change\n"
+)
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockHostKeyMockHostKeyMockHostKeyMock"
 
 
@@ -51,6 +61,8 @@ class Mocks(pulumi.runtime.Mocks):
             out = "dkim-relay: no change"
             if args.name.endswith("-secrets"):
                 out = f"dkim-relay[secrets]: key files changed\n{hs.GENERATION_PREFIX}{GENERATION}"
+            if args.name.endswith("-port25"):
+                out = PORT25_OUT
             outs.setdefault("stdout", out)
             outs.setdefault("stderr", "")
         return f"{args.name}-id", outs
@@ -98,6 +110,7 @@ def build(
             results[key] = await getattr(component, key).future()
         results["revision.secret"] = await component.secrets_revision.is_secret()
         results["revision"] = await component.secrets_revision.future()
+        results["outbound_smtp"] = await component.outbound_smtp.future()
         for name, kw in world.kwargs.items():
             if isinstance(kw.get("stdin"), pulumi.Output):
                 results[f"{name}.stdin.secret"] = await kw["stdin"].is_secret()
@@ -122,7 +135,14 @@ def test_component_type_and_children(monkeypatch: pytest.MonkeyPatch) -> None:
     comp = [r for r in world.resources if r.type == "dkimrelay:index:RelayHost"]
     assert [r.name for r in comp] == ["vps"]
     cmds = sorted(r.name for r in world.resources if r.type == "command:remote:Command")
-    assert cmds == ["vps-certificate", "vps-docker", "vps-firewall", "vps-preflight", "vps-secrets"]
+    assert cmds == [
+        "vps-certificate",
+        "vps-docker",
+        "vps-firewall",
+        "vps-port25",
+        "vps-preflight",
+        "vps-secrets",
+    ]
     assert results["cert_dir"] == "/etc/letsencrypt/live/relay.example.com"
     assert results["secrets_dir"] == hs.SECRETS_DIR
     assert results["docker_ready"] == "ready" and results["cert_ready"] == "ready"
@@ -138,6 +158,7 @@ def test_ordering(monkeypatch: pytest.MonkeyPatch) -> None:
     assert deps(world, "vps-docker") == {"vps-firewall"}
     assert deps(world, "vps-certificate") == {"vps-firewall", "vps-docker"}
     assert deps(world, "vps-secrets") == {"vps-preflight"}
+    assert deps(world, "vps-port25") == {"vps-preflight"}
     for name, kw in world.kwargs.items():
         assert kw["opts"].parent is comp, name
 
@@ -184,7 +205,7 @@ def test_no_secret_in_command_lines_or_plain_inputs(monkeypatch: pytest.MonkeyPa
     create = shlex.split(world.named("vps-secrets").inputs["create"])
     assert create == ["bash", "-c", hs.render_secrets(), "dkim-relay"]
     assert {"stdin", "stdout", "stderr"} <= set(kw["opts"].additional_secret_outputs)
-    for name in ("vps-preflight", "vps-firewall", "vps-docker", "vps-certificate"):
+    for name in ("vps-preflight", "vps-firewall", "vps-docker", "vps-certificate", "vps-port25"):
         assert "stdin" not in world.named(name).inputs
 
 
@@ -226,3 +247,35 @@ def test_missing_acme_email_is_an_error_naming_the_key(monkeypatch: pytest.Monke
 def test_bad_host_key_is_an_error_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="sshHostKey"):
         build(monkeypatch, ssh_host_key="fingerprint-only")
+
+
+def test_port25_step_runs_each_time_and_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **kw: warned.append(msg))
+    world, _, results = build(monkeypatch, port25_probe="mx.example.net", vps_ipv6="2001:db8:7::25")
+    step = world.named("vps-port25").inputs
+    assert shlex.split(step["create"]) == [
+        "bash",
+        "-c",
+        hs.render_port25("mx.example.net", True),
+        "dkim-relay",
+    ]
+    assert "delete" not in step
+    assert world.kwargs["vps-port25"]["logging"] == remote.Logging.STDOUT_AND_STDERR
+    # A new trigger each run, so each `pulumi up` probes again.
+    again, _, _ = build(monkeypatch, port25_probe="mx.example.net", vps_ipv6="2001:db8:7::25")
+    assert step["triggers"] != again.named("vps-port25").inputs["triggers"]
+    assert results["outbound_smtp"] == hs.parse_port25(PORT25_OUT)
+    assert results["outbound_smtp"]["ipv4"]["status"] == "blocked"
+    # Warnings on `up` (twice: two builds): IPv4 blocked, the IPv6 source is not vpsIpv6.
+    assert warned == 2 * hs.port25_warnings(hs.parse_port25(PORT25_OUT), "2001:db8:7::25")
+    assert len(warned) == 4 and "relayNexthop" in warned[0] and "2001:db8:7::99" in warned[1]
+
+
+def test_port25_defaults_and_no_warning_in_preview(monkeypatch: pytest.MonkeyPatch) -> None:
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **kw: warned.append(msg))
+    world, _, _ = build(monkeypatch, preview=True)
+    create = world.named("vps-port25").inputs["create"]
+    assert create == shell.command_line(hs.render_port25(DEFAULT_PORT25_PROBE, False))
+    assert warned == []

@@ -2,7 +2,9 @@
 
 A fresh local VPS (tests/vps_support.py), a tiny program that builds only the
 RelayHost component, and the toolchain from scripts/pulumi-toolchain.sh:
-``pulumi up`` twice (the second changes nothing), host-key pinning done by the
+``pulumi up`` twice (the second changes nothing but the port 25 probe, which runs
+each time), outbound port 25 open and then blocked by the VPS's own firewall (a
+warning, not a failure), host-key pinning done by the
 provider itself, secrets absent from the state and the logs, ``pulumi destroy``
 removing the firewall rules it added (not SSH) and the key files, keeping the
 certificate.
@@ -22,12 +24,15 @@ from pure import host_scripts as hs
 from tests.engine_support import Engine, Stack, write_private, write_project
 from tests.vps_support import (
     EXTRA_NAME,
+    PROBE_HOST,
     RELAY_HOST,
     SSH_PORT,
     LocalVps,
+    Port25Listener,
     local_vps,
     openssh_private_key,
     openssh_public_key,
+    port25_listener,
 )
 
 pytestmark = pytest.mark.timeout(900)
@@ -57,7 +62,9 @@ host = RelayHost(
         **cfg,
     ),
 )
-for name in ("docker_ready", "cert_ready", "cert_dir", "secrets_dir", "firewall_ports"):
+for name in (
+    "docker_ready", "cert_ready", "cert_dir", "secrets_dir", "firewall_ports", "outbound_smtp"
+):
     pulumi.export(name, getattr(host, name))
 """
 
@@ -66,6 +73,13 @@ for name in ("docker_ready", "cert_ready", "cert_dir", "secrets_dir", "firewall_
 def vps() -> Iterator[LocalVps]:
     with local_vps() as v:
         yield v
+
+
+@pytest.fixture(scope="module")
+def listener(vps: LocalVps) -> Iterator[Port25Listener]:
+    """The port 25 probe host: the machine side of the VPS's veth (PROBE_HOST)."""
+    with port25_listener(vps.host_ip4, vps.host_ip6) as lst:
+        yield lst
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +104,8 @@ def make_stack(engine: Engine, vps: LocalVps, name: str, **over: Any) -> Stack:
         acme_server=vps.acme_server,
         acme_extra_names=[EXTRA_NAME],
         acme_ca_bundle=vps.acme_ca_bundle,
+        port25_probe=PROBE_HOST,
+        vps_ipv6=vps.ip6,
         docker_restart_command="mkdir -p /var/log/dkim-relay-test && date >> "
         "/var/log/dkim-relay-test/docker-restarts.log",
         reload_command='echo "reload ${RENEWED_LINEAGE}" >> /var/log/dkim-relay-test/reload.log',
@@ -111,7 +127,7 @@ def ufw_ports(vps: LocalVps) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def deployed(engine: Engine, vps: LocalVps) -> Stack:
+def deployed(engine: Engine, vps: LocalVps, listener: Port25Listener) -> Stack:
     stack = make_stack(engine, vps, "main")
     res = stack.run("up", "--yes", "--skip-preview")
     assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
@@ -131,6 +147,14 @@ def test_up_prepares_the_host(deployed: Stack, vps: LocalVps) -> None:
     assert modes == ["600", "root"]
     daemon = json.loads(vps.ssh("cat /etc/docker/daemon.json").stdout)
     assert daemon["ipv6"] is True and daemon["ip6tables"] is True
+    smtp = outputs["outbound_smtp"]
+    print(json.dumps(smtp, indent=1))
+    assert {f: r["status"] for f, r in smtp.items()} == {"ipv4": "open", "ipv6": "open"}
+    assert smtp["ipv4"]["source"] == vps.ip4 and smtp["ipv6"]["source"] == vps.ip6
+
+
+def changed(stack: Stack) -> set[tuple[str, str]]:
+    return {(s["op"], s["urn"].split("::")[-1]) for s in stack.preview_steps() if s["op"] != "same"}
 
 
 def test_state_keeps_secrets_encrypted(deployed: Stack) -> None:
@@ -146,11 +170,43 @@ def test_state_keeps_secrets_encrypted(deployed: Stack) -> None:
     assert secrets_cmd and "ciphertext" in json.dumps(secrets_cmd[0]["inputs"]["stdin"])
 
 
-def test_second_up_changes_nothing(deployed: Stack) -> None:
-    res = deployed.run("preview", "--expect-no-changes", "--diff")
+def test_second_up_changes_only_the_port25_probe(deployed: Stack, listener: Port25Listener) -> None:
+    assert {name for _, name in changed(deployed)} == {"vps-port25"}, changed(deployed)
+    # A drift check leaves the probe out and expects nothing else to change.
+    res = deployed.run("preview", "--expect-no-changes", "--exclude", "**::vps-port25")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    res = deployed.run("up", "--yes", "--expect-no-changes", "--skip-preview")
+    before = len(listener.peers)
+    res = deployed.run("up", "--yes", "--skip-preview")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert "1 replaced" in res.stdout and "is blocked" not in res.stdout, res.stdout[-3000:]
+    assert len(listener.peers) == before + 2, "the probe ran again (IPv4 and IPv6)"
+
+
+def test_blocked_port_25_is_a_warning_not_a_failure(
+    deployed: Stack, vps: LocalVps, listener: Port25Listener
+) -> None:
+    rule = "OUTPUT -p tcp --dport 25 -m comment --comment dkim-relay-test -j"
+    blocks = [("iptables", "DROP"), ("ip6tables", "REJECT")]
+    for tool, target in blocks:
+        vps.ssh(f"{tool} -I {rule} {target}")
+    try:
+        res = deployed.run("up", "--yes", "--skip-preview")
+    finally:
+        for tool, target in blocks:
+            vps.ssh(f"{tool} -D {rule} {target}")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    print(res.stdout[-3000:])
+    for family in ("IPv4", "IPv6"):
+        assert f"outbound port 25 over {family} is blocked" in res.stdout, res.stdout[-3000:]
+    assert "relayNexthop" in res.stdout
+    smtp = json.loads(deployed.run("stack", "output", "--json").stdout)["outbound_smtp"]
+    assert smtp["ipv4"]["status"] == "blocked" and smtp["ipv6"]["status"] == "blocked", smtp
+    assert smtp["ipv4"]["detail"] == "no answer within 5 s" and smtp["ipv6"]["detail"] == "refused"
+    # Open again: the next up says so.
+    res = deployed.run("up", "--yes", "--skip-preview")
+    assert res.returncode == 0 and "is blocked" not in res.stdout, res.stdout[-3000:]
+    smtp = json.loads(deployed.run("stack", "output", "--json").stdout)["outbound_smtp"]
+    assert {r["status"] for r in smtp.values()} == {"open"}
 
 
 def test_provider_refuses_a_host_key_that_does_not_match(

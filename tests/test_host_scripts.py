@@ -35,6 +35,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     ),
     "secrets": hs.render_secrets,
     "secrets-delete": hs.render_secrets_delete,
+    "port25": lambda: hs.render_port25("mx.example.net", True),
 }
 
 
@@ -435,3 +436,149 @@ def test_layout_is_the_relays() -> None:
         hs.secret_file_path("dkim_key", "s1"),
         hs.secret_file_path("smtp_users"),
     }
+
+
+# --- outbound port 25 -----------------------------------------------------------------
+# What the step printed on the test VPS (tests/test_host_vps.py): open, then blocked.
+OPEN_OUTPUT = """\
+dkim-relay[port25]: result {"family": "ipv4", "probe": "mx.probe.test", "address": "10.254.9.1", \
+"status": "open", "source": "10.254.9.2", "detail": "connected"}
+dkim-relay[port25]: result {"family": "ipv6", "probe": "mx.probe.test", "address": "fd42::1", \
+"status": "open", "source": "fd42::2", "detail": "connected"}
+dkim-relay[port25]: no change
+"""
+BLOCKED_OUTPUT = """\
+dkim-relay[port25]: result {"family": "ipv4", "probe": "mx.probe.test", "address": "10.254.9.1", \
+"status": "blocked", "source": "10.254.9.2", "detail": "no answer within 5 s"}
+dkim-relay[port25]: result {"family": "ipv6", "probe": "mx.probe.test", "address": "fd42::1", \
+"status": "blocked", "source": "fd42::2", "detail": "refused"}
+dkim-relay[port25]: no change
+"""
+
+
+def test_port25_parameters() -> None:
+    v4 = assigned(hs.render_port25("gmail-smtp-in.l.google.com", False))
+    assert v4["PROBE"] == "gmail-smtp-in.l.google.com" and v4["FAMILIES"] == ["ipv4"]
+    assert v4["TIMEOUT"] == "5" and v4["STEP"] == "port25"
+    both = assigned(hs.render_port25("2001:db8::25", True, timeout=3))
+    assert both["FAMILIES"] == ["ipv4", "ipv6"] and both["TIMEOUT"] == "3"
+    assert both["RESULT_PREFIX"] == hs.PORT25_PREFIX
+    for bad in ("mx example", "$(id)", "1.2.3.999", ""):
+        with pytest.raises(ValueError, match="port25Probe"):
+            hs.render_port25(bad, True)
+    with pytest.raises(ValueError, match="timeout"):
+        hs.render_port25("mx.example.net", True, timeout=0)
+
+
+def test_parse_port25() -> None:
+    got = hs.parse_port25(OPEN_OUTPUT)
+    assert set(got) == {"ipv4", "ipv6"}
+    assert got["ipv4"] == {
+        "probe": "mx.probe.test",
+        "address": "10.254.9.1",
+        "status": "open",
+        "source": "10.254.9.2",
+        "detail": "connected",
+    }
+    assert hs.parse_port25(BLOCKED_OUTPUT)["ipv6"]["detail"] == "refused"
+    assert hs.parse_port25("dkim-relay[port25]: no change\n") == {}
+    assert hs.parse_port25(None) == {}
+
+
+def test_port25_open_with_the_configured_source_warns_nothing() -> None:
+    results = hs.parse_port25(OPEN_OUTPUT)
+    assert hs.port25_warnings(results, "fd42::2") == []
+    assert hs.port25_warnings(results, "fd42:0:0::0002") == [], "same address, other spelling"
+    assert hs.port25_warnings(results, None) == []
+    assert hs.port25_summary(results) == "IPv4 open (from 10.254.9.2), IPv6 open (from fd42::2)"
+
+
+def test_port25_blocked_warns_with_what_to_do() -> None:
+    warnings = hs.port25_warnings(hs.parse_port25(BLOCKED_OUTPUT), "fd42::2")
+    assert len(warnings) == 2
+    v4, v6 = warnings
+    assert v4.startswith("outbound port 25 over IPv4 is blocked") and "no answer within 5" in v4
+    assert v6.startswith("outbound port 25 over IPv6 is blocked") and "(refused)" in v6
+    for w in warnings:
+        assert "mx.probe.test" in w and "ask your vps provider to open" in w.lower()
+        assert "relayNexthop" in w
+    summary = hs.port25_summary(hs.parse_port25(BLOCKED_OUTPUT))
+    assert summary == "IPv4 blocked (no answer within 5 s), IPv6 blocked (refused)"
+
+
+def test_port25_no_route_and_other_ipv6_source() -> None:
+    results = {
+        "ipv4": {"probe": "mx", "address": "", "status": "no route", "source": "", "detail": "x"},
+        "ipv6": {
+            "probe": "mx",
+            "address": "fd42::1",
+            "status": "open",
+            "source": "fd42::3",
+            "detail": "connected",
+        },
+    }
+    warnings = hs.port25_warnings(results, "fd42::2")
+    assert len(warnings) == 2
+    assert warnings[0].startswith("no IPv4 route to the port 25 probe mx")
+    src = warnings[1]
+    assert "from fd42::3, not from vpsIpv6 fd42::2" in src and "fails SPF" in src
+    assert "pulumi config set vpsIpv6 fd42::3" in src and "ip6:fd42::3" in src
+    # Without vpsIpv6 there is nothing to compare the source with.
+    assert len(hs.port25_warnings(results, None)) == 1
+    # IPv4 sources are not compared (1:1 NAT at the provider is common and harmless).
+    results["ipv4"] = {**results["ipv6"], "address": "10.0.0.1", "source": "10.0.0.9"}
+    assert len(hs.port25_warnings(results, "fd42::3")) == 0
+
+
+STUBS = {
+    # getent ahosts: one address per family, as glibc prints them.
+    "getent": 'printf "%s STREAM %s\\n" 192.0.2.25 "$2" 2001:db8::25 "" \n',
+    "ip": 'case "$*" in *2001:db8::25*) [ -n "${IP6_ROUTE}" ] || '
+    '{ echo "RTNETLINK answers: Network is unreachable" >&2; exit 2; }; echo "${IP6_ROUTE}";; '
+    '*) echo "192.0.2.25 dev eth0 src 192.0.2.9 uid 0";; esac\n',
+    # The connection itself: its exit status comes from the test (124: timed out); the
+    # name lookup (bounded by timeout too) goes to the getent stub.
+    "timeout": '[ "$2" != getent ] || { shift; exec "$@"; }\n'
+    'case "$*" in *2001:db8::25*) exit "${RC6}";; *) exit "${RC4}";; esac\n',
+}
+
+
+@pytest.mark.parametrize(
+    "rc4,rc6,route6,want4,want6",
+    [
+        ("0", "0", "2001:db8::25 from :: dev eth0 src 2001:db8::9 metric 1", "open", "open"),
+        ("124", "1", "2001:db8::25 dev eth0 src 2001:db8::9", "blocked", "blocked"),
+        ("0", "0", "", "open", "no route"),
+    ],
+)
+def test_port25_script_classifies_what_it_sees(
+    tmp_path: Path, rc4: str, rc6: str, route6: str, want4: str, want6: str
+) -> None:
+    """The script itself with getent, ip and timeout replaced: nothing connects anywhere."""
+    assert os.geteuid() == 0, "the host scripts run as root"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in STUBS.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.update(RC4=rc4, RC6=rc6, IP6_ROUTE=route6)
+    res = subprocess.run(
+        ["bash", "-c", hs.render_port25("mx.example.net", True)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    got = hs.parse_port25(res.stdout)
+    assert (got["ipv4"]["status"], got["ipv6"]["status"]) == (want4, want6), res.stdout
+    assert got["ipv4"]["source"] == "192.0.2.9" and got["ipv4"]["address"] == "192.0.2.25"
+    if want6 == "no route":
+        assert got["ipv6"]["source"] == "" and "unreachable" in got["ipv6"]["detail"]
+    else:
+        assert got["ipv6"]["source"] == "2001:db8::9"
+    if want4 == "blocked":
+        assert got["ipv4"]["detail"] == "no answer within 5 s"
+        assert got["ipv6"]["detail"] == "refused"
+    assert "dkim-relay[port25]: no change" in res.stdout

@@ -4,7 +4,8 @@ The command lines come from ``components.host.host_steps`` (what the component
 hands to pulumi-command) and go through the system ssh client with the same
 connection settings (host, port, user, key, pinned host key). The tests run in
 file order and share one VPS: first run, checks, second run, renewal, bad input,
-465 on/off, delete.
+465 on/off, delete, outbound port 25 (open, blocked by the VPS's own firewall, no
+IPv6 address, another IPv6 source address).
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ from pure import host_scripts as hs
 from tests.vps_support import (
     EXTRA_NAME,
     PREEXISTING_DAEMON_JSON,
+    PROBE_HOST,
+    PROBE_HOST4,
     RELAY_HOST,
     SSH_PORT,
     LocalVps,
+    Port25Listener,
     local_vps,
     openssh_private_key,
     openssh_public_key,
+    port25_listener,
 )
 
 pytestmark = pytest.mark.timeout(900)
@@ -72,6 +77,9 @@ def relay_args(vps: LocalVps, **over: object) -> RelayHostArgs:
         acme_extra_names=[EXTRA_NAME],
         acme_ca_bundle=vps.acme_ca_bundle,
         secret_files=SECRET_FILES,
+        # The machine side of the VPS's veth, by a name of the VPS's /etc/hosts.
+        port25_probe=PROBE_HOST,
+        vps_ipv6=vps.ip6,
         # Observable stand-ins: the machine's real dockerd is not restarted and
         # the relay container is not part of this test.
         docker_restart_command=f"mkdir -p /var/log/dkim-relay-test && date >> {RESTART_LOG}",
@@ -163,7 +171,14 @@ def first_run(vps: LocalVps) -> dict[str, str]:
 
 
 def test_first_run_changes_and_reports(first_run: dict[str, str]) -> None:
-    assert list(first_run) == ["preflight", "firewall", "docker", "certificate", "secrets"]
+    assert list(first_run) == [
+        "preflight",
+        "firewall",
+        "docker",
+        "certificate",
+        "secrets",
+        "port25",
+    ]
     for name in ("firewall", "docker", "certificate", "secrets"):
         assert f"dkim-relay[{name}]: done (changed)" in first_run[name], first_run[name]
     assert "Debian GNU/Linux 12" in first_run["preflight"]
@@ -384,3 +399,96 @@ def test_delete_removes_only_our_rules_and_keeps_ssh(vps: LocalVps, first_run: o
     # Certificates are never deleted: the certificate step has no delete at all.
     assert steps["certificate"].delete is None
     assert vps.ssh(f"test -s {hs.cert_dir(RELAY_HOST)}/fullchain.pem && echo kept").stdout
+
+
+# --- outbound port 25 ---------------------------------------------------------------
+# The probe host is a listener on the machine side of the VPS's veth (PROBE_HOST in the
+# VPS's /etc/hosts); nothing else is ever connected to.
+BLOCK_RULES = [("iptables", "DROP"), ("ip6tables", "REJECT")]
+
+
+@pytest.fixture
+def listener(vps: LocalVps) -> Iterator[Port25Listener]:
+    with port25_listener(vps.host_ip4, vps.host_ip6) as lst:
+        yield lst
+
+
+def run_port25(vps: LocalVps, **over: object) -> tuple[str, dict[str, dict[str, str]]]:
+    out = run_step(vps, host_steps(relay_args(vps, **over))["port25"])
+    print(out)
+    return out, hs.parse_port25(out)
+
+
+def test_port25_open_over_both_families(vps: LocalVps, listener: Port25Listener) -> None:
+    out, res = run_port25(vps)
+    assert set(res) == {"ipv4", "ipv6"}
+    for family, address, source in (
+        ("ipv4", vps.host_ip4, vps.ip4),
+        ("ipv6", vps.host_ip6, vps.ip6),
+    ):
+        assert res[family]["status"] == "open", out
+        assert res[family]["address"] == address and res[family]["source"] == source, out
+    # The connections reached the listener, from the addresses the step reported.
+    assert sorted(listener.peers) == sorted([vps.ip4, vps.ip6])
+    assert hs.port25_warnings(res, vps.ip6) == []
+    assert "dkim-relay[port25]: no change" in out
+    # Without vpsIpv6 only IPv4 is probed.
+    _, res4 = run_port25(vps, vps_ipv6=None)
+    assert set(res4) == {"ipv4"} and res4["ipv4"]["status"] == "open"
+
+
+def test_port25_blocked_by_the_vps_firewall(vps: LocalVps, listener: Port25Listener) -> None:
+    rule = "OUTPUT -p tcp --dport 25 -m comment --comment dkim-relay-test -j"
+    for tool, target in BLOCK_RULES:
+        vps.ssh(f"{tool} -I {rule} {target}")
+    try:
+        out, res = run_port25(vps)
+    finally:
+        for tool, target in BLOCK_RULES:
+            vps.ssh(f"{tool} -D {rule} {target}")
+    assert res["ipv4"]["status"] == "blocked" and res["ipv6"]["status"] == "blocked", out
+    assert res["ipv4"]["detail"] == "no answer within 5 s"  # DROP
+    assert res["ipv6"]["detail"] == "refused"  # REJECT
+    assert listener.peers == [], "nothing got through the rules"
+    warnings = hs.port25_warnings(res, vps.ip6)
+    print("\n".join(warnings))
+    assert [w.split(" is blocked")[0] for w in warnings] == [
+        "outbound port 25 over IPv4",
+        "outbound port 25 over IPv6",
+    ]
+    assert all("relayNexthop" in w and "VPS provider" in w for w in warnings)
+    # The rules were the cause: without them the port is open again.
+    _, res = run_port25(vps)
+    assert {r["status"] for r in res.values()} == {"open"}
+
+
+def test_port25_probe_without_an_ipv6_address(vps: LocalVps) -> None:
+    """No listener: the machine refuses IPv4; the name has no IPv6 address."""
+    out, res = run_port25(vps, port25_probe=PROBE_HOST4)
+    assert res["ipv4"]["status"] == "blocked" and res["ipv4"]["detail"] == "refused", out
+    assert res["ipv6"]["status"] == "no route" and res["ipv6"]["address"] == "", out
+    warnings = hs.port25_warnings(res, vps.ip6)
+    assert len(warnings) == 2 and warnings[1].startswith("no IPv6 route"), warnings
+
+
+def test_port25_names_another_ipv6_source_address(vps: LocalVps, listener: Port25Listener) -> None:
+    """A second address of the VPS's /64 that the kernel picks toward the probe."""
+    other = vps.ip6.rsplit("::", 1)[0] + "::3"
+    dev = vps.ssh(f"ip -o -6 route get {vps.host_ip6}").stdout.split(" dev ")[1].split()[0]
+    vps.ssh(
+        f"ip -6 addr add {other}/64 dev {dev} nodad && "
+        f"ip -6 route replace {vps.host_ip6}/128 dev {dev} src {other}"
+    )
+    try:
+        out, res = run_port25(vps)
+    finally:
+        vps.ssh(
+            f"ip -6 route del {vps.host_ip6}/128 dev {dev}; ip -6 addr del {other}/64 dev {dev}",
+            check=False,
+        )
+    assert res["ipv6"]["status"] == "open" and res["ipv6"]["source"] == other, out
+    assert other in listener.peers, "the kernel really sent from that address"
+    warnings = hs.port25_warnings(res, vps.ip6)
+    assert len(warnings) == 1, warnings
+    assert f"from {other}, not from vpsIpv6 {vps.ip6}" in warnings[0]
+    assert f"pulumi config set vpsIpv6 {other}" in warnings[0] and f"ip6:{other}" in warnings[0]

@@ -9,6 +9,8 @@ from typing import Any
 import pulumi
 import pytest
 
+from pure import host_scripts as hs
+from pure.shell import command_line
 from tests import pulumi_harness
 from tests.pulumi_harness import PRIVATE_MARKER, Run, run_program, unwrap
 
@@ -249,3 +251,14 @@ def test_guide_names_the_ptr_of_each_vps_address(monkeypatch: pytest.MonkeyPatch
         address = run.exports[key]
         line = next((ln for ln in guide.splitlines() if address in ln and "|" in ln), "")
         assert "smtp.example.com" in line, f"no PTR row for {key} {address}"
+
+
+def test_vps_stack_checks_outbound_port_25(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = {**VPS, "port25Probe": "mx.example.net"}
+    run = run_program(monkeypatch, config, secrets={"sshPrivateKey": SSH_KEY}, preview=True)
+    step = next(r for r in _commands(run) if r.name == "relay-host-port25")
+    assert step.inputs["create"] == command_line(hs.render_port25("mx.example.net", True))
+    assert "outboundSmtp" in run.exports
+    local = run_program(monkeypatch, LOCAL)
+    assert "outboundSmtp" not in local.exports, "nothing checked on this machine"
+    assert "Outbound port 25" in local.exports["gmailGuide"]

@@ -12,6 +12,9 @@ Layout (all made and removed by :func:`local_vps`):
   ``openssh-server`` runs there on port 2222 with its own host key and a test
   client key; everything the tests do on the VPS goes through that sshd,
   exactly as on a real VPS;
+* the VPS's own ``/etc/hosts`` names the machine side of the veth :data:`PROBE_HOST`
+  (both families) and :data:`PROBE_HOST4` (IPv4 only): the port 25 probe of the host
+  tests, answered by :func:`port25_listener`;
 * Debian's ``pebble`` (Let's Encrypt's test ACME server) on the machine side of
   the veth (<host ip>:14000), resolving every name to the VPS through
   ``pebble-challtestsrv`` as DNS on <host ip>:8053, with HTTP-01 checks on the
@@ -31,6 +34,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -50,6 +54,9 @@ SSH_PORT = 2222
 PEBBLE_PORT = 14000
 RELAY_HOST = "relay.dkim-relay.test"
 EXTRA_NAME = "smtp.dkim-relay.test"
+# Names the VPS resolves (its /etc/hosts) to the machine side of its veth.
+PROBE_HOST = "mx.probe.dkim-relay.test"
+PROBE_HOST4 = "mx4.probe.dkim-relay.test"
 # A key the test puts in daemon.json before the first run; it must survive.
 PREEXISTING_DAEMON_JSON = {"log-driver": "json-file", "log-opts": {"max-size": "10m"}}
 
@@ -261,6 +268,12 @@ def local_vps() -> Iterator[LocalVps]:
         os.makedirs(os.path.join(seed_etc, "docker"))
         with open(os.path.join(seed_etc, "docker", "daemon.json"), "w") as f:
             json.dump(PREEXISTING_DAEMON_JSON, f, indent=2)
+        with open("/etc/hosts") as f:
+            hosts = f.read()
+        with open(os.path.join(seed_etc, "hosts"), "w") as f:
+            f.write(hosts.rstrip() + "\n")
+            f.write(f"{host_ip4} {PROBE_HOST} {PROBE_HOST4}\n{host_ip6} {PROBE_HOST}\n")
+        os.chmod(os.path.join(seed_etc, "hosts"), 0o644)
         ov = os.path.join(work, "overlay")
         os.makedirs(ov)
         launcher = f"""set -eu
@@ -384,3 +397,53 @@ exec /usr/sbin/sshd -D -e -f {cfg}
             _run("ip", "netns", "del", netns, check=False)
         _run("ip", "link", "del", veth_host, check=False)
         shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class Port25Listener:
+    """Accepts on port 25 of the given addresses; records each peer (address only)."""
+
+    peers: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def port25_listener(*addresses: str) -> Iterator[Port25Listener]:
+    """A TCP listener on port 25 of ``addresses`` (the machine side of a test VPS's veth,
+    never any other address); it greets and closes, so a connect from the VPS is "open"."""
+    listener = Port25Listener()
+    socks = []
+    for addr in addresses:
+        s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, 25))
+        s.listen(16)
+        s.settimeout(0.2)
+        socks.append(s)
+    stop = threading.Event()
+
+    def serve(s: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                conn, peer = s.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            listener.peers.append(str(peer[0]))
+            with conn:
+                try:
+                    conn.sendall(b"220 probe.dkim-relay.test ESMTP test listener\r\n")
+                except OSError:
+                    pass
+
+    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in socks]
+    for t in threads:
+        t.start()
+    try:
+        yield listener
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+        for s in socks:
+            s.close()
