@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import runpy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,13 +67,20 @@ def strip_secrets(value: Any) -> Any:
 
 
 class Mocks(pulumi.runtime.Mocks):
-    """Echo inputs, adding only what a provider would compute."""
+    """Echo inputs, adding only what a provider would compute. Registered resources go to
+    `resources`, invoke calls to `calls`; `command_stdout(name)` is the stdout a command
+    resource of that name reports (none: the command's inputs only)."""
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
+    def __init__(
+        self,
+        resources: list[Registered],
+        calls: list[tuple[str, dict[str, Any]]] | None = None,
+        command_stdout: Callable[[str], str] | None = None,
+    ) -> None:
+        self.resources, self.calls, self.command_stdout = resources, calls, command_stdout
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
-        self.run.resources.append(Registered(args.typ, args.name, dict(args.inputs), args.provider))
+        self.resources.append(Registered(args.typ, args.name, dict(args.inputs), args.provider))
         outs = dict(args.inputs)
         if args.typ == "pulumi-python:dynamic:Resource":
             if "bits" in outs:  # a DKIM key
@@ -81,10 +88,14 @@ class Mocks(pulumi.runtime.Mocks):
                 outs["dns_value"] = f"v=DKIM1; k=rsa; p=MOCK{outs['selector']}"
             if "length" in outs:  # a password
                 outs["password"] = f"generated-{outs['user']}"
+        if args.typ.startswith("command:") and self.command_stdout is not None:
+            outs.setdefault("stdout", self.command_stdout(args.name))
+            outs.setdefault("stderr", "")
         return f"{args.name}-id", outs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
-        self.run.calls.append((args.token, dict(args.args)))
+        if self.calls is not None:
+            self.calls.append((args.token, dict(args.args)))
         if args.token == "cloudflare:index/getZone:getZone":
             return {"id": "zone-from-lookup", "account": {"id": "account-from-lookup"}}, []
         return {}, []
@@ -108,7 +119,9 @@ def run_program(
     asyncio.set_event_loop(loop)
     # A VPS stack runs with preview=True: RelayHost's preflight SSH check runs only on
     # `up`, and mocks must never reach the (documentation-range) VPS address.
-    pulumi.runtime.set_mocks(Mocks(run), project="dkim-relay", stack="test", preview=preview)
+    pulumi.runtime.set_mocks(
+        Mocks(run.resources, run.calls), project="dkim-relay", stack="test", preview=preview
+    )
     outputs: dict[str, Any] = {}
     monkeypatch.setattr(pulumi, "export", lambda k, v: outputs.__setitem__(k, v))
     monkeypatch.chdir(ROOT)

@@ -17,7 +17,7 @@ from components.host import RelayHost, RelayHostArgs, SshTarget
 from pure import host_scripts as hs
 from pure import shell
 from pure.config import DEFAULT_PORT25_PROBE
-from tests.pulumi_harness import Registered, strip_secrets, unwrap
+from tests.pulumi_harness import Mocks, Registered, strip_secrets, unwrap
 
 SSH_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nc3NoLWtleS1zZWNyZXQtbW9jaw==\n"
@@ -50,25 +50,12 @@ class World:
         return found[0]
 
 
-class Mocks(pulumi.runtime.Mocks):
-    def __init__(self, world: World) -> None:
-        self.world = world
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
-        self.world.resources.append(Registered(args.typ, args.name, dict(args.inputs)))
-        outs = dict(args.inputs)
-        if args.typ == "command:remote:Command":
-            out = "dkim-relay: no change"
-            if args.name.endswith("-secrets"):
-                out = f"dkim-relay[secrets]: key files changed\n{hs.GENERATION_PREFIX}{GENERATION}"
-            if args.name.endswith("-port25"):
-                out = PORT25_OUT
-            outs.setdefault("stdout", out)
-            outs.setdefault("stderr", "")
-        return f"{args.name}-id", outs
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
-        return {}, []
+def command_stdout(name: str) -> str:
+    if name.endswith("-secrets"):
+        return f"dkim-relay[secrets]: key files changed\n{hs.GENERATION_PREFIX}{GENERATION}"
+    if name.endswith("-port25"):
+        return PORT25_OUT
+    return "dkim-relay: no change"
 
 
 def build(
@@ -88,7 +75,12 @@ def build(
     monkeypatch.setattr(remote, "Command", SpyCommand)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    pulumi.runtime.set_mocks(Mocks(world), project="dkim-relay", stack="test", preview=preview)
+    pulumi.runtime.set_mocks(
+        Mocks(world.resources, command_stdout=command_stdout),
+        project="dkim-relay",
+        stack="test",
+        preview=preview,
+    )
     files = {"dkim/mail.private": DKIM_KEY, "smtp-users": f"me@example.com:{PASSWORD}\n"}
     base: dict[str, Any] = dict(
         ssh_host="203.0.113.7",
