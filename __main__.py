@@ -66,7 +66,11 @@ def read_config() -> tuple[RelayConfig, pulumi.Config]:
         if value not in (None, ""):  # "" is Pulumi.yaml's "not set"
             raw[key] = value
     _lookup_zone(raw)
-    secrets_set = {"sshPrivateKey"} if config.get_secret("sshPrivateKey") is not None else set()
+    secrets_set = {
+        key
+        for key in ("sshPrivateKey", "relayNexthopPassword")
+        if config.get_secret(key) is not None
+    }
     try:
         return load_config(raw, secrets_set), config
     except ConfigError as err:
@@ -154,12 +158,18 @@ def deploy_relay(
     outbound port 25 check of the VPS (none on this machine)."""
     private_keys = {s: k.private_key_pem for s, k in keys.items()}
     # The key files, in the layout the relay reads (pure/postfix.py).
+    nexthop_password = config.get_secret("relayNexthopPassword") if cfg.relay_nexthop_user else None
     both: pulumi.Output[list[Any]] = pulumi.Output.all(
-        pulumi.Output.all(**private_keys), credentials.passwords_output
+        pulumi.Output.all(**private_keys), credentials.passwords_output, nexthop_password
     )
-    secret_files: pulumi.Output[dict[str, str]] = pulumi.Output.secret(
-        both.apply(lambda kp: postfix.render_secrets(cfg.domain, kp[0], kp[1]))
-    )
+
+    def files(kpn: list[Any]) -> dict[str, str]:
+        login = None
+        if cfg.relay_nexthop and cfg.relay_nexthop_user and kpn[2] is not None:
+            login = (cfg.relay_nexthop, cfg.relay_nexthop_user, kpn[2])
+        return postfix.render_secrets(cfg.domain, kpn[0], kpn[1], login)
+
+    secret_files: pulumi.Output[dict[str, str]] = pulumi.Output.secret(both.apply(files))
     common: dict[str, Any] = dict(
         domain=cfg.domain,
         relay_host=cfg.relay_fqdn,
@@ -173,6 +183,9 @@ def deploy_relay(
         ipv4_subnet=cfg.relay_ipv4_subnet,
         ipv6_subnet=cfg.relay_ipv6_subnet,
         container_name=cfg.relay_container_name,
+        nexthop_user=cfg.relay_nexthop_user,
+        outbound_ipv6=cfg.outbound_ipv6,
+        delay_warning_time=cfg.delay_warning_time,
     )
     if cfg.deploy_target == "local":
         return deploy_local(cfg, common, secret_files), None

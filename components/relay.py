@@ -116,6 +116,10 @@ class SmtpRelayArgs:
     ipv4_subnet: str = DEFAULT_RELAY_IPV4_SUBNET
     ipv6_subnet: str = DEFAULT_RELAY_IPV6_SUBNET
     nexthop: str | None = None
+    # A smarthost login (its password is in the key files: postfix.render_secrets).
+    nexthop_user: str | None = None
+    outbound_ipv6: str = "prefer-ipv4"
+    delay_warning_time: str = "4h"
     container_name: str = DEFAULT_CONTAINER_NAME
     network_name: str | None = None  # default: "<container_name>-net"
     volume_name: str | None = None  # default: "<container_name>-queue"
@@ -135,6 +139,9 @@ def settings_from_args(args: SmtpRelayArgs) -> postfix.PostfixSettings:
         users=tuple(postfix.SmtpUser(u.name, tuple(u.may_send_as)) for u in args.smtp_users),
         submissions_465=args.submissions_465,
         nexthop=args.nexthop,
+        nexthop_user=args.nexthop_user,
+        outbound_ipv6=args.outbound_ipv6,
+        delay_warning_time=args.delay_warning_time,
         rate_limits=args.rate_limits,
     )
 

@@ -63,6 +63,10 @@ SMTP_USER_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}\Z"
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\Z"
 # RFC 7489 6.2: a mailto: URI, optionally with a size limit such as !10m.
 MAILTO_PATTERN = r"^mailto:[^@\s!]+@[^@\s!]+(?:![0-9]+[kmgtKMGT]?)?\Z"
+# A login at a smarthost: the password map's value is "user:password".
+NEXTHOP_USER_PATTERN = r"^[^\s:]{1,256}\Z"
+# Postfix's time syntax: a number and a unit (s, m, h, d, w).
+DURATION_PATTERN = r"^[1-9][0-9]{0,5}[smhdw]\Z"
 NEXTHOP_PATTERN = r"^(?:\[[A-Za-z0-9.:-]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z"
 
 
@@ -293,6 +297,23 @@ class RelayConfig(BaseModel):
         | None
     ) = Field(None, examples=["[smarthost.example.net]:587"])
     port25_probe: HostOrAddress = Field(DEFAULT_PORT25_PROBE, examples=[DEFAULT_PORT25_PROBE])
+    relay_nexthop_user: (
+        Annotated[
+            str,
+            Field(pattern=NEXTHOP_USER_PATTERN),
+            _explained("is not a smarthost login (no spaces or ':')"),
+        ]
+        | None
+    ) = Field(None, examples=["relay@example.com"])
+    outbound_ipv6: Annotated[
+        Literal["prefer-ipv4", "any", "never"],
+        _explained("is not one of prefer-ipv4, any, never"),
+    ] = Field("prefer-ipv4", examples=["any"])
+    delay_warning_time: Annotated[
+        str,
+        Field(pattern=DURATION_PATTERN),
+        _explained("is not a duration such as 4h (a number and s, m, h, d or w)"),
+    ] = Field("4h", examples=["4h"])
     relay_container_name: Annotated[
         str,
         Field(pattern=CONTAINER_NAME_PATTERN),
@@ -441,6 +462,7 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                     f"{SPF_LOOKUP_LIMIT} and fail SPF. Replace includes with ip4:/ip6: terms",
                 )
             )
+    problems += _smarthost_checks(raw, secrets_set)
     if raw.get("deployTarget", "vps") == "vps":
         if not raw.get("acmeEmail"):
             problems.append(
@@ -467,6 +489,37 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
             )
         )
     return problems
+
+
+def _smarthost_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[str, str]]:
+    """A smarthost login needs its user, its password and the smarthost itself."""
+    user, password = raw.get("relayNexthopUser"), "relayNexthopPassword" in secrets_set
+    if user and not password:
+        return [
+            (
+                "relayNexthopPassword",
+                "relayNexthopUser is set but its password is not. Fix: pulumi config set "
+                "--secret relayNexthopPassword (it asks for the smarthost's password)",
+            )
+        ]
+    if password and not user:
+        return [
+            (
+                "relayNexthopUser",
+                "relayNexthopPassword is set but the login it belongs to is not. Fix: "
+                "pulumi config set relayNexthopUser relay@example.com (or pulumi config rm "
+                "relayNexthopPassword)",
+            )
+        ]
+    if user and not raw.get("relayNexthop"):
+        return [
+            (
+                "relayNexthop",
+                "relayNexthopUser is set but there is no smarthost to log in to. Fix: "
+                "pulumi config set relayNexthop '[smarthost.example.net]:587'",
+            )
+        ]
+    return []
 
 
 def load_config(raw: Mapping[str, Any], secrets_set: set[str] | None = None) -> RelayConfig:

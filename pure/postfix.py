@@ -19,7 +19,9 @@ Contract with the image (``relay/entrypoint.sh``):
 
   - ``dkim/<selector>.private``: the PEM private key of each selector;
   - ``smtp-users``: one ``login:password`` line per SMTP user, where ``login`` is the
-    full login (``alice@example.com``); the password runs to the end of the line.
+    full login (``alice@example.com``); the password runs to the end of the line;
+  - ``nexthop-auth`` (only with a smarthost login): Postfix's ``smtp_sasl_password_maps``
+    line ``[host]:port user:password``.
 
   The entrypoint copies both trees into place with tight modes (keys root-owned tree,
   key files ``opendkim`` 0400; the sasldb ``root:postfix`` 0640) and never echoes them.
@@ -50,6 +52,12 @@ SASLDB_PATH = "/etc/sasldb2"
 MAX_LINE = 998
 #: TLS suites no level may offer: anonymous, unencrypted, and the CBC suites with SHA-1 MACs.
 TLS_EXCLUDED_CIPHERS = "aNULL, eNULL, SHA1"
+NEXTHOP_AUTH_PATH = "/etc/postfix/nexthop_auth"
+#: The From of Postfix's own notices (bounces, delay warnings): MAILER-DAEMON@$myhostname.
+MAILER_DAEMON = "MAILER-DAEMON"
+#: outboundIpv6 -> smtp_address_preference ("never" also limits the smtp services to IPv4).
+OUTBOUND_IPV6 = ("prefer-ipv4", "any", "never")
+_DURATION_RE = re.compile(r"^[1-9][0-9]{0,5}[smhdw]?$")
 #: reject_sender_login_mismatch lets ``MAIL FROM:<>`` through; a user never needs it.
 _NULL_SENDER_CHECK = "check_sender_access texthash:/etc/postfix/sender_access"
 OPENDKIM_DIR = "/etc/opendkim"
@@ -122,6 +130,12 @@ class PostfixSettings:
     cert_dir: str = CERT_MOUNT
     rate_limits: RateLimits = field(default_factory=RateLimits)
     message_size_limit: int = 36_700_160
+    # IPv6 toward recipients' MX: "prefer-ipv4", "any", or "never" (IPv4 only).
+    outbound_ipv6: str = "prefer-ipv4"
+    # SMTP AUTH login at the nexthop (a smarthost); its password is a secret file.
+    nexthop_user: str | None = None
+    # When the sender hears that a message is still queued (Postfix time syntax).
+    delay_warning_time: str = "4h"
 
     def __post_init__(self) -> None:
         for label, host in (("domain", self.domain), ("relay_host", self.relay_host)):
@@ -143,6 +157,14 @@ class PostfixSettings:
                 _check_sender_pattern(addr)
         if self.nexthop is not None:
             parse_nexthop(self.nexthop)
+        if self.nexthop_user is not None:
+            if self.nexthop is None:
+                raise ValueError("nexthop_user needs a nexthop")
+            _check_nexthop_user(self.nexthop_user)
+        if self.outbound_ipv6 not in OUTBOUND_IPV6:
+            raise ValueError(f"outbound_ipv6 is not one of {OUTBOUND_IPV6}: {self.outbound_ipv6!r}")
+        if not _DURATION_RE.match(self.delay_warning_time):
+            raise ValueError(f"bad delay_warning_time: {self.delay_warning_time!r}")
         if not self.cert_dir.startswith("/"):
             raise ValueError("cert_dir must be an absolute path inside the container")
 
@@ -159,6 +181,18 @@ def _check_sender_pattern(addr: str) -> None:
     local, sep, dom = addr.rpartition("@")
     if not sep or not local or not _HOST_RE.match(dom) or re.search(r"[\s,:<>@]", local):
         raise ValueError(f"bad sender address: {addr!r}")
+
+
+def _check_nexthop_user(user: str) -> None:
+    # The password map's value is "user:password": the user ends at the first ':'.
+    if not user or re.search(r"[\s:\x00-\x1f]", user):
+        raise ValueError(f"bad nexthop user (no spaces, ':' or control characters): {user!r}")
+
+
+def relayhost(nexthop: str) -> str:
+    """Postfix's ``relayhost`` for ``nexthop`` (also the key of the SASL password map)."""
+    host, port = parse_nexthop(nexthop)
+    return f"[{host}]:{port}"
 
 
 def parse_nexthop(nexthop: str) -> tuple[str, int]:
@@ -196,10 +230,6 @@ def render_main_cf(s: PostfixSettings) -> str:
     """Postfix main.cf: a submission-only relay that never delivers locally."""
     privkey, fullchain = cert_paths(s)
     rl = s.rate_limits
-    relayhost = ""
-    if s.nexthop:
-        host, port = parse_nexthop(s.nexthop)
-        relayhost = f"[{host}]:{port}"
     pairs: list[tuple[str, str]] = [
         ("compatibility_level", "3.6"),
         ("myhostname", s.relay_host),
@@ -212,7 +242,7 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("alias_maps", ""),
         ("alias_database", ""),
         ("relay_domains", ""),
-        ("relayhost", relayhost),
+        ("relayhost", relayhost(s.nexthop) if s.nexthop else ""),
         # Loopback only; and the submission services never consult it.
         ("mynetworks", "127.0.0.0/8 [::1]/128"),
         ("inet_interfaces", "all"),
@@ -240,13 +270,22 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("smtpd_tls_loglevel", "1"),
         ("smtpd_tls_received_header", "yes"),
         ("smtpd_tls_session_cache_database", "btree:${data_directory}/smtpd_scache"),
-        # Outbound: opportunistic TLS to the recipient's MX.
-        ("smtp_tls_security_level", "may"),
+        # Outbound. The HELO name is the relay's name, the one its PTR should give.
+        ("smtp_helo_name", s.relay_host),
+        # IPv6 only when asked: Gmail refuses IPv6 mail from an address without a PTR.
+        ("smtp_address_preference", "any" if s.outbound_ipv6 == "any" else "ipv4"),
+        # Opportunistic TLS to the recipient's MX; TLS required toward a smarthost login.
+        ("smtp_tls_security_level", "encrypt" if s.nexthop_user else "may"),
         # Outbound drops only anonymous and null suites: with opportunistic TLS a failed
         # handshake falls back to plaintext, so refusing CBC-SHA1 to an old MX is worse.
         ("smtp_tls_exclude_ciphers", "aNULL, eNULL"),
         ("smtp_tls_loglevel", "1"),
         ("smtp_tls_session_cache_database", "btree:${data_directory}/smtp_scache"),
+        *_smarthost_auth(s),
+        # The relay's own notices (delays, bounces) go to the sender, through the milter,
+        # so they leave signed with the domain's key like the user's mail.
+        ("delay_warning_time", s.delay_warning_time),
+        ("internal_mail_filter_classes", "bounce"),
         # SASL (Cyrus, sasldb); config in $config_directory/sasl/smtpd.conf.
         ("smtpd_sasl_type", "cyrus"),
         ("smtpd_sasl_path", "smtpd"),
@@ -306,6 +345,18 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("milter_command_timeout", "10s"),
     ]
     return "# Rendered by dkim-relay pure/postfix.py; do not edit.\n" + _lines(pairs)
+
+
+def _smarthost_auth(s: PostfixSettings) -> list[tuple[str, str]]:
+    if not s.nexthop_user:
+        return []
+    # The map is root 0600, opened before the smtp client drops privileges.
+    return [
+        ("smtp_sasl_auth_enable", "yes"),
+        ("smtp_sasl_password_maps", f"texthash:{NEXTHOP_AUTH_PATH}"),
+        ("smtp_sasl_security_options", "noanonymous"),
+        ("smtp_sasl_tls_security_options", "noanonymous"),
+    ]
 
 
 _SUBMISSION_OPTS: tuple[str, ...] = (
@@ -386,6 +437,9 @@ def render_master_cf(s: PostfixSettings) -> str:
             f"{name:<10} {typ:<5} {private:<7} {unpriv:<7} {chroot:<7} {wakeup:<7} "
             f"{maxproc:<7} {command}\n"
         )
+        if command == "smtp" and s.outbound_ipv6 == "never":
+            # The smtp client then neither looks up nor tries IPv6 addresses.
+            out.append("  -o inet_protocols=ipv4\n")
     return "".join(out)
 
 
@@ -541,12 +595,19 @@ if addr == nil then
   refuse("the From: header must hold exactly one address")
   return
 end
+local login = (odkim.get_mtasymbol(ctx, "{auth_authen}") or ""):lower()
+-- Postfix's own notices (bounces, delay warnings): no login, the null envelope sender,
+-- From MAILER-DAEMON@<relay host>. They are signed (the signing table has the host).
+-- Submitted mail always has a login, and the null sender is refused there.
+local envfrom = odkim.get_envfrom(ctx) or ""
+if login == "" and (envfrom == "<>" or envfrom == "") and addr == NOTICE_FROM then
+  return
+end
 local at_domain = addr:match("(@[^@]+)$")
 if at_domain ~= "@" .. DOMAIN then
   refuse("From: " .. addr .. " is not at " .. DOMAIN)
   return
 end
-local login = (odkim.get_mtasymbol(ctx, "{auth_authen}") or ""):lower()
 for _, pattern in ipairs(MAY_SEND_AS[login] or {}) do
   if pattern == addr or pattern == at_domain then
     return
@@ -573,6 +634,7 @@ def render_from_policy(s: PostfixSettings) -> str:
         "-- Rendered by dkim-relay pure/postfix.py; do not edit.\n"
         f"local DOMAIN = {_lua_str(domain)}\n"
         f"local KEY = {_lua_str(f'{s.dkim_selector}._domainkey.{s.domain}')}\n"
+        f"local NOTICE_FROM = {_lua_str(notice_from(s).lower())}\n"
         "local MAY_SEND_AS = {\n" + "".join(rows) + "}\n" + _FROM_POLICY
     )
 
@@ -595,9 +657,21 @@ def render_key_table(s: PostfixSettings) -> str:
     )
 
 
+def notice_from(s: PostfixSettings) -> str:
+    """The From of the relay's own notices (Postfix: MAILER-DAEMON@$myhostname)."""
+    return f"{MAILER_DAEMON}@{s.relay_host}"
+
+
 def render_signing_table(s: PostfixSettings) -> str:
-    """Every sender address at the domain is signed with the active selector."""
-    return f"*@{s.domain} {s.dkim_selector}._domainkey.{s.domain}\n"
+    """Every sender address at the domain is signed with the active selector, and so are
+    the relay's own notices (d= the domain: relaxed DMARC alignment holds)."""
+    key = f"{s.dkim_selector}._domainkey.{s.domain}"
+    rows = [f"*@{s.domain} {key}\n"]
+    if s.relay_host.lower() != s.domain.lower():
+        # The whole host: refile's case handling varies, and from_policy.lua refuses
+        # submitted mail at the host anyway.
+        rows.append(f"*@{s.relay_host} {key}\n")
+    return "".join(rows)
 
 
 def render_trusted_hosts() -> str:
@@ -636,11 +710,30 @@ def render_smtp_users(domain: str, passwords: Mapping[str, str]) -> str:
     return "".join(out)
 
 
+def render_nexthop_auth(nexthop: str, user: str, password: str) -> str:
+    """The ``nexthop-auth`` secret file: the smarthost's SASL password map (texthash)."""
+    _check_nexthop_user(user)
+    # texthash drops the whitespace around a value and ends it at the line break.
+    if not password or password != password.strip() or any(c in password for c in "\r\n\0"):
+        raise ValueError(
+            "the nexthop password is empty, starts or ends with a space, or has a line break"
+        )
+    return f"{relayhost(nexthop)} {user}:{password}\n"
+
+
 def render_secrets(
-    domain: str, dkim_keys: Mapping[str, str], passwords: Mapping[str, str]
+    domain: str,
+    dkim_keys: Mapping[str, str],
+    passwords: Mapping[str, str],
+    nexthop_auth: tuple[str, str, str] | None = None,
 ) -> dict[str, str]:
-    """All secret files, relative to ``SECRETS_DIR`` (the layout the host also writes)."""
+    """All secret files, relative to ``SECRETS_DIR`` (the layout the host also writes).
+
+    ``nexthop_auth``: (nexthop, user, password) of a smarthost login.
+    """
     files = {"smtp-users": render_smtp_users(domain, passwords)}
+    if nexthop_auth is not None:
+        files["nexthop-auth"] = render_nexthop_auth(*nexthop_auth)
     for sel, pem in dkim_keys.items():
         if not _SELECTOR_RE.match(sel):
             raise ValueError(f"bad DKIM selector: {sel!r}")

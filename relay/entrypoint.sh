@@ -9,6 +9,7 @@
 #   /etc/relay/config/{postfix,opendkim}/...   rendered config (uploads, not secret)
 #   /run/relay-secrets/dkim/<selector>.private DKIM private keys (PEM)
 #   /run/relay-secrets/smtp-users              "login:password" lines
+#   /run/relay-secrets/nexthop-auth            optional: "[host]:port user:password"
 #   /etc/letsencrypt (read-only)               TLS cert, path named in main.cf
 # Optional, not secret: RELAY_CERT_POLL_SECONDS (default 300; 0 disables the watcher).
 set -euo pipefail
@@ -81,6 +82,17 @@ build_sasldb() {
   chmod 0640 "${tmp}"
   mv "${tmp}" "${db}"
   log "sasldb has ${n} user(s)"
+}
+
+# 3b. The smarthost login, when main.cf asks for one: the map Postfix's smtp client
+#    reads (texthash, opened as root before it drops privileges), root 0600.
+install_nexthop_auth() {
+  local src="${SECRETS_DIR}/nexthop-auth" dst=/etc/postfix/nexthop_auth
+  rm -f "${dst}"
+  [[ "$(postconf -c /etc/postfix -h smtp_sasl_auth_enable)" == yes ]] || return 0
+  [[ -s "${src}" ]] || die "smtp_sasl_auth_enable is on but ${src} is missing"
+  install -o root -g root -m 0600 "${src}" "${dst}"
+  log "smarthost login installed"
 }
 
 # 4. Secrets delivered as uploads land world-readable; tighten them (a read-only bind
@@ -265,6 +277,7 @@ main() {
   tighten_secrets
   install_dkim_keys
   build_sasldb
+  install_nexthop_auth
   prepare_spool
   start_opendkim
   set_status up started
