@@ -31,6 +31,7 @@ TIERS = {
     "test_relay_deploy": "e2e",
     "test_relay_e2e": "e2e",
     "test_relay_hardening": "e2e",
+    "test_relay_outbound": "e2e",
     "test_verify_e2e": "e2e",
     "test_verify_relay_e2e": "e2e",
     "test_backends": "engine",

@@ -258,6 +258,7 @@ class RelaySpec:
     dkim_keys: dict[str, str]
     port_587: int
     port_465: int | None = None
+    nexthop_password: str | None = None  # with settings.nexthop_user: the smarthost login
     secrets_host_dir: Path | None = None  # default: <tmp>/<name>/secrets
     cert_poll_seconds: int = 0
     publish_v4: str = "127.0.0.1"
@@ -274,7 +275,10 @@ def start_relay(spec: RelaySpec, tmp: Path) -> str:
     docker("rm", "-f", spec.name, check=False)
     base = tmp / spec.name
     secrets_dir = spec.secrets_host_dir or base / "secrets"
-    files = postfix.render_secrets(spec.settings.domain, spec.dkim_keys, spec.passwords)
+    login = None
+    if spec.settings.nexthop and spec.settings.nexthop_user and spec.nexthop_password:
+        login = (spec.settings.nexthop, spec.settings.nexthop_user, spec.nexthop_password)
+    files = postfix.render_secrets(spec.settings.domain, spec.dkim_keys, spec.passwords, login)
     run_script(hs.render_secrets(str(secrets_dir)), hs.secrets_stdin(files))
     payload = rd.make_payload(rd.read_tree(rd.RELAY_DIR), postfix.render_config(spec.settings))
     docker("tag", spec.image, rd.image_tag(TEST_IMAGE_REPO, payload.build_hash))
