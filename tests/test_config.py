@@ -105,6 +105,19 @@ BAD_CASES = [
     ("relayIpv6Subnet", {"relayIpv6Subnet": "172.30.0.0/24"}, "not an IPv6 subnet"),
     ("relayContainerName", {"relayContainerName": "bad name"}, "not a container name"),
     ("relayNexthop", {"relayNexthop": "smtp.example.net"}, "not a next hop"),
+    ("outboundIpv6", {"outboundIpv6": "ipv6"}, "prefer-ipv4, any, never"),
+    ("delayWarningTime", {"delayWarningTime": "4 hours"}, "a duration such as 4h"),
+    ("delayWarningTime", {"delayWarningTime": "4"}, "a duration such as 4h"),
+    (
+        "relayNexthopUser",
+        {"relayNexthop": "[smart.example.net]:587", "relayNexthopUser": "a:b"},
+        "not a smarthost login",
+    ),
+    (
+        "relayNexthopPassword",
+        {"relayNexthop": "[smart.example.net]:587", "relayNexthopUser": "relay@example.com"},
+        "pulumi config set --secret relayNexthopPassword",
+    ),
 ]
 
 
@@ -189,6 +202,29 @@ def test_values_pulumi_could_not_decode_are_reported_as_given() -> None:
     assert "'yes'" in found["submissions465"] and "submissions465 true" in found["submissions465"]
     assert "'mx'" in found["spfExtra"] and "valid list" in found["spfExtra"]
     assert "'2048' is not an allowed RSA key size" in found["dkimKeyBits"]
+
+
+def test_outbound_defaults() -> None:
+    cfg = load_config(GOOD, SECRETS)
+    assert cfg.outbound_ipv6 == "prefer-ipv4"
+    assert cfg.delay_warning_time == "4h"
+    assert cfg.relay_nexthop_user is None
+
+
+def test_smarthost_login_needs_user_password_and_smarthost() -> None:
+    smart = {**GOOD, "relayNexthop": "[smart.example.net]:587"}
+    with_pw = SECRETS | {"relayNexthopPassword"}
+    cfg = load_config({**smart, "relayNexthopUser": "relay@example.com"}, with_pw)
+    assert cfg.relay_nexthop_user == "relay@example.com"
+    # a password without its user
+    with pytest.raises(ConfigError) as info:
+        load_config(smart, with_pw)
+    found = dict(info.value.problems)
+    assert "pulumi config set relayNexthopUser" in found["relayNexthopUser"]
+    # a user with no smarthost to log in to
+    with pytest.raises(ConfigError) as info:
+        load_config({**GOOD, "relayNexthopUser": "relay@example.com"}, with_pw)
+    assert "pulumi config set relayNexthop " in dict(info.value.problems)["relayNexthop"]
 
 
 def test_pulumi_yaml_declares_every_key_with_the_model_default() -> None:

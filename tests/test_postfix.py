@@ -198,7 +198,13 @@ def test_key_and_signing_tables() -> None:
         "r2024._domainkey.example.com example.com:r2024:/etc/opendkim/keys/r2024.private\n"
         "r2023._domainkey.example.com example.com:r2023:/etc/opendkim/keys/r2023.private\n"
     )
-    assert postfix.render_signing_table(s) == "*@example.com r2024._domainkey.example.com\n"
+    # The relay's own notices (From MAILER-DAEMON@<relay host>) are signed with d=domain.
+    assert postfix.render_signing_table(s) == (
+        "*@example.com r2024._domainkey.example.com\n"
+        "*@smtp.example.com r2024._domainkey.example.com\n"
+    )
+    apex = settings(relay_host="example.com")
+    assert postfix.render_signing_table(apex) == "*@example.com relay._domainkey.example.com\n"
 
 
 def test_sasl_conf() -> None:
@@ -377,3 +383,103 @@ def test_from_policy_lowercases_and_escapes() -> None:
     s = settings(users=(SmtpUser("Carol", ('"c\\x"@Example.com',)),))
     lua = postfix.render_from_policy(s)
     assert '["carol@example.com"] = {"\\"c\\\\x\\"@example.com"},' in lua
+
+
+# ------------------------------------------------------------------ outbound
+@pytest.mark.parametrize(
+    ("policy", "preference", "v4_only"),
+    [("prefer-ipv4", "ipv4", False), ("any", "any", False), ("never", "ipv4", True)],
+)
+def test_outbound_ipv6_policy(policy: str, preference: str, v4_only: bool) -> None:
+    cf = main_cf(outbound_ipv6=policy)
+    assert cf["smtp_address_preference"] == preference
+    # The whole Postfix keeps both families (inbound 587 on IPv6 stays); only the
+    # outbound services are limited.
+    assert cf["inet_protocols"] == "all"
+    svc = services(postfix.render_master_cf(settings(outbound_ipv6=policy)))
+    for name in ("smtp", "relay"):
+        assert ("inet_protocols=ipv4" in svc[name]) is v4_only, svc[name]
+    for name in ("submission", "bounce", "cleanup"):
+        assert not any("inet_protocols" in o for o in svc[name][1:])
+
+
+def test_outbound_ipv6_default_prefers_ipv4() -> None:
+    assert settings().outbound_ipv6 == "prefer-ipv4"
+    assert main_cf()["smtp_address_preference"] == "ipv4"
+
+
+def test_helo_name_is_the_relay_host() -> None:
+    cf = main_cf(relay_host="mail.example.com")
+    assert cf["smtp_helo_name"] == "mail.example.com"
+    assert cf["myhostname"] == "mail.example.com"
+
+
+def test_smarthost_login_turns_on_sasl_and_mandatory_tls() -> None:
+    cf = main_cf(nexthop="smart.example.net:587", nexthop_user="relay@example.com")
+    assert cf["relayhost"] == "[smart.example.net]:587"
+    assert cf["smtp_sasl_auth_enable"] == "yes"
+    assert cf["smtp_sasl_password_maps"] == f"texthash:{postfix.NEXTHOP_AUTH_PATH}"
+    assert cf["smtp_sasl_security_options"] == "noanonymous"
+    assert cf["smtp_sasl_tls_security_options"] == "noanonymous"
+    assert cf["smtp_tls_security_level"] == "encrypt"
+
+
+@pytest.mark.parametrize("nexthop", [None, "172.30.87.25:25"])
+def test_no_smarthost_login_stays_opportunistic(nexthop: str | None) -> None:
+    cf = main_cf(nexthop=nexthop)
+    assert cf["smtp_tls_security_level"] == "may"
+    assert not any(k.startswith("smtp_sasl") for k in cf)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"nexthop_user": "relay@example.com"},  # no nexthop
+        {"nexthop": "smart.example.net:587", "nexthop_user": "a:b"},
+        {"nexthop": "smart.example.net:587", "nexthop_user": "a b"},
+        {"nexthop": "smart.example.net:587", "nexthop_user": ""},
+        {"outbound_ipv6": "ipv6-only"},
+        {"delay_warning_time": "4 hours"},
+        {"delay_warning_time": "0h"},
+    ],
+)
+def test_bad_outbound_settings_refused(kw: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        settings(**kw)
+
+
+def test_smarthost_password_is_a_secret_file_in_postfix_map_form() -> None:
+    pem = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----"
+    files = postfix.render_secrets(
+        "example.com",
+        {"relay": pem},
+        {"gmail": "x"},
+        ("[2001:db8::5]:587", "relay@example.com", "s3cret:with space"),
+    )
+    assert files["nexthop-auth"] == "[2001:db8::5]:587 relay@example.com:s3cret:with space\n"
+    assert "nexthop-auth" not in postfix.render_secrets("example.com", {"relay": pem}, {"g": "x"})
+    rendered = "".join(
+        postfix.render_config(
+            settings(nexthop="[2001:db8::5]:587", nexthop_user="relay@example.com")
+        ).values()
+    )
+    assert "s3cret" not in rendered
+
+
+@pytest.mark.parametrize("pw", ["", " lead", "trail ", "a\nb", "a\rb", "a\0b"])
+def test_bad_smarthost_password_refused(pw: str) -> None:
+    with pytest.raises(ValueError):
+        postfix.render_nexthop_auth("smart.example.net:587", "relay@example.com", pw)
+
+
+def test_notices_are_warned_filtered_and_signed() -> None:
+    cf = main_cf(delay_warning_time="2h")
+    assert cf["delay_warning_time"] == "2h"
+    assert main_cf()["delay_warning_time"] == "4h"
+    # Postfix's own bounces and delay notices pass through the milter (signing).
+    assert cf["internal_mail_filter_classes"] == "bounce"
+    assert cf["non_smtpd_milters"] == "$smtpd_milters"
+    lua = postfix.render_from_policy(settings())
+    assert 'local NOTICE_FROM = "mailer-daemon@smtp.example.com"' in lua
+    # Only without a login and with the null envelope sender.
+    assert 'if login == "" and (envfrom == "<>" or envfrom == "") and addr == NOTICE_FROM' in lua

@@ -4,7 +4,10 @@ and that no secret reaches a command line or a plain input."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
+import tarfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,3 +300,47 @@ def test_argument_errors(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_mount_points() -> None:
     assert postfix.SECRETS_DIR == "/run/relay-secrets" and rd.QUEUE_MOUNT == "/var/spool/postfix"
+
+
+def _deployed_config(world: Any) -> dict[str, str]:
+    """The config files inside the deploy step's payload (base64 tar.gz on stdin)."""
+    stdin = world.named("relay-deploy").inputs["stdin"]
+    b64 = "".join(x for x in stdin.splitlines() if not x.startswith("#"))
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(b64)), mode="r:gz") as tar:
+        return {
+            m.name.removeprefix("config/"): tar.extractfile(m).read().decode()  # type: ignore[union-attr]
+            for m in tar.getmembers()
+            if m.isfile() and m.name.startswith("config/")
+        }
+
+
+def test_outbound_settings_reach_the_rendered_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, _ = build(
+        monkeypatch,
+        nexthop="[smart.example.net]:587",
+        nexthop_user="relay@example.com",
+        outbound_ipv6="never",
+        delay_warning_time="1m",
+    )
+    config = _deployed_config(world)
+    main = config["postfix/main.cf"].splitlines()
+    for line in (
+        "relayhost = [smart.example.net]:587",
+        "smtp_sasl_auth_enable = yes",
+        "smtp_tls_security_level = encrypt",
+        "smtp_address_preference = ipv4",
+        "delay_warning_time = 1m",
+        "smtp_helo_name = relay.example.com",
+    ):
+        assert line in main, line
+    assert "  -o inet_protocols=ipv4" in config["postfix/master.cf"].splitlines()
+
+
+def test_outbound_defaults_reach_the_rendered_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    world, _ = build(monkeypatch)
+    config = _deployed_config(world)
+    main = config["postfix/main.cf"].splitlines()
+    assert "smtp_address_preference = ipv4" in main
+    assert "delay_warning_time = 4h" in main
+    assert not [x for x in main if x.startswith("smtp_sasl")]
+    assert "inet_protocols=ipv4" not in config["postfix/master.cf"]
