@@ -141,6 +141,9 @@ def main() -> None:
                     "dnsProvider": cfg.dns_provider,
                     "dnsRecords": ro[0],
                     "outboundSmtp": ro[1],
+                    "outboundIpv6": cfg.outbound_ipv6,
+                    "delayWarningTime": cfg.delay_warning_time,
+                    "forwardTo": cfg.forward_to,
                 },
                 stack_name=pulumi.get_stack(),
             )

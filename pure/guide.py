@@ -44,6 +44,10 @@ class GuideInput:
     relay_host: str = ""
     # The outboundSmtp output (the VPS's port 25 check), when known.
     outbound_smtp: Mapping[str, Mapping[str, str]] | None = None
+    # outboundIpv6, delayWarningTime and forwardTo of the stack config.
+    outbound_ipv6: str = "prefer-ipv4"
+    delay_warning_time: str = "4h"
+    forward_to: str = ""
 
 
 def _port25_line(inp: GuideInput, stack: str) -> str:
@@ -130,6 +134,58 @@ def _reverse_dns_section(inp: GuideInput, step: int, stack: str) -> list[str]:
             "visible. Then check it with "
             f"`pulumi stack output{stack} --json --show-secrets | bin/dkim-relay verify`: "
             f"it should print {passes}; otherwise it names the PTR to set."
+        ),
+        "",
+        *_ipv6_sending_note(inp, host),
+    ]
+
+
+def _ipv6_sending_note(inp: GuideInput, host: str) -> list[str]:
+    v6 = [a for a in inp.vps_addresses if ":" in a]
+    if not v6:
+        return []
+    check = f"`PASS dns.ptr[{v6[0]}]`"
+    if inp.outbound_ipv6 == "any":
+        text = (
+            "The relay sends over IPv6 too (outboundIpv6: `any`): keep the PTR of "
+            f"`{v6[0]}` pointing at `{host}` ({check}), or Gmail refuses that mail. Without "
+            "it, go back to IPv4: `pulumi config set outboundIpv6 prefer-ipv4`."
+        )
+    elif inp.outbound_ipv6 == "never":
+        text = (
+            "The relay never sends over IPv6 (outboundIpv6: `never`), not even to a "
+            "server that has only IPv6."
+        )
+    else:
+        text = (
+            "The relay sends over IPv4 wherever the receiver has it (outboundIpv6: "
+            f"`prefer-ipv4`). Once the PTR of `{v6[0]}` points at `{host}` and resolves "
+            f"back ({check}), IPv6 may be used too: `pulumi config set outboundIpv6 any`."
+        )
+    return [text, ""]
+
+
+def _notices_section(inp: GuideInput, step: int) -> list[str]:
+    host = inp.relay_host or inp.smtp_server
+    if inp.forward_to:
+        inbound = (
+            f"This stack forwards mail for `@{inp.domain}` to `{inp.forward_to}` "
+            "(forwardTo), so they reach you there."
+        )
+    else:
+        inbound = (
+            f"This stack receives no mail for `@{inp.domain}`: without `forwardTo` "
+            "(`pulumi config set forwardTo you@gmail.com`, with Cloudflare DNS) or an MX "
+            "of your own for the domain, these notices are lost."
+        )
+    return [
+        f"## {step}. Notices about undelivered mail",
+        "",
+        (
+            "When a receiver refuses a message, or it is still waiting in the relay's "
+            f"queue after {inp.delay_warning_time} (delayWarningTime), the relay writes to "
+            f"the sender's address from `MAILER-DAEMON@{host}`, signed with the DKIM key of "
+            f"`{inp.domain}` so that it passes DMARC. {inbound}"
         ),
         "",
     ]
@@ -223,6 +279,8 @@ def render_guide(inp: GuideInput) -> str:
             "",
         ]
     step += 1
+    out += _notices_section(inp, step)
+    step += 1
     out += [
         f"## {step}. Check that mail is signed",
         "",
@@ -313,5 +371,8 @@ def render_from_outputs(
             vps_addresses=addresses,
             relay_host=str(outputs.get("relayHost") or ""),
             outbound_smtp=outbound if isinstance(outbound, Mapping) else None,
+            outbound_ipv6=str(outputs.get("outboundIpv6") or "prefer-ipv4"),
+            delay_warning_time=str(outputs.get("delayWarningTime") or "4h"),
+            forward_to=str(outputs.get("forwardTo") or ""),
         )
     )

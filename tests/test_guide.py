@@ -243,3 +243,33 @@ def test_port25_line_unknown_open_and_blocked() -> None:
     assert "ask your VPS provider to open outbound port 25" in line and "relayNexthop" in line
     # Before the Gmail steps: mail cannot leave while it is blocked.
     assert text.index("Outbound port 25") < text.index("Add the address in Gmail")
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("prefer-ipv4", "IPv6 may be used too: `pulumi config set outboundIpv6 any`"),
+        ("any", "go back to IPv4: `pulumi config set outboundIpv6 prefer-ipv4`"),
+        ("never", "never sends over IPv6"),
+    ],
+)
+def test_ipv6_sending_note_names_the_ptr_check(policy: str, expected: str) -> None:
+    text = render_from_outputs(outputs("cloudflare") | {"outboundIpv6": policy})
+    assert expected in text
+    if policy != "never":
+        # The same check name verify prints for the IPv6 PTR.
+        assert "(`PASS dns.ptr[2001:db8::10]`)" in text
+    # Without an IPv6 address there is nothing to switch.
+    v4 = render_from_outputs(outputs("cloudflare") | {"vpsIpv6": None, "outboundIpv6": policy})
+    assert "outboundIpv6" not in v4
+
+
+def test_notices_need_inbound_mail_for_the_domain() -> None:
+    text = render_from_outputs(outputs("cloudflare") | {"delayWarningTime": "2h"})
+    assert "Notices about undelivered mail" in text
+    assert "after 2h (delayWarningTime)" in text
+    assert "`MAILER-DAEMON@mail.example.com`" in text
+    assert "without `forwardTo`" in text and "these notices are lost" in text
+    forwarded = render_from_outputs(outputs("cloudflare") | {"forwardTo": "me@gmail.com"})
+    assert "forwards mail for `@example.com` to `me@gmail.com`" in forwarded
+    assert "these notices are lost" not in forwarded

@@ -12,7 +12,7 @@ import pytest
 from pure import host_scripts as hs
 from pure.shell import command_line
 from tests import pulumi_harness
-from tests.pulumi_harness import PRIVATE_MARKER, Run, run_program, unwrap
+from tests.pulumi_harness import PRIVATE_MARKER, Run, run_program, strip_secrets, unwrap
 
 LOCAL: dict[str, Any] = {
     "domain": "example.com",
@@ -262,3 +262,26 @@ def test_vps_stack_checks_outbound_port_25(monkeypatch: pytest.MonkeyPatch) -> N
     local = run_program(monkeypatch, LOCAL)
     assert "outboundSmtp" not in local.exports, "nothing checked on this machine"
     assert "Outbound port 25" in local.exports["gmailGuide"]
+
+
+def test_smarthost_password_is_a_secret_key_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    password = "smart-Host-pw-77"
+    smart = {**LOCAL, "relayNexthop": "[smart.example.net]:587", "relayNexthopUser": "me@x.net"}
+    run = run_program(monkeypatch, smart, secrets={"relayNexthopPassword": password})
+    (writer,) = [r for r in _commands(run) if r.name == "relay-secrets"]
+    assert strip_secrets(writer.inputs["stdin"]) == "<secret>"
+    files = json.loads(unwrap(writer.inputs["stdin"]))
+    assert files["nexthop-auth"] == f"[smart.example.net]:587 me@x.net:{password}\n"
+    for r in run.resources:
+        assert password not in json.dumps(strip_secrets(r.inputs), default=str), r.name
+    assert password not in json.dumps(run.exports, default=str)
+
+
+def test_smarthost_user_without_password_registers_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    smart = {**LOCAL, "relayNexthop": "[smart.example.net]:587", "relayNexthopUser": "me@x.net"}
+    with pytest.raises(pulumi.RunError) as info:
+        run_program(monkeypatch, smart)
+    assert "relayNexthopPassword" in str(info.value)
+    assert "pulumi config set --secret relayNexthopPassword" in str(info.value)
