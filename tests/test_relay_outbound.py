@@ -12,6 +12,7 @@ import contextlib
 import email
 import email.utils
 import re
+import socket
 import ssl
 import subprocess
 import threading
@@ -22,6 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import dkim
+import dns.flags as dns_flags
+import dns.message as dns_message
+import dns.rcode as dns_rcode
+import dns.rdatatype as dns_rdatatype
+import dns.rrset as dns_rrset
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP
@@ -200,7 +206,7 @@ def relay_running(
     dkim_pem: str,
     workdir: Path,
     *,
-    nexthop: str,
+    nexthop: str | None,
     nexthop_user: str | None = None,
     nexthop_password: str | None = None,
     outbound_ipv6: str = "prefer-ipv4",
@@ -474,3 +480,122 @@ def test_never_does_not_try_an_ipv6_only_server(
             assert len(queue_ids(relay.name)) == 1, queue_json(relay.name)
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------ IPv6 and MX
+class Zone:
+    """A tiny authoritative DNS server (dnspython) on the gateway, UDP, for MX lookups."""
+
+    def __init__(self, host: str, records: dict[tuple[str, str], list[str]]) -> None:
+        self.records = records
+        self.queries: list[tuple[str, str]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 53))
+        self.sock.settimeout(0.5)
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            try:
+                wire, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            query = dns_message.from_wire(wire)
+            reply = dns_message.make_response(query)
+            reply.flags |= dns_flags.AA
+            q = query.question[0]
+            name, kind = q.name.to_text().rstrip(".").lower(), dns_rdatatype.to_text(q.rdtype)
+            self.queries.append((name, kind))
+            if not any(n == name for n, _ in self.records):
+                reply.set_rcode(dns_rcode.NXDOMAIN)
+            values = self.records.get((name, kind), [])
+            if values:
+                reply.answer.append(dns_rrset.from_text_list(name + ".", 60, "IN", kind, values))
+            self.sock.sendto(reply.to_wire(), peer)
+
+    def stop(self) -> None:
+        self.running = False
+        self.sock.close()
+        self.thread.join(5)
+
+
+def use_resolver(container: str, nameserver: str) -> None:
+    """Point the container's resolver at the test zone (Postfix's smtp reads it anew)."""
+    rs.docker("exec", container, "sh", "-c", f"echo 'nameserver {nameserver}' > /etc/resolv.conf")
+
+
+@pytest.mark.parametrize(
+    ("policy", "domain", "family"),
+    [
+        ("prefer-ipv4", "dual.test", "v4"),
+        ("never", "dual.test", "v4"),
+        ("never", "v6only.test", None),
+        ("any", "v6only.test", "v6"),
+    ],
+)
+def test_mx_delivery_follows_the_ipv6_policy(
+    net: rs.TestNetwork,
+    ca: rs.TestCA,
+    dkim_pem: str,
+    workdir: Path,
+    ctx: ssl.SSLContext,
+    dns: dict[str, str],
+    policy: str,
+    domain: str,
+    family: str | None,
+) -> None:
+    """Delivery by MX (no nexthop): a dual-stack MX gets the mail over IPv4 with
+    `prefer-ipv4`; an IPv6-only MX is not tried with `never`, and is used with `any`."""
+    v4, v6 = net.v4_gateway, net.v6_gateway
+    zone = Zone(
+        v4,
+        {
+            ("dual.test", "MX"): ["10 mx.dual.test."],
+            ("mx.dual.test", "A"): [v4],
+            ("mx.dual.test", "AAAA"): [v6],
+            ("v6only.test", "MX"): ["10 mx.v6only.test."],
+            ("mx.v6only.test", "AAAA"): [v6],
+        },
+    )
+    servers = [Server(v4, 25), Server(v6, 25)]
+    for server in servers:
+        server.start()
+    try:
+        with relay_running(
+            f"dkimrelay-out-mx-{policy}",
+            net,
+            ca,
+            dkim_pem,
+            workdir,
+            nexthop=None,
+            outbound_ipv6=policy,
+        ) as relay:
+            use_resolver(relay.name, v4)
+            subject = send(relay, ctx, f"someone@{domain}")
+            if family is None:
+                rs.wait_for("a deferral", lambda: "status=deferred" in rs.logs(relay.name), 60)
+                lines = [x for x in rs.logs(relay.name).splitlines() if "status=" in x]
+                print(policy, domain, "->", lines)
+                assert not servers[0].helos and not servers[1].helos, "a server was tried"
+                assert len(queue_ids(relay.name)) == 1, queue_json(relay.name)
+                return
+            index = 0 if family == "v4" else 1
+
+            def arrived() -> bool:
+                return len(servers[index].find(subject.encode())) == 1
+
+            rs.wait_for(f"delivery over {family}", arrived, 60)
+            lines = [x for x in rs.logs(relay.name).splitlines() if "status=sent" in x]
+            print(policy, domain, "->", lines)
+            (got,) = servers[index].find(subject.encode())
+            assert dkim.verify(got.data, dnsfunc=rs.dnsfunc_for(dns))
+            assert not servers[1 - index].helos, "the other family was tried first"
+            assert (domain, "MX") in zone.queries
+    finally:
+        for server in servers:
+            server.stop()
+        zone.stop()
