@@ -175,8 +175,8 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ca(workdir: Path) -> rs.TestCA:
-    ca = rs.TestCA(workdir / "letsencrypt")
+def ca(workdir: Path) -> rs.CertbotDir:
+    ca = rs.CertbotDir(workdir / "letsencrypt")
     ca.issue(rs.RELAY_HOST)
     ca.issue("smarthost.test")
     return ca
@@ -193,7 +193,7 @@ def dns(dkim_pem: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def ctx(ca: rs.TestCA) -> ssl.SSLContext:
+def ctx(ca: rs.CertbotDir) -> ssl.SSLContext:
     c = ca.client_context()
     c.check_hostname = False
     return c
@@ -203,7 +203,7 @@ def ctx(ca: rs.TestCA) -> ssl.SSLContext:
 def relay_running(
     name: str,
     net: rs.TestNetwork,
-    ca: rs.TestCA,
+    ca: rs.CertbotDir,
     dkim_pem: str,
     workdir: Path,
     *,
@@ -270,7 +270,7 @@ def queue_json(container: str) -> str:
 
 # ------------------------------------------------------------------------ smarthost
 @pytest.fixture(scope="module")
-def smarthost(net: rs.TestNetwork, ca: rs.TestCA) -> Iterator[Server]:
+def smarthost(net: rs.TestNetwork, ca: rs.CertbotDir) -> Iterator[Server]:
     live = ca.root / "live" / "smarthost.test"
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(live / "fullchain.pem", live / "privkey.pem")
@@ -282,7 +282,7 @@ def smarthost(net: rs.TestNetwork, ca: rs.TestCA) -> Iterator[Server]:
 
 def test_smarthost_gets_signed_mail_over_tls_with_auth(
     net: rs.TestNetwork,
-    ca: rs.TestCA,
+    ca: rs.CertbotDir,
     dkim_pem: str,
     workdir: Path,
     smarthost: Server,
@@ -315,7 +315,7 @@ def test_smarthost_gets_signed_mail_over_tls_with_auth(
 
 def test_wrong_smarthost_password_keeps_the_mail_queued(
     net: rs.TestNetwork,
-    ca: rs.TestCA,
+    ca: rs.CertbotDir,
     dkim_pem: str,
     workdir: Path,
     smarthost: Server,
@@ -377,7 +377,7 @@ def mx(net: rs.TestNetwork) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def notices_relay(
-    net: rs.TestNetwork, ca: rs.TestCA, dkim_pem: str, workdir: Path, mx: Server
+    net: rs.TestNetwork, ca: rs.CertbotDir, dkim_pem: str, workdir: Path, mx: Server
 ) -> Iterator[rs.RelaySpec]:
     with relay_running(
         "dkimrelay-out-notices",
@@ -447,7 +447,7 @@ def test_delay_notice_reaches_the_sender_signed(
 @pytest.mark.parametrize(("policy", "tried"), [("never", False), ("any", True)])
 def test_never_does_not_try_an_ipv6_only_server(
     net: rs.TestNetwork,
-    ca: rs.TestCA,
+    ca: rs.CertbotDir,
     dkim_pem: str,
     workdir: Path,
     ctx: ssl.SSLContext,
@@ -540,7 +540,7 @@ def use_resolver(container: str, nameserver: str) -> None:
 )
 def test_mx_delivery_follows_the_ipv6_policy(
     net: rs.TestNetwork,
-    ca: rs.TestCA,
+    ca: rs.CertbotDir,
     dkim_pem: str,
     workdir: Path,
     ctx: ssl.SSLContext,
