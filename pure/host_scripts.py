@@ -279,7 +279,10 @@ def parse_generation(stdout: str | None) -> str:
 PORT25_PREFIX = "dkim-relay[port25]: result "
 PORT25_TIMEOUT = 5
 FAMILY_NAMES = {"ipv4": "IPv4", "ipv6": "IPv6"}
-SMARTHOST_FIX = "pulumi config set relayNexthop '[smtp.your-provider.example]:587'"
+SMARTHOST_FIX = (
+    "pulumi config set relayNexthop '[smtp.your-provider.example]:587'; "
+    "pulumi config set relayNexthopUser LOGIN; pulumi config set --secret relayNexthopPassword"
+)
 
 
 def render_port25(probe: str, ipv6: bool, timeout: int = PORT25_TIMEOUT) -> str:

@@ -28,7 +28,7 @@ from pure import host_scripts as hs
 from pure import postfix
 from pure import relay_deploy as rd
 from pure.shell import command_line
-from tests.pulumi_harness import Registered, strip_secrets, unwrap
+from tests.pulumi_harness import Mocks, Registered, strip_secrets, unwrap
 
 DKIM_KEY = "-----BEGIN PRIVATE KEY-----\nZGtpbS1zZWNyZXQtbW9jaw==\n-----END PRIVATE KEY-----\n"
 PASSWORD = "smtp-secret-mock-1a2b3c"
@@ -56,23 +56,10 @@ class World:
         return {self.objects.get(id(d), "?") for d in opts.depends_on or []}
 
 
-class Mocks(pulumi.runtime.Mocks):
-    def __init__(self, world: World) -> None:
-        self.world = world
-
-    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
-        self.world.resources.append(Registered(args.typ, args.name, dict(args.inputs)))
-        outs = dict(args.inputs)
-        if args.typ.startswith("command:"):
-            out = "dkim-relay[relay]: done (changed)"
-            if args.name.endswith("-secrets"):
-                out = f"dkim-relay[secrets]: key files changed\n{hs.GENERATION_PREFIX}{GENERATION}"
-            outs.setdefault("stdout", out)
-            outs.setdefault("stderr", "")
-        return f"{args.name}-id", outs
-
-    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list | None]:
-        return {}, []
+def command_stdout(name: str) -> str:
+    if name.endswith("-secrets"):
+        return f"dkim-relay[secrets]: key files changed\n{hs.GENERATION_PREFIX}{GENERATION}"
+    return "dkim-relay[relay]: done (changed)"
 
 
 class Marker(pulumi.CustomResource):
@@ -101,7 +88,8 @@ def build(
         monkeypatch.setattr(mod, "Command", spy())
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    pulumi.runtime.set_mocks(Mocks(world), project="dkim-relay", stack="test", preview=False)
+    mocks = Mocks(world.resources, command_stdout=command_stdout)
+    pulumi.runtime.set_mocks(mocks, project="dkim-relay", stack="test", preview=False)
     marker = Marker("docker-ready")
     world.objects[id(marker)] = "docker-ready"
     files = {"dkim/mail.private": DKIM_KEY, "smtp-users": f"me@example.com:{PASSWORD}\n"}
