@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as AioSMTP
@@ -208,6 +209,22 @@ class _Handler:
         return "250 OK kept"
 
 
+def smtp_server(
+    handler: object, host: str, port: int, server_hostname: str, **kw: Any
+) -> Controller:
+    """An aiosmtpd server for `handler` on host:port, started (the tests' mail servers)."""
+    controller = Controller(
+        handler,
+        hostname=host,
+        port=port,
+        server_hostname=server_hostname,
+        ready_timeout=10,
+        **kw,
+    )
+    controller.start()
+    return controller
+
+
 class Sink:
     """An aiosmtpd sink on a given address (the docker network gateway)."""
 
@@ -218,14 +235,7 @@ class Sink:
         self.controller: Controller | None = None
 
     def start(self) -> None:
-        self.controller = Controller(
-            _Handler(self),
-            hostname=self.host,
-            port=self.port,
-            server_hostname=SINK_HOSTNAME,
-            ready_timeout=10,
-        )
-        self.controller.start()
+        self.controller = smtp_server(_Handler(self), self.host, self.port, SINK_HOSTNAME)
 
     def stop(self) -> None:
         if self.controller is not None:

@@ -135,15 +135,7 @@ class Server:
                 auth_require_tls=True,
                 authenticator=self._authenticator,
             )
-        self.controller = Controller(
-            self,
-            hostname=self.host,
-            port=self.port,
-            server_hostname="mx.test",
-            ready_timeout=10,
-            **kw,
-        )
-        self.controller.start()
+        self.controller = rs.smtp_server(self, self.host, self.port, "mx.test", **kw)
 
     def stop(self) -> None:
         if self.controller is not None:
