@@ -63,8 +63,8 @@ _NULL_SENDER_CHECK = "check_sender_access texthash:/etc/postfix/sender_access"
 OPENDKIM_DIR = "/etc/opendkim"
 DKIM_KEY_DIR = f"{OPENDKIM_DIR}/keys"
 
-#: The seed's signed-header list (seed/000_*.txt, panubo defaults), Resent-* expanded
-#: because OpenDKIM's SignHeaders takes names, not patterns.
+#: The signed-header list of the original hand-made setup (panubo/postfix defaults),
+#: Resent-* expanded because OpenDKIM's SignHeaders takes names, not patterns.
 SIGNED_HEADERS: tuple[str, ...] = (
     "MIME-Version",
     "Content-Type",
@@ -502,7 +502,7 @@ def render_sasl_smtpd_conf() -> str:
 
 
 def render_opendkim_conf(s: PostfixSettings) -> str:
-    """opendkim.conf: sign-only, relaxed/relaxed, seed's header list, From oversigned."""
+    """opendkim.conf: sign-only, relaxed/relaxed, the usual header list, From oversigned."""
     pairs = [
         ("Syslog", "no"),
         ("LogWhy", "no"),

@@ -264,22 +264,22 @@ def local_vps() -> Iterator[LocalVps]:
             )
         # A pre-existing daemon.json (with a key of the admin's own) in the
         # VPS's /etc: the docker step must merge, not overwrite.
-        seed_etc = os.path.join(work, "seed-etc")
-        os.makedirs(os.path.join(seed_etc, "docker"))
-        with open(os.path.join(seed_etc, "docker", "daemon.json"), "w") as f:
+        preset_etc = os.path.join(work, "preset-etc")
+        os.makedirs(os.path.join(preset_etc, "docker"))
+        with open(os.path.join(preset_etc, "docker", "daemon.json"), "w") as f:
             json.dump(PREEXISTING_DAEMON_JSON, f, indent=2)
         with open("/etc/hosts") as f:
             hosts = f.read()
-        with open(os.path.join(seed_etc, "hosts"), "w") as f:
+        with open(os.path.join(preset_etc, "hosts"), "w") as f:
             f.write(hosts.rstrip() + "\n")
             f.write(f"{host_ip4} {PROBE_HOST} {PROBE_HOST4}\n{host_ip6} {PROBE_HOST}\n")
-        os.chmod(os.path.join(seed_etc, "hosts"), 0o644)
+        os.chmod(os.path.join(preset_etc, "hosts"), 0o644)
         ov = os.path.join(work, "overlay")
         os.makedirs(ov)
         launcher = f"""set -eu
 mount -t tmpfs -o mode=0755 dkrvps-ov {ov}
 for d in etc var; do mkdir -p {ov}/$d/upper {ov}/$d/work; done
-cp -a {seed_etc}/. {ov}/etc/upper/
+cp -a {preset_etc}/. {ov}/etc/upper/
 # Nothing of the machine's current ufw/ssh state leaks in: start from the
 # package defaults ufw ships (the machine's /etc/ufw is pristine, see setup.d).
 mount -t overlay dkrvps-etc -o lowerdir=/etc,upperdir={ov}/etc/upper,workdir={ov}/etc/work /etc
