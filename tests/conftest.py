@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import pytest
 
+# The relay image's end-to-end fixtures (image, net, workdir, ca, dkim_pem, dns, ctx).
+pytest_plugins = ["tests.relay_fixtures"]
+
 TIERS = {
     "test_config": "unit",
     "test_dkim": "unit",

@@ -9,6 +9,7 @@ Traffic only goes to loopback and the docker bridge this module creates.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import ipaddress
@@ -17,7 +18,7 @@ import smtplib
 import ssl
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -328,6 +329,21 @@ def wait_healthy(container: str, timeout: float = 60) -> None:
         return st == "healthy"
 
     wait_for(f"{container} healthy", ok, timeout)
+
+
+@contextlib.contextmanager
+def running(spec: RelaySpec, workdir: Path) -> Iterator[RelaySpec]:
+    """The relay of `spec`, started afresh (no container or queue left from before) and
+    healthy; removed with its queue afterwards."""
+    docker("rm", "-f", spec.name, check=False)
+    docker("volume", "rm", "-f", spec.volume, check=False)
+    try:
+        start_relay(spec, workdir)
+        wait_healthy(spec.name)
+        yield spec
+    finally:
+        docker("rm", "-f", spec.name, check=False)
+        docker("volume", "rm", "-f", spec.volume, check=False)
 
 
 def logs(container: str) -> str:

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.timeout(600)
 IMAGE = "dkim-relay:e2e"
 NET_V4 = "172.31.252.0/24"
 NET_V6 = "fd00:d6b1:e2e::/64"
+NET_NAME = "dkimrelay-e2e"
 PASSWORDS = {"alice": "alice-Pw:with colon", "bob": "bob-pw-0123456789"}
 USERS = (postfix.SmtpUser("alice"), postfix.SmtpUser("bob", ("bob@example.com",)))
 LOOSE_LIMITS = postfix.RateLimits(
@@ -44,42 +45,6 @@ HOSTS = {"v4": "127.0.0.1", "v6": "::1"}
 
 
 # ------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def image() -> str:
-    rs.build_image(IMAGE)
-    return IMAGE
-
-
-@pytest.fixture(scope="module")
-def net(image: str) -> Iterator[rs.TestNetwork]:
-    n = rs.TestNetwork.create("dkimrelay-e2e", NET_V4, NET_V6)
-    yield n
-    n.remove()
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("relay-e2e")
-
-
-@pytest.fixture(scope="module")
-def ca(workdir: Path) -> rs.CertbotDir:
-    ca = rs.CertbotDir(workdir / "letsencrypt")
-    ca.issue(rs.RELAY_HOST)
-    return ca
-
-
-@pytest.fixture(scope="module")
-def dkim_pem() -> str:
-    return rs.generate_private_key_pem(2048)
-
-
-@pytest.fixture(scope="module")
-def dns(dkim_pem: str) -> dict[str, str]:
-    """The TXT record the stack would publish for the selector."""
-    return {f"{rs.SELECTOR}._domainkey.{rs.DOMAIN}": rs.dkim_txt_value(dkim_pem)}
-
-
 @contextlib.contextmanager
 def relay_running(
     name: str,
@@ -117,14 +82,8 @@ def relay_running(
         secrets_host_dir=secrets_host_dir,
         cert_poll_seconds=cert_poll_seconds,
     )
-    rs.docker("volume", "rm", "-f", spec.volume, check=False)
-    try:
-        rs.start_relay(spec, workdir)
-        rs.wait_healthy(name)
+    with rs.running(spec, workdir):
         yield spec
-    finally:
-        rs.docker("rm", "-f", name, check=False)
-        rs.docker("volume", "rm", "-f", spec.volume, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +109,6 @@ def relay(
         port_465=rs.free_port(),
     ) as spec:
         yield spec
-
-
-@pytest.fixture
-def ctx(ca: rs.CertbotDir) -> ssl.SSLContext:
-    c = ca.client_context()
-    c.check_hostname = False  # we connect by address; the chain is still verified
-    return c
 
 
 def unique_subject() -> str:

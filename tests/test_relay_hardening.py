@@ -36,6 +36,7 @@ pytestmark = pytest.mark.timeout(900)
 IMAGE = "dkim-relay:hardening-test"
 NET_V4 = "172.31.254.0/24"
 NET_V6 = "fd00:d6b1:4a4d::/64"
+NET_NAME = "dkimrelay-hard"
 PASSWORDS = {"alice": "alice-pw-0123456789", "bob": "bob-pw-0123456789"}
 # alice may use any address at the domain; bob only his own.
 USERS = (postfix.SmtpUser("alice"), postfix.SmtpUser("bob", ("bob@example.com",)))
@@ -52,41 +53,6 @@ RECOVERY_BOUND = 30.0
 
 
 # ------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def image() -> str:
-    rs.build_image(IMAGE)
-    return IMAGE
-
-
-@pytest.fixture(scope="module")
-def net(image: str) -> Iterator[rs.TestNetwork]:
-    n = rs.TestNetwork.create("dkimrelay-hard", NET_V4, NET_V6)
-    yield n
-    n.remove()
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("relay-hardening")
-
-
-@pytest.fixture(scope="module")
-def ca(workdir: Path) -> rs.CertbotDir:
-    ca = rs.CertbotDir(workdir / "letsencrypt")
-    ca.issue(rs.RELAY_HOST)
-    return ca
-
-
-@pytest.fixture(scope="module")
-def dkim_pem() -> str:
-    return rs.generate_private_key_pem(2048)
-
-
-@pytest.fixture(scope="module")
-def dns(dkim_pem: str) -> dict[str, str]:
-    return {f"{rs.SELECTOR}._domainkey.{rs.DOMAIN}": rs.dkim_txt_value(dkim_pem)}
-
-
 @pytest.fixture(scope="module")
 def sink(net: rs.TestNetwork) -> Iterator[rs.Sink]:
     s = rs.Sink(net.v4_gateway, 2625)
@@ -129,14 +95,8 @@ def relay_running(
         port_587=rs.free_port(),
         port_465=rs.free_port(),
     )
-    rs.docker("volume", "rm", "-f", spec.volume, check=False)
-    try:
-        rs.start_relay(spec, workdir)
-        rs.wait_healthy(name)
+    with rs.running(spec, workdir):
         yield spec
-    finally:
-        rs.docker("rm", "-f", name, check=False)
-        rs.docker("volume", "rm", "-f", spec.volume, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -145,13 +105,6 @@ def relay(
 ) -> Iterator[rs.RelaySpec]:
     with relay_running("dkimrelay-hard-main", net, ca, dkim_pem, workdir, octet=10) as spec:
         yield spec
-
-
-@pytest.fixture
-def ctx(ca: rs.CertbotDir) -> ssl.SSLContext:
-    c = ca.client_context()
-    c.check_hostname = False  # we connect by address; the chain is still verified
-    return c
 
 
 # ------------------------------------------------------------------------ helpers

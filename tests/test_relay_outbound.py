@@ -42,6 +42,8 @@ pytestmark = pytest.mark.timeout(900)
 IMAGE = "dkim-relay:outbound"
 NET_V4 = "172.31.247.0/24"
 NET_V6 = "fd00:d6b1:b0::/64"
+NET_NAME = "dkimrelay-out"
+CERT_NAMES = (rs.RELAY_HOST, "smarthost.test")
 PASSWORDS = {"alice": "alice-outbound-pw"}
 USERS = (postfix.SmtpUser("alice"),)
 SENDER = f"alice@{rs.DOMAIN}"
@@ -148,49 +150,6 @@ class Server:
 
 
 # ------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def image() -> str:
-    rs.build_image(IMAGE)
-    return IMAGE
-
-
-@pytest.fixture(scope="module")
-def net(image: str) -> Iterator[rs.TestNetwork]:
-    n = rs.TestNetwork.create("dkimrelay-out", NET_V4, NET_V6)
-    yield n
-    n.remove()
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("relay-outbound")
-
-
-@pytest.fixture(scope="module")
-def ca(workdir: Path) -> rs.CertbotDir:
-    ca = rs.CertbotDir(workdir / "letsencrypt")
-    ca.issue(rs.RELAY_HOST)
-    ca.issue("smarthost.test")
-    return ca
-
-
-@pytest.fixture(scope="module")
-def dkim_pem() -> str:
-    return rs.generate_private_key_pem(2048)
-
-
-@pytest.fixture(scope="module")
-def dns(dkim_pem: str) -> dict[str, str]:
-    return {f"{rs.SELECTOR}._domainkey.{rs.DOMAIN}": rs.dkim_txt_value(dkim_pem)}
-
-
-@pytest.fixture
-def ctx(ca: rs.CertbotDir) -> ssl.SSLContext:
-    c = ca.client_context()
-    c.check_hostname = False
-    return c
-
-
 @contextlib.contextmanager
 def relay_running(
     name: str,
@@ -227,15 +186,8 @@ def relay_running(
         port_587=rs.free_port(),
         nexthop_password=nexthop_password,
     )
-    rs.docker("rm", "-f", name, check=False)
-    rs.docker("volume", "rm", "-f", spec.volume, check=False)
-    try:
-        rs.start_relay(spec, workdir)
-        rs.wait_healthy(name)
+    with rs.running(spec, workdir):
         yield spec
-    finally:
-        rs.docker("rm", "-f", name, check=False)
-        rs.docker("volume", "rm", "-f", spec.volume, check=False)
 
 
 def send(relay: rs.RelaySpec, ctx: ssl.SSLContext, rcpt: str) -> str:
