@@ -288,6 +288,7 @@ class RelayConfig(BaseModel):
     )
     smtp_port: Port = Field(DEFAULT_SMTP_PORT, examples=[DEFAULT_SMTP_PORT])
     submissions465: StrictBool = Field(False, examples=[True])
+    submissions_port: Port = Field(465, examples=[465])
     relay_nexthop: (
         Annotated[
             str,
@@ -463,6 +464,16 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                 )
             )
     problems += _smarthost_checks(raw, secrets_set)
+    if raw.get("submissions465") is True and raw.get("submissionsPort", 465) == raw.get(
+        "smtpPort", DEFAULT_SMTP_PORT
+    ):
+        problems.append(
+            (
+                "submissionsPort",
+                "is the same host port as smtpPort; 587 and 465 need a port each. Fix: "
+                "pulumi config set submissionsPort 465",
+            )
+        )
     if raw.get("deployTarget", "vps") == "vps":
         if not raw.get("acmeEmail"):
             problems.append(
@@ -470,6 +481,16 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                     "acmeEmail",
                     "is needed to request the relay's Let's Encrypt certificate (expiry "
                     "notices go there). Fix: pulumi config set acmeEmail you@example.com",
+                )
+            )
+        if not raw.get("sshHostKey"):
+            problems.append(
+                (
+                    "sshHostKey",
+                    "is needed to pin the VPS's SSH host key (the stack reaches its Docker "
+                    "engine and runs its steps over SSH, and never trusts an unknown key). "
+                    "On the VPS: cat /etc/ssh/ssh_host_ed25519_key.pub. Fix: pulumi config "
+                    "set sshHostKey 'ssh-ed25519 AAAA...'",
                 )
             )
         if "sshPrivateKey" not in secrets_set:

@@ -31,6 +31,7 @@ BIN = CACHE / "bin"
 # Resources that each plugin's smoke program registers (type tokens).
 EXPECTED_TYPES = {
     "command": "command:local:Command",
+    "docker": "docker:index/network:Network",
     "cloudflare": "cloudflare:index/dnsRecord:DnsRecord",
 }
 # Plugins that cannot be built on this machine (docs/toolchain.md says why, with the
@@ -48,6 +49,13 @@ which = os.environ["SMOKE_PLUGINS"].split(",")
 if "command" in which:
     import pulumi_command as command
     command.local.Command("hello", create="echo hello")
+
+if "docker" in which:
+    import pulumi_docker as docker
+    # The provider connects to the Docker engine when it is configured, even for a
+    # preview, so this one talks to the local engine (over its unix socket, which the
+    # unplugged network leaves reachable); a preview creates nothing.
+    docker.Network("net", name="toolchain-smoke", ipv6=True)
 
 if "cloudflare" in which:
     import pulumi_cloudflare as cloudflare
@@ -89,7 +97,7 @@ PLUGINS = sorted(set(WANTED) - set(BLOCKED))
 
 
 def test_requirements_name_resource_plugins() -> None:
-    assert "command" in WANTED, WANTED
+    assert {"command", "docker"} <= set(WANTED), WANTED
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +193,17 @@ def test_preview_with_the_real_plugin(
     engine_env: dict[str, str], tmp_path: pathlib.Path, name: str
 ) -> None:
     assert name in EXPECTED_TYPES, f"no smoke program for plugin {name}: add one"
+    if name == "docker":
+        engine = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert engine.returncode == 0, (
+            "the docker plugin's preview needs a running Docker engine (scripts/test.sh "
+            f"starts one): {engine.stderr.strip()}"
+        )
     write_project(tmp_path)
     (tmp_path / "__main__.py").write_text(SMOKE_PROGRAM)
     env = dict(engine_env, SMOKE_PLUGINS=name)
@@ -362,6 +381,126 @@ def test_a_source_archive_with_another_checksum_is_not_unpacked(tmp_path: pathli
     assert not (cache / "src" / "language-python-v3.259.0" / "pulumi-language-python").exists()
 
 
+SCRIPT = TOOLCHAIN.read_text()
+PINNED = re.findall(r"\[([a-z0-9.-]+\.tar\.gz)\]=", SCRIPT)
+DOCKER_ARCHIVES = ["pulumi-docker-v5.1.0.tar.gz", "terraform-provider-docker-v4.5.0.tar.gz"]
+SOURCE_ARCHIVES = pathlib.Path(
+    os.environ.get("DKIM_RELAY_SOURCE_ARCHIVES", REPO.parent / "shared" / "toolchain-src")
+)
+
+
+def script_value(name: str) -> str:
+    m = re.search(rf"^{name}=\$?\{{?(?:[A-Z_]+:-)?v?([0-9.]+)", SCRIPT, re.M)
+    assert m, name
+    return m.group(1)
+
+
+def built_cache(cache: pathlib.Path, tmp_path: pathlib.Path, plugins: dict[str, str]) -> None:
+    """A cache where the CLI, the language host and PLUGINS (name: version) are "already
+    built": stand-in binaries with the stamps the script checks, plugins registered."""
+    bin_ = cache / "bin"
+    bin_.mkdir(parents=True)
+    (cache / "stamps").mkdir()
+    cli = stand_in_cli(tmp_path / "built", script_value("PULUMI_CLI_VERSION"))
+    (bin_ / "pulumi").symlink_to(cli)
+    (cache / "stamps" / "cli").write_text(f"v{script_value('PULUMI_CLI_VERSION')}\n")
+    for exe in (
+        "pulumi-language-python",
+        "pulumi-language-python-exec",
+        "pulumi-resource-pulumi-python",
+    ):
+        (bin_ / exe).symlink_to(cli)
+    (cache / "stamps" / "langhost").write_text(
+        f"v{script_value('LANGHOST_TAG')}+pkg{script_value('PULUMI_CLI_VERSION')};"
+        f"exec{SDK_VERSION}\n"
+    )
+    for name, version in plugins.items():
+        (bin_ / f"pulumi-resource-{name}-v{version}").symlink_to(cli)
+        (cache / "stamps" / f"plugin-{name}").write_text(f"{version}\n")
+        home = cache / "pulumi-home" / "plugins" / f"resource-{name}-v{version}"
+        home.mkdir(parents=True)
+        (home / f"pulumi-resource-{name}").symlink_to(cli)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("tampered", DOCKER_ARCHIVES)
+def test_a_docker_archive_with_another_checksum_is_not_unpacked(
+    tmp_path: pathlib.Path, tampered: str
+) -> None:
+    """Both docker archives are checked before either is unpacked: with the genuine
+    pulumi-docker archive beside a tampered Terraform provider, neither is unpacked."""
+    assert set(DOCKER_ARCHIVES) <= set(PINNED), PINNED
+    cache, archives = tmp_path / "cache", tmp_path / "archives"
+    built_cache(cache, tmp_path, {"command": WANTED["command"]})
+    archives.mkdir()
+    for name in DOCKER_ARCHIVES:
+        if name == tampered:
+            (archives / name).write_bytes(b"not the archive")
+        elif (SOURCE_ARCHIVES / name).is_file():
+            (archives / name).symlink_to(SOURCE_ARCHIVES / name)
+        else:
+            pytest.skip(f"the genuine {name} is not in {SOURCE_ARCHIVES}")
+    out = toolchain(
+        cache,
+        [],
+        DKIM_RELAY_PULUMI="source",
+        DKIM_RELAY_SOURCE_ARCHIVES=str(archives),
+        GO="/bin/false",  # nothing may reach a build
+    )
+    assert out.returncode not in (0, 3)
+    assert f"{tampered} has sha256" in out.stderr and "not unpacking" in out.stderr, out.stderr
+    assert "pulumi-resource-docker v5.1.0: not built yet" in out.stderr, out.stderr
+    unpacked = cache / "src" / f"docker-{WANTED['docker']}"
+    assert not (unpacked / "pulumi-docker").exists()
+    assert not (unpacked / "terraform-provider-docker").exists()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("missing", DOCKER_ARCHIVES)
+def test_a_missing_docker_archive_is_named_before_the_cli_build(
+    tmp_path: pathlib.Path, missing: str
+) -> None:
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    for name in PINNED:
+        if name != missing:
+            (archives / name).write_bytes(b"present")  # only their presence is checked first
+    out = toolchain(
+        tmp_path / "cache",
+        [],
+        DKIM_RELAY_PULUMI="source",
+        DKIM_RELAY_SOURCE_ARCHIVES=str(archives),
+        GO="/bin/false",
+    )
+    assert out.returncode not in (0, 3)
+    assert "not found in" in out.stderr and f"{missing} (for the docker plugin)" in out.stderr
+    assert "building pulumi CLI" not in out.stderr
+    assert [n for n in PINNED if n in out.stderr] == [missing], out.stderr
+
+
+@pytest.mark.unit
+def test_archives_are_needed_only_for_parts_still_to_build(tmp_path: pathlib.Path) -> None:
+    cache = tmp_path / "cache"
+    built_cache(cache, tmp_path, {"command": WANTED["command"]})
+    none = str(tmp_path / "none")
+    out = toolchain(
+        cache, [], DKIM_RELAY_PULUMI="source", DKIM_RELAY_SOURCE_ARCHIVES=none, GO="/bin/false"
+    )
+    assert out.returncode not in (0, 3)
+    named = [n for n in PINNED if n in out.stderr]
+    assert sorted(named) == sorted(DOCKER_ARCHIVES), out.stderr
+    # Once the docker plugin is built too, no archive is needed: only cloudflare is left,
+    # which has no source build (3).
+    shutil.rmtree(cache)
+    built_cache(cache, tmp_path / "again", {n: WANTED[n] for n in ("command", "docker")})
+    out = toolchain(
+        cache, [], DKIM_RELAY_PULUMI="source", DKIM_RELAY_SOURCE_ARCHIVES=none, GO="/bin/false"
+    )
+    assert out.returncode == 3, out.stderr
+    assert "not found" not in out.stderr
+    assert re.search(r"plugin docker: +v5\.1\.0 \(cached\)", out.stderr), out.stderr
+
+
 DYNAMIC_PROGRAM = """\
 import pulumi
 import pulumi_command as command
@@ -386,10 +525,11 @@ pulumi.export("stdout", hello.stdout)
 
 
 def test_a_fresh_cache_builds_from_the_archives(tmp_path: pathlib.Path) -> None:
-    """A machine with no git snapshots and a cache of its own builds the language host and
-    the command plugin from the source archives, and the engine then runs a program with a
-    Python dynamic resource. Go's module and build caches are reused by hard links (Go only
-    adds entries), and so is the CLI with its stamp, so only what the archives give is built."""
+    """A machine with no git snapshots and a cache of its own builds the language host, the
+    command plugin and the docker plugin from the source archives, each the same binary as
+    the cached one, and the engine then runs a program with a Python dynamic resource. Go's
+    module and build caches are reused by hard links (Go only adds entries), and so is the
+    CLI with its stamp, so only what the archives give is built (and mostly linked)."""
     for part in ("bin/pulumi", "stamps/cli", "go/mod", "go/cache"):
         assert (CACHE / part).exists(), f"{CACHE / part} missing: run scripts/pulumi-toolchain.sh"
     fresh = tmp_path / "cache"
@@ -404,14 +544,17 @@ def test_a_fresh_cache_builds_from_the_archives(tmp_path: pathlib.Path) -> None:
     out = toolchain(fresh, [], DKIM_RELAY_PULUMI="source")
     assert out.returncode == 3, out.stderr  # 3: cloudflare, which has no source build
     assert re.search(r"language host: +v3\.259\.0\S* \(built\)", out.stderr), out.stderr
-    assert re.search(r"plugin command: +v1\.2\.1 \(built and registered\)", out.stderr)
-    built = fresh / "bin" / "pulumi-resource-command-v1.2.1"
-    reference = CACHE / "bin" / "pulumi-resource-command-v1.2.1"
-    digest = [
-        subprocess.check_output(["sha256sum", str(p)], text=True).split()[0]
-        for p in (built, reference)
-    ]
-    assert digest[0] == digest[1], "the archive build differs from the cached one"
+    for name, version in (("command", "1.2.1"), ("docker", "5.1.0")):
+        assert re.search(rf"plugin {name}: +v{version} \(built and registered\)", out.stderr)
+        built = fresh / "bin" / f"pulumi-resource-{name}-v{version}"
+        reference = CACHE / "bin" / f"pulumi-resource-{name}-v{version}"
+        digest = [
+            subprocess.check_output(["sha256sum", str(p)], text=True).split()[0]
+            for p in (built, reference)
+        ]
+        assert digest[0] == digest[1], f"the archive build of {name} differs from the cached one"
+        home = fresh / "pulumi-home" / "plugins" / f"resource-{name}-v{version}"
+        assert (home / f"pulumi-resource-{name}").is_file(), f"{name} is not registered"
 
     project = tmp_path / "project"
     project.mkdir()
