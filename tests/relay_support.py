@@ -1,8 +1,9 @@
 """Support for the relay's end-to-end tests: a real Docker engine, the real image
 started as SmtpRelay's docker resources start it (the production secrets step, then the
-container's addresses, ports, mounts and config files from pure/relay_container.py), a throwaway CA laid out like /etc/letsencrypt (live/ symlinks
-into archive/), and an aiosmtpd sink bound on the test network's gateway (reachable
-from the container, never from outside).
+container's addresses, ports, mounts and config files from pure/relay_container.py), a
+throwaway CA laid out like /etc/letsencrypt (live/ symlinks into archive/), and an aiosmtpd
+sink bound on the test network's gateway (reachable from the container, never from
+outside).
 
 Traffic only goes to loopback and the docker bridge this module creates.
 """
