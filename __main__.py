@@ -11,7 +11,7 @@ import pulumi
 from components.credentials import SmtpCredentials, SmtpCredentialsArgs
 from components.dkim import DkimKey, DkimKeyArgs
 from components.dns import MailDns, MailDnsArgs
-from components.host import RelayHost, RelayHostArgs
+from components.host import RelayHost, RelayHostArgs, agent_problem
 from components.relay import LocalEngine, RemoteEngine, SmtpRelay, SmtpRelayArgs, SmtpUserSpec
 from components.sink import LocalSink, LocalSinkArgs
 from pure import postfix
@@ -204,6 +204,13 @@ def deploy_relay(
     if cfg.deploy_target == "local":
         return deploy_local(cfg, common, secret_files), None
 
+    def check_agent(key: str) -> str:
+        problem = agent_problem(key)
+        if problem:
+            raise pulumi.RunError(problem)
+        return "ok"
+
+    config.require_secret("sshPrivateKey").apply(check_agent)
     host = RelayHost(
         "relay-host",
         RelayHostArgs(

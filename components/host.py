@@ -171,6 +171,45 @@ def run_over_ssh(
         )
 
 
+def public_key_line(private_key: str) -> str | None:
+    """``<type> <base64>`` of an OpenSSH or PEM private key, or None if it cannot be read."""
+    from cryptography.hazmat.primitives import serialization
+
+    data = private_key.encode()
+    for load in (serialization.load_ssh_private_key, serialization.load_pem_private_key):
+        try:
+            key = load(data, password=None)
+        except (ValueError, TypeError):
+            continue
+        line = key.public_key().public_bytes(  # type: ignore[union-attr]
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        return " ".join(line.decode().split()[:2])
+    return None
+
+
+def agent_problem(private_key: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Why the Docker provider's ``ssh`` could not log in with ``sshPrivateKey``: it takes
+    the key from the user's ssh-agent (no key file, no key on a command line). None: fine."""
+    env = dict(os.environ if env is None else env)
+    fix = (
+        "the Docker provider reaches the VPS with ssh and takes the key of sshPrivateKey "
+        "from your ssh-agent. Fix: eval \"$(ssh-agent -s)\" && pulumi config get "
+        "sshPrivateKey | ssh-add -"
+    )
+    if not env.get("SSH_AUTH_SOCK"):
+        return f"no ssh-agent (SSH_AUTH_SOCK is not set): {fix}"
+    want = public_key_line(private_key)
+    if want is None or shutil.which("ssh-add") is None:
+        return None  # the preflight check names a key it cannot read
+    listed = subprocess.run(
+        ["ssh-add", "-L"], capture_output=True, text=True, env=env, timeout=20, check=False
+    )
+    if want not in listed.stdout:
+        return f"the ssh-agent at SSH_AUTH_SOCK does not hold the key of sshPrivateKey: {fix}"
+    return None
+
+
 def preflight_check(target: SshTarget, private_key: str, timeout: float = 10) -> str:
     """Connects once and raises HostPreflightError naming the config key at fault.
 

@@ -84,8 +84,8 @@ class LocalEngine:
         return Target()
 
     @property
-    def ssh_opts(self) -> list[str]:
-        return []
+    def ssh_opts(self) -> pulumi.Output[list[str]]:
+        return pulumi.Output.from_input([])
 
 
 @dataclass
@@ -94,8 +94,9 @@ class RemoteEngine:
     ``host_key``; the few host steps run over ``connection`` (as root, or via ``sudo -n``)."""
 
     connection: remote.ConnectionArgs
-    docker_host: str
-    host_key: str
+    docker_host: pulumi.Input[str]
+    # One OpenSSH public key line; may be another resource's output.
+    host_key: pulumi.Input[str]
     sudo: bool = False
     work_dir: str = "/var/lib/dkim-relay"
 
@@ -104,8 +105,8 @@ class RemoteEngine:
         return Target(self.connection, self.sudo)
 
     @property
-    def ssh_opts(self) -> list[str]:
-        return rc.ssh_opts(self.host_key)
+    def ssh_opts(self) -> pulumi.Output[list[str]]:
+        return pulumi.Output.from_input(self.host_key).apply(rc.ssh_opts)
 
 
 Engine = LocalEngine | RemoteEngine
