@@ -349,8 +349,8 @@ class SmtpRelay(pulumi.ComponentResource):
             wait=True,
             wait_timeout=args.health_timeout,
             destroy_grace_seconds=30,
-            log_driver="json-file",
-            log_opts={"max-size": "10m", "max-file": "3"},
+            log_driver=rc.LOG_DRIVER,
+            log_opts=rc.LOG_OPTS,
             envs=spec.env(),
             labels=[docker.ContainerLabelArgs(label=SECRETS_GENERATION_LABEL, value=marker)],
             networks_advanced=[

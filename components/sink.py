@@ -68,8 +68,8 @@ class LocalSink(pulumi.ComponentResource):
             must_run=True,
             wait=True,
             wait_timeout=60,
-            log_driver="json-file",
-            log_opts={"max-size": "10m", "max-file": "3"},
+            log_driver=rc.LOG_DRIVER,
+            log_opts=rc.LOG_OPTS,
             networks_advanced=[
                 docker.ContainerNetworksAdvancedArgs(
                     name=args.network_id, ipv4_address=args.ipv4_address

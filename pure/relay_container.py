@@ -30,6 +30,9 @@ SINK_MAIL_MOUNT = "/mail"
 RELAY_HOST_NUMBER = 10
 SINK_HOST_NUMBER = 25
 LOCAL_DOCKER_HOST = "unix:///var/run/docker.sock"
+# The container log, rotated (Postfix logs every session).
+LOG_DRIVER = "json-file"
+LOG_OPTS = {"max-size": "10m", "max-file": "3"}
 
 # The ssh client's algorithms for each host key type (an RSA key signs with SHA-2).
 HOSTKEY_ALGORITHMS = {

@@ -11,6 +11,7 @@ Traffic only goes to loopback and the docker bridge this module creates.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import email.utils
 import io
@@ -273,8 +274,8 @@ class RelaySpec:
     cert_poll_seconds: int = 0
     publish_v4: str = "127.0.0.1"
     publish_v6: str = "::1"
-    # Addresses on the test network (default: the relay's fixed ones, pure/relay_container);
-    # tests running several relays on one network give each its own.
+    # Addresses on the test network; default: Docker picks them (several relays share one
+    # test network, so the production's fixed host number would collide).
     ip4: str | None = None
     ip6: str | None = None
 
@@ -321,7 +322,10 @@ def start_relay(spec: RelaySpec, tmp: Path) -> str:
     c = spec.container()
     args = ["create", "--name", spec.name, "--hostname", spec.settings.relay_host]
     args += ["--restart", "unless-stopped", "--network", spec.network.name]
-    args += ["--ip", spec.ip4 or c.ipv4_address, "--ip6", spec.ip6 or c.ipv6_address]
+    args += ["--log-driver", rc.LOG_DRIVER]
+    args += [a for k, v in rc.LOG_OPTS.items() for a in ("--log-opt", f"{k}={v}")]
+    args += ["--ip", spec.ip4] if spec.ip4 else []
+    args += ["--ip6", spec.ip6] if spec.ip6 else []
     for p in c.ports():
         ip = f"[{p.ip}]" if ":" in p.ip else p.ip
         args += ["-p", f"{ip}:{p.external}:{p.internal}"]
@@ -331,7 +335,9 @@ def start_relay(spec: RelaySpec, tmp: Path) -> str:
     for e in c.env():
         args += ["-e", e]
     docker(*args, spec.image)
-    uploads = c.uploads(postfix.render_config(spec.settings))
+    # As SmtpRelay does: IPv6 listeners wherever the host's IPv6 address is published.
+    settings = dataclasses.replace(spec.settings, ipv6_listeners=spec.publish_v6 is not None)
+    uploads = c.uploads(postfix.render_config(settings))
     run("docker", "cp", "-", f"{spec.name}:/", input=_tar_of(uploads))
     docker("start", spec.name)
     return spec.name
