@@ -45,6 +45,8 @@ TIERS = {
     "test_relay_pulumi": "engine",
     "test_relay_remote": "engine",
     "test_toolchain": "engine",
+    "test_upgrade_local": "engine",
+    "test_upgrade_vps": "engine",
 }
 MARKERS = ("unit", "e2e", "engine")
 
