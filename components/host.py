@@ -194,7 +194,7 @@ def agent_problem(private_key: str, env: Mapping[str, str] | None = None) -> str
     env = dict(os.environ if env is None else env)
     fix = (
         "the Docker provider reaches the VPS with ssh and takes the key of sshPrivateKey "
-        "from your ssh-agent. Fix: eval \"$(ssh-agent -s)\" && pulumi config get "
+        'from your ssh-agent. Fix: eval "$(ssh-agent -s)" && pulumi config get '
         "sshPrivateKey | ssh-add -"
     )
     if not env.get("SSH_AUTH_SOCK"):
@@ -476,7 +476,11 @@ def step_scripts(args: RelayHostArgs) -> dict[str, StepScripts]:
             hs.render_firewall(args.ssh_port, args.submissions465, args.extra_ports),
             hs.render_firewall_delete(),
         ),
-        "docker": StepScripts(hs.render_docker(args.docker_ipv6_cidr, args.docker_restart_command)),
+        "docker": StepScripts(
+            hs.render_docker(
+                args.docker_ipv6_cidr, args.docker_restart_command, ssh_user=args.ssh_user
+            )
+        ),
         "certificate": StepScripts(
             hs.render_certificate(
                 args.relay_host,

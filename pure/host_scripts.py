@@ -98,8 +98,11 @@ def render_docker(
     ipv6_cidr: str = DEFAULT_DOCKER_IPV6_CIDR,
     restart_command: str = DEFAULT_DOCKER_RESTART,
     daemon_json: str = "/etc/docker/daemon.json",
+    ssh_user: str = "root",
 ) -> str:
-    """Install Docker if missing; merge IPv6 settings into daemon.json.
+    """Install Docker if missing; merge IPv6 settings into daemon.json; put a non-root
+    ``ssh_user`` in the ``docker`` group (the Docker provider's ``ssh://`` runs
+    ``docker system dial-stdio`` as that user).
 
     Keys set: ``ipv6: true``, ``fixed-cidr-v6`` (kept if already present),
     ``ip6tables: true`` and, for engines older than 27, ``experimental: true``.
@@ -108,12 +111,15 @@ def render_docker(
     """
     if "/" not in ipv6_cidr or ":" not in ipv6_cidr:
         raise ValueError(f"ipv6_cidr: {ipv6_cidr!r} is not an IPv6 prefix")
+    if not ssh_user:
+        raise ValueError("sshUser is empty")
     return _step(
         "docker",
         {
             "DAEMON_JSON": daemon_json,
             "IPV6_CIDR": ipv6_cidr,
             "RESTART_COMMAND": restart_command,
+            "SSH_USER": ssh_user,
             "MERGE_DAEMON_JSON_PY": shell.read("host/merge_daemon_json.py"),
         },
     )

@@ -2,9 +2,11 @@
 
 A fresh local VPS (tests/vps_support.py), a tiny program that builds only the
 RelayHost component, and the toolchain from scripts/pulumi-toolchain.sh:
-``pulumi up`` twice (the second changes nothing but the port 25 probe, which runs
-each time), outbound port 25 open and then blocked by the VPS's own firewall (a
-warning, not a failure), host-key pinning done by the
+``pulumi up`` twice (the second changes nothing and ``pulumi preview
+--expect-no-changes`` passes with no ``--exclude``: the outbound port 25 check is no
+resource, it runs from the program on each ``up`` and still reports ``outbound_smtp``),
+outbound port 25 open and then blocked by the VPS's own firewall (a warning, not a
+failure, and still no change to preview), host-key pinning done by the
 provider itself, secrets absent from the state and the logs, ``pulumi destroy``
 removing the firewall rules it added (not SSH) and the key files, keeping the
 certificate.
@@ -154,7 +156,13 @@ def test_up_prepares_the_host(deployed: Stack, vps: LocalVps) -> None:
 
 
 def changed(stack: Stack) -> set[tuple[str, str]]:
-    return {(s["op"], s["urn"].split("::")[-1]) for s in stack.preview_steps() if s["op"] != "same"}
+    """(op, name) of each step a preview plans, but the refresh every preview starts with
+    (Pulumi.yaml: ``refresh: always``)."""
+    return {
+        (s["op"], s["urn"].split("::")[-1])
+        for s in stack.preview_steps()
+        if s["op"] not in ("same", "refresh")
+    }
 
 
 def test_state_keeps_secrets_encrypted(deployed: Stack) -> None:
@@ -170,16 +178,31 @@ def test_state_keeps_secrets_encrypted(deployed: Stack) -> None:
     assert secrets_cmd and "ciphertext" in json.dumps(secrets_cmd[0]["inputs"]["stdin"])
 
 
-def test_second_up_changes_only_the_port25_probe(deployed: Stack, listener: Port25Listener) -> None:
-    assert {name for _, name in changed(deployed)} == {"vps-port25"}, changed(deployed)
-    # A drift check leaves the probe out and expects nothing else to change.
-    res = deployed.run("preview", "--expect-no-changes", "--exclude", "**::vps-port25")
+def test_second_up_changes_nothing(deployed: Stack, listener: Port25Listener) -> None:
+    assert changed(deployed) == set()
+    # The drift check users copy from Pulumi's docs: no --exclude needed.
+    res = deployed.run("preview", "--expect-no-changes")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+    assert "port25" not in res.stdout, res.stdout[-3000:]
     before = len(listener.peers)
     res = deployed.run("up", "--yes", "--skip-preview")
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-    assert "1 replaced" in res.stdout and "is blocked" not in res.stdout, res.stdout[-3000:]
+    out = res.stdout
+    summary = out.split("Resources:", 1)[1].split("Duration:", 1)[0].split()
+    assert summary[1:] == ["unchanged"], out[-3000:]
+    assert "is blocked" not in out, out[-3000:]
+    # The probe is no resource, and still ran from the program (IPv4 and IPv6).
     assert len(listener.peers) == before + 2, "the probe ran again (IPv4 and IPv6)"
+    assert not [r for r in resources(deployed) if "port25" in r], "the probe is no resource"
+    smtp = json.loads(deployed.run("stack", "output", "--json").stdout)["outbound_smtp"]
+    assert {f: r["status"] for f, r in smtp.items()} == {"ipv4": "open", "ipv6": "open"}, smtp
+    res = deployed.run("preview", "--expect-no-changes")
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
+
+
+def resources(stack: Stack) -> list[str]:
+    state = json.loads(stack.ok("stack", "export"))
+    return [r["urn"] for r in state["deployment"]["resources"]]
 
 
 def test_blocked_port_25_is_a_warning_not_a_failure(
@@ -202,6 +225,9 @@ def test_blocked_port_25_is_a_warning_not_a_failure(
     smtp = json.loads(deployed.run("stack", "output", "--json").stdout)["outbound_smtp"]
     assert smtp["ipv4"]["status"] == "blocked" and smtp["ipv6"]["status"] == "blocked", smtp
     assert smtp["ipv4"]["detail"] == "no answer within 5 s" and smtp["ipv6"]["detail"] == "refused"
+    # The result lives in an output only: nothing to preview, blocked or not.
+    pre = deployed.run("preview", "--expect-no-changes")
+    assert pre.returncode == 0, pre.stdout[-4000:] + pre.stderr[-2000:]
     # Open again: the next up says so.
     res = deployed.run("up", "--yes", "--skip-preview")
     assert res.returncode == 0 and "is blocked" not in res.stdout, res.stdout[-3000:]

@@ -322,6 +322,8 @@ def test_docker_step_parameters() -> None:
     assert got["DAEMON_JSON"] == "/etc/docker/daemon.json"
     assert got["IPV6_CIDR"] == hs.DEFAULT_DOCKER_IPV6_CIDR
     assert got["MERGE_DAEMON_JSON_PY"] == MERGE
+    assert got["SSH_USER"] == "root"
+    assert assigned(hs.render_docker(ssh_user="deploy"))["SSH_USER"] == "deploy"
     s = hs.render_docker()
     block = s.split('if [[ "${merged}" == changed ]]; then', 1)[1].split("else", 1)[0]
     assert 'bash -c "${RESTART_COMMAND}"' in block

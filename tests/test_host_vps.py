@@ -367,12 +367,34 @@ def test_non_root_ssh_user_runs_the_steps_through_sudo(vps: LocalVps, first_run:
     )
     target = SshTarget(vps.ip4, SSH_PORT, "deploy", vps.host_key)
     assert preflight_check(target, vps.private_key).startswith("Linux")
-    for name, step in host_steps(relay_args(vps, ssh_user="deploy")).items():
+
+    def groups() -> list[str]:
+        return vps.ssh("id -nG deploy").stdout.split()
+
+    assert "docker" not in groups()
+    steps = host_steps(relay_args(vps, ssh_user="deploy"))
+    for name, step in steps.items():
         assert step.create.startswith("sudo -n bash -c "), name
         stdin = hs.secrets_stdin(SECRET_FILES) if step.stdin_secrets else None
         res = run_over_ssh(target, vps.private_key, step.create, stdin=stdin)
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
-        assert f"dkim-relay[{name}]: no change" in res.stdout, res.stdout[-2000:]
+        if name == "docker":
+            # The Docker provider's ssh:// runs `docker system dial-stdio` as sshUser.
+            assert "added deploy to the docker group" in res.stdout, res.stdout[-2000:]
+            assert "dkim-relay[docker]: done (changed)" in res.stdout, res.stdout[-2000:]
+        else:
+            assert f"dkim-relay[{name}]: no change" in res.stdout, res.stdout[-2000:]
+    assert "docker" in groups()
+    # A new login of deploy has the group (as the provider's next ssh connection will).
+    assert "docker" in run_over_ssh(target, vps.private_key, "id -nG").stdout.split()
+    again = run_over_ssh(target, vps.private_key, steps["docker"].create)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "deploy is in the docker group" in again.stdout, again.stdout[-2000:]
+    assert "dkim-relay[docker]: no change" in again.stdout, again.stdout[-2000:]
+    assert groups().count("docker") == 1
+    # root is never touched.
+    root_docker = run_step(vps, host_steps(relay_args(vps))["docker"])
+    assert "docker group" not in root_docker and "no change" in root_docker, root_docker
 
 
 def test_submissions_465_on_then_off(vps: LocalVps, first_run: object) -> None:

@@ -33,6 +33,14 @@ machine's engine and copied in with ``docker save | docker load``
 Teardown stops the daemon (its containers with it), unmounts nothing on the
 machine (every mount lives in the namespace, which goes away with the VPS) and
 deletes the data root.
+
+For whole-stack runs of the repo's project against that VPS (tests/test_engine_vps.py,
+tests/test_upgrade_vps.py, bench/fresh_vps.py): :func:`preload_relay_image` (the image
+the stack builds, made on the machine and loaded, so the build on the VPS takes every
+step from it), :func:`vps_stack_config`, :class:`PulumiRun` (every command's output kept,
+to look for secrets in), :func:`submit`/:func:`wait_signed` (a message through the
+relay, its copy in the sink checked by dkimpy) and :class:`GreetingProbe` (the relay's
+220 greeting every 0.1 s: the longest gap is the downtime).
 """
 
 from __future__ import annotations
@@ -40,16 +48,30 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import smtplib
+import socket
+import ssl
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import dkim
+
+from components.relay import read_tree
 from pure import host_scripts as hs
+from pure import relay_container as rc
 from pure.shell import command_line
-from tests.vps_support import LocalVps
+from tests.common import docker
+from tests.engine_support import Stack
+from tests.relay_support import Sink, dnsfunc_for, ensure_engine, make_message
+from tests.vps_support import PROBE_HOST, RELAY_HOST, SSH_PORT, LocalVps, nxdomain_dns
 
 SOCKET = "/run/docker.sock"
 EXEC_ROOT = "/run/docker"
@@ -156,8 +178,21 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
 
 
 @contextmanager
-def vps_docker(vps: LocalVps, start_timeout: float = 60) -> Iterator[VpsDocker]:
-    """A dockerd in ``vps``'s namespaces; stopped and its data removed afterwards."""
+def vps_docker(
+    vps: LocalVps, start_timeout: float = 60, fast_dns: bool = False
+) -> Iterator[VpsDocker]:
+    """A dockerd in ``vps``'s namespaces; stopped and its data removed afterwards.
+    ``fast_dns``: the VPS resolves through :func:`tests.vps_support.nxdomain_dns` (every
+    name unknown, at once), so the relay greets a client without waiting out a reverse
+    lookup nobody answers."""
+    with ExitStack() as stack:
+        if fast_dns:
+            stack.enter_context(nxdomain_dns(vps))
+        yield stack.enter_context(_vps_docker(vps, start_timeout))
+
+
+@contextmanager
+def _vps_docker(vps: LocalVps, start_timeout: float) -> Iterator[VpsDocker]:
     for tool in ("dockerd", "docker", "nsenter", "containerd", "runc"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} missing: run scripts/docker-engine.sh")
@@ -237,3 +272,222 @@ def vps_docker(vps: LocalVps, start_timeout: float = 60) -> Iterator[VpsDocker]:
             os.unlink(log_path)
         except OSError:
             pass
+
+
+# --- whole-stack runs ------------------------------------------------------------------
+STACK_DOMAIN = "dkim-relay.test"
+
+
+def preload_relay_image(
+    d: VpsDocker, repo: str, context: Path = rc.RELAY_DIR, also: Sequence[str] = ()
+) -> tuple[str, str]:
+    """Builds ``context`` (``relay/``) on the machine's engine under the name SmtpRelay
+    gives it (``rc.image_name(repo, ...)``) and loads it and its base into the VPS (which
+    reaches no package mirror): the stack's build on the VPS then takes every step from it
+    (``cache_from``). ``also``: more names it gets in the VPS. Returns (name, ID in the
+    VPS). The machine keeps no tag of it afterwards (``repo`` is the caller's own name)."""
+    name = rc.image_name(repo, read_tree(context))
+    ensure_engine()
+    docker("build", "-q", "-t", name, str(context), timeout=900)
+    try:
+        d.load_image("debian:bookworm-slim")
+        image_id = d.load_image(name)
+    finally:
+        subprocess.run(["docker", "image", "rm", name], capture_output=True, timeout=120)
+    for other in also:
+        d.docker("tag", name, other)
+    return name, image_id
+
+
+def vps_stack_config(vps: LocalVps, sink: Sink, container: str, **over: Any) -> dict[str, Any]:
+    """The repo's project on the namespace VPS: ``dnsProvider: manual``, pebble as Let's
+    Encrypt, the sink as ``relayNexthop``, the port 25 probe toward the machine side of
+    the veth, the host key pinned."""
+    cfg: dict[str, Any] = {
+        "deployTarget": "vps",
+        "dnsProvider": "manual",
+        "domain": STACK_DOMAIN,
+        "relayHost": RELAY_HOST,
+        "vpsIpv4": vps.ip4,
+        "vpsIpv6": vps.ip6,
+        "sshHost": vps.ip4,
+        "sshPort": SSH_PORT,
+        "sshHostKey": vps.host_key,
+        "acmeEmail": f"postmaster@{STACK_DOMAIN}",
+        "acmeServer": vps.acme_server,
+        "acmeCaBundle": vps.acme_ca_bundle,
+        "relayNexthop": f"[{vps.host_ip4}]:{sink.port}",
+        "relayContainerName": container,
+        "dkimSelector": "one",
+        "port25Probe": PROBE_HOST,
+    }
+    cfg.update(over)
+    return cfg
+
+
+class PulumiRun:
+    """A stack's pulumi commands, each output kept (to look for secrets in afterwards)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.texts: list[tuple[str, str]] = []
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        t = time.monotonic()
+        res = self.stack.run(*args)
+        print(f"pulumi {' '.join(args)}: rc={res.returncode} in {time.monotonic() - t:.1f}s")
+        self.texts.append((" ".join(args), res.stdout + res.stderr))
+        return res
+
+    def ok(self, *args: str) -> str:
+        res = self.run(*args)
+        assert res.returncode == 0, (
+            f"pulumi {' '.join(args)} failed:\n{res.stdout[-8000:]}\n{res.stderr[-4000:]}"
+        )
+        return res.stdout
+
+    def outputs(self) -> dict[str, Any]:
+        return self.stack.outputs()
+
+
+def submit(outputs: dict[str, Any], vps: LocalVps, subject: str, password: str = "") -> None:
+    """One message through the relay (STARTTLS on the VPS's IPv4, AUTH with the stack's
+    own login), checked against pebble's root for ``relayHost``."""
+    ctx = ssl.create_default_context(cadata=vps.pebble_root_pem())
+    sender = outputs["smtpUsername"]
+    with smtplib.SMTP(
+        vps.ip4, int(outputs["smtpPort"]), local_hostname="client.test", timeout=30
+    ) as s:
+        s._host = outputs["smtpServer"]  # type: ignore[attr-defined]  # TLS name: relayHost
+        s.starttls(context=ctx)
+        s.login(sender, password or outputs["smtpPassword"])
+        s.sendmail(
+            sender, ["someone@example.net"], make_message(sender, "someone@example.net", subject)
+        )
+
+
+def signature_ok(data: bytes, outputs: dict[str, Any], dkim_value: str | None = None) -> str:
+    """Checks the copy's DKIM signature with dkimpy against ``dkimDnsValue`` (or
+    ``dkim_value``); returns the selector it was signed with."""
+    assert b"DKIM-Signature:" in data, data[:2000]
+    sig = data.split(b"DKIM-Signature:", 1)[1].split(b"\r\n\r\n", 1)[0]
+    flat = sig.replace(b" ", b"").replace(b"\r\n\t", b"").replace(b"\r\n", b"")
+    tags = dict(t.split(b"=", 1) for t in flat.split(b";") if b"=" in t)
+    assert tags.get(b"d") == outputs["domain"].encode(), sig
+    selector = tags[b"s"].decode()
+    value = dkim_value or outputs["dkimDnsValues"][selector]
+    records = {f"{selector}._domainkey.{outputs['domain']}": value}
+    assert dkim.verify(data, dnsfunc=dnsfunc_for(records)), "dkimpy rejects the signature"
+    return selector
+
+
+def wait_delivered(sink: Sink, subject: str, timeout: float = 90, logs: Any = None) -> bytes:
+    """The sink's copy of the message with ``subject``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = [m for m in sink.snapshot() if subject.encode() in m.data]
+        if got:
+            return got[0].data
+        time.sleep(0.3)
+    raise AssertionError(
+        f"the sink got no {subject!r} within {timeout:.0f} s"
+        + (f"; relay logs:\n{logs()}" if logs else "")
+    )
+
+
+def wait_deferred(d: VpsDocker, container: str, timeout: float = 60) -> str:
+    """The relay's queue once it holds a message it could not deliver (the sink down)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        queue = d.docker("exec", container, "postqueue", "-c", "/etc/postfix", "-p")
+        text = queue.stdout.decode(errors="replace")
+        if "someone@example.net" in text and "refused" in text:
+            return text
+        assert time.monotonic() < deadline, f"no deferred message in the queue:\n{text}"
+        time.sleep(1)
+
+
+def flush(d: VpsDocker, container: str) -> None:
+    """Postfix retries deferred mail after minutes; a test asks for it now."""
+    d.docker("exec", container, "postqueue", "-c", "/etc/postfix", "-f")
+
+
+def send_signed(outputs: dict[str, Any], vps: LocalVps, sink: Sink, container: str) -> bytes:
+    """A message through the relay, delivered to the sink and signed (dkimpy verifies)."""
+    subject = f"engine-vps {uuid.uuid4().hex}"
+
+    def logs() -> str:
+        return vps.ssh(f"docker logs --tail 60 {container} 2>&1", check=False).stdout
+
+    try:
+        submit(outputs, vps, subject)
+    except (OSError, smtplib.SMTPException) as e:
+        raise AssertionError(f"submission to the relay failed: {e!r}; logs:\n{logs()}") from e
+    data = wait_delivered(sink, subject, logs=logs)
+    assert signature_ok(data, outputs) == outputs["dkimSelector"]
+    return data
+
+
+@dataclass
+class GreetingProbe:
+    """Connects to ``host:port`` every ``interval`` s and reads the SMTP greeting; keeps
+    (time, greeted) per attempt. :meth:`longest_gap` is the downtime a client saw.
+
+    ``sources``: the client addresses, taken in turn (the relay allows a client 30
+    connections a minute; :meth:`LocalVps.client_addresses` gives enough of them)."""
+
+    host: str
+    port: int
+    sources: list[str] = field(default_factory=list)
+    interval: float = 0.1
+    attempts: list[tuple[float, bool]] = field(default_factory=list)
+    answers: dict[str, int] = field(default_factory=dict)  # first line's code -> count
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _greeted(self, n: int) -> bool:
+        source = (self.sources[n % len(self.sources)], 0) if self.sources else None
+        try:
+            with socket.create_connection(
+                (self.host, self.port), timeout=1, source_address=source
+            ) as s:
+                s.settimeout(1)
+                code = s.recv(4)[:3].decode(errors="replace") or "closed"
+        except OSError as e:
+            code = type(e).__name__
+        self.answers[code] = self.answers.get(code, 0) + 1
+        return code == "220"
+
+    def _loop(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            t = time.monotonic()
+            self.attempts.append((t, self._greeted(n)))
+            n += 1
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - t)))
+
+    def __enter__(self) -> GreetingProbe:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def longest_gap(self) -> float:
+        """The longest time between two greetings (from the first attempt when the first
+        ones failed, to the last attempt when the last ones failed)."""
+        if not self.attempts:
+            return 0.0
+        last_ok = self.attempts[0][0]
+        gap = 0.0
+        for t, ok in self.attempts:
+            if ok:
+                gap = max(gap, t - last_ok)
+                last_ok = t
+        return max(gap, self.attempts[-1][0] - last_ok)
+
+    def failures(self) -> int:
+        return sum(1 for _, ok in self.attempts if not ok)

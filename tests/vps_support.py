@@ -156,6 +156,17 @@ class LocalVps:
     host_ip6: str
     unused_ip4: str  # inside the VPS's /29, never assigned: an unreachable host
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    veth_host: str = ""  # the machine side of the veth
+
+    def client_addresses(self, count: int) -> list[str]:
+        """``count`` more IPv6 addresses of the machine side of the veth (in the VPS's
+        /64, gone with the veth): clients that each get their own share of the relay's
+        per-client limits (Postfix's anvil), e.g. a probe connecting ten times a second."""
+        prefix = self.host_ip6.rsplit("::", 1)[0]
+        out = [f"{prefix}::d:{i:x}" for i in range(1, count + 1)]
+        for addr in out:
+            _run("ip", "-6", "addr", "replace", f"{addr}/64", "dev", self.veth_host, "nodad")
+        return out
 
     @property
     def target(self) -> SshTarget:
@@ -371,6 +382,7 @@ exec /usr/sbin/sshd -D -e -f {cfg}
             host_ip6=host_ip6,
             unused_ip4=unused_ip4,
             procs=procs,
+            veth_host=veth_host,
         )
         vps.ssh("true")
         yield vps
@@ -447,6 +459,58 @@ def port25_listener(*addresses: str) -> Iterator[Port25Listener]:
             t.join(timeout=5)
         for s in socks:
             s.close()
+
+
+def _nxdomain(query: bytes) -> bytes | None:
+    """The NXDOMAIN answer to a DNS query (its id, flags and question echoed)."""
+    if len(query) < 12 or query[2] & 0x80:
+        return None
+    end = 12
+    while end < len(query) and query[end]:
+        end += 1 + query[end]
+    end += 5  # the root label, QTYPE, QCLASS
+    if end > len(query):
+        return None
+    flags = bytes([0x80 | (query[2] & 0x79), 0x80 | 3])  # QR, opcode, RD; RA, NXDOMAIN
+    return query[:2] + flags + b"\x00\x01\x00\x00\x00\x00\x00\x00" + query[12:end]
+
+
+@contextmanager
+def nxdomain_dns(vps: LocalVps) -> Iterator[str]:
+    """A DNS server on the machine side of the VPS's veth (``<host_ip4>:53``, UDP, that
+    address only) answering every query NXDOMAIN at once, made the VPS's resolver (its
+    own ``/etc/resolv.conf``; containers created afterwards use it through Docker's).
+
+    Without it the VPS's resolver is the machine's, which the namespace cannot reach:
+    each lookup waits out its timeouts, and Postfix greets a client only after the
+    reverse lookup of its address (10 s here). A VPS with working DNS answers at once.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((vps.host_ip4, 53))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                query, peer = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            answer = _nxdomain(query)
+            if answer is not None:
+                sock.sendto(answer, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        vps.ssh(f"rm -f /etc/resolv.conf && echo 'nameserver {vps.host_ip4}' >/etc/resolv.conf")
+        yield vps.host_ip4
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        sock.close()
 
 
 @contextmanager

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Host step "docker": installs Docker if missing and merges the IPv6 settings into
 # daemon.json (merge_daemon_json.py); RESTART_COMMAND runs only when the file changed.
-# Parameters: DAEMON_JSON, IPV6_CIDR, RESTART_COMMAND, MERGE_DAEMON_JSON_PY (the program).
+# A non-root SSH_USER joins the docker group: the Docker provider's ssh:// connection runs
+# `docker system dial-stdio` as that user.
+# Parameters: DAEMON_JSON, IPV6_CIDR, RESTART_COMMAND, SSH_USER, MERGE_DAEMON_JSON_PY (the
+# program).
 set -euo pipefail
 # shellcheck source=lib.sh
 declare -F finish >/dev/null || . "${BASH_SOURCE[0]%/*}/lib.sh"
@@ -24,5 +27,15 @@ fi
 if [[ -d /run/systemd/system ]] && ! systemctl is-active --quiet docker; then
   systemctl enable --now docker
   CHANGED=1
+fi
+if [[ "${SSH_USER}" != root ]]; then
+  getent group docker >/dev/null || groupadd --system docker
+  if id -nG "${SSH_USER}" | tr ' ' '\n' | grep -qx docker; then
+    log "${SSH_USER} is in the docker group"
+  else
+    usermod -aG docker "${SSH_USER}"
+    log "added ${SSH_USER} to the docker group"
+    CHANGED=1
+  fi
 fi
 finish
