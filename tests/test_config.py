@@ -19,6 +19,8 @@ from pure.config import (
     load_config,
 )
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 
 GOOD: dict[str, Any] = {

@@ -13,6 +13,8 @@ from components.dkim import (
     txt_content,
 )
 
+pytestmark = pytest.mark.unit
+
 MESSAGE = (
     b"From: Me <me@example.com>\r\n"
     b"To: you@example.net\r\n"

@@ -14,6 +14,8 @@ from components.dkim import join_txt
 from components.dns import build_records, zone_snippet
 from pure.config import load_config
 
+pytestmark = pytest.mark.unit
+
 BASE: dict[str, Any] = {
     "domain": "example.com",
     "vpsIpv4": "203.0.113.25",

@@ -21,7 +21,7 @@ from scripts.local_ca import issue
 from tests import engine_support
 from tests.engine_support import REPO, Engine, Stack, local_stack_config
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1200)]
 
 FAKE_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key\n-----END OPENSSH PRIVATE KEY-----\n"

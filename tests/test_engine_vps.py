@@ -57,7 +57,7 @@ from tests.vps_support import (
     port25_listener,
 )
 
-pytestmark = pytest.mark.timeout(1800)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1800)]
 
 DOMAIN = "dkim-relay.test"
 CONTAINER = f"dkr-vps-{uuid.uuid4().hex[:6]}"

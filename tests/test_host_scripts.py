@@ -18,6 +18,8 @@ import pytest
 from pure import host_scripts as hs
 from pure import shell
 
+pytestmark = pytest.mark.unit
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "preflight": hs.render_preflight,
     "docker": hs.render_docker,

@@ -13,6 +13,8 @@ import pytest
 from pure import postfix
 from pure.postfix import PostfixSettings, SmtpUser
 
+pytestmark = pytest.mark.unit
+
 
 def settings(**kw: object) -> PostfixSettings:
     base: dict[str, object] = {

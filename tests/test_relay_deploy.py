@@ -35,6 +35,8 @@ from pure import relay_deploy as rd
 from pure.relay_deploy import RELAY_DIR, SINK_DIR, read_tree
 from tests.common import docker, free_port, run_script
 
+pytestmark = pytest.mark.e2e
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
 import local_ca  # noqa: E402

@@ -30,6 +30,8 @@ from pure import relay_deploy as rd
 from pure.shell import command_line
 from tests.pulumi_harness import Mocks, Registered, strip_secrets, unwrap
 
+pytestmark = pytest.mark.unit
+
 DKIM_KEY = "-----BEGIN PRIVATE KEY-----\nZGtpbS1zZWNyZXQtbW9jaw==\n-----END PRIVATE KEY-----\n"
 PASSWORD = "smtp-secret-mock-1a2b3c"
 SSH_KEY = (

@@ -35,7 +35,7 @@ from tests.test_relay_deploy import (
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "scripts"))
 import local_ca  # noqa: E402
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1200)]
 
 PROGRAM = """\
 import ipaddress, json, os

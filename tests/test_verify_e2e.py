@@ -46,6 +46,8 @@ from tests.verify_support import (
 )
 from tools.verify.result import FAIL, PASS, WARN
 
+pytestmark = pytest.mark.e2e
+
 USER = "gmail"
 LOOPBACK = ("127.0.0.1", "::1")
 

@@ -42,7 +42,7 @@ from tests.verify_support import (
 
 DOMAIN = "good.test"
 RELAY = f"smtp.{DOMAIN}"
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 @dataclass

@@ -18,6 +18,8 @@ from tools.verify import outputs as vo
 from tools.verify import smtp_checks as s
 from tools.verify.result import FAIL, PASS, WARN, Result
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parent.parent
 P_KEY = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA" + "x" * 300 + "IDAQAB"
 DKIM = f"v=DKIM1; k=rsa; p={P_KEY}"
