@@ -492,9 +492,9 @@ def test_bin_script_runs_from_any_directory_and_through_a_symlink(tmp_path: Path
     res = subprocess.run([str(link), "--help"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0 and "verify" in res.stdout and "dmarc-report" in res.stdout
     res = subprocess.run([str(link), "nope"], cwd=tmp_path, capture_output=True, text=True)
-    assert res.returncode == 3 and "unknown command 'nope'" in res.stderr
+    assert res.returncode == 3 and "invalid choice: 'nope'" in res.stderr
     res = subprocess.run([str(link)], cwd=tmp_path, capture_output=True, text=True)
-    assert res.returncode == 3 and "no command" in res.stderr
+    assert res.returncode == 3 and "required: <command>" in res.stderr
 
 
 def test_bin_script_is_shellcheck_clean() -> None:
