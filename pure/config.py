@@ -167,6 +167,12 @@ Ipv6Subnet = Annotated[
 Policy = Literal["none", "quarantine", "reject"]
 
 
+def _nexthop_port(nexthop: str) -> str:
+    if not 0 < int(nexthop.rpartition(":")[2]) < 65536:
+        raise ValueError("port outside 1-65535")
+    return nexthop
+
+
 def _host_or_address(text: str) -> str:
     if not re.match(HOSTNAME_PATTERN, text):
         ip_address(text)  # ValueError when it is neither
@@ -438,6 +444,7 @@ class RelayConfig(BaseModel):
         Annotated[
             str,
             Field(pattern=NEXTHOP_PATTERN),
+            AfterValidator(_nexthop_port),
             _explained("is not a next hop such as [mail.example.net]:25"),
         ]
         | None
@@ -516,6 +523,13 @@ class RelayConfig(BaseModel):
         description="IPv6 subnet of the relay's Docker network (NATed by Docker's ip6tables)",
         examples=[DEFAULT_RELAY_IPV6_SUBNET],
     )
+
+    @field_validator("smtp_users")
+    @classmethod
+    def _users_once(cls, users: list[str]) -> list[str]:
+        if len(set(users)) != len(users):
+            raise _advice("lists a user twice. Remove the duplicate")
+        return users
 
     @field_validator("dkim_retired_selectors")
     @classmethod
