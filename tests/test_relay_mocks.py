@@ -284,8 +284,6 @@ def test_argument_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         build(monkeypatch, ipv4_subnet="172.30.87.1/24")
     with pytest.raises(ValueError):
         build(monkeypatch, container_name="bad name")
-    with pytest.raises(ValueError):
-        build(monkeypatch, engine="local", smtp_users=[SmtpUserSpec("bad name")])
 
 
 def test_mount_points() -> None:
