@@ -27,8 +27,8 @@ import dns.resolver
 import pytest
 
 from components.dkim import dkim_txt_value, generate_private_key_pem
-from components.dns import Record, build_records, zone_snippet
 from pure.config import load_config
+from pure.records import Record, build_records, zone_snippet
 from tests.verify_support import (
     REPO,
     HealthRun,

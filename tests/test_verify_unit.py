@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from components.dkim import txt_content
+from pure.txt import txt_content
 from tools.verify import alert, cli
 from tools.verify import dns_checks as d
 from tools.verify import outputs as vo
@@ -43,14 +43,6 @@ def test_parse_nameserver(value: str, expected: tuple[str, int]) -> None:
 def test_parse_nameserver_rejects(value: str) -> None:
     with pytest.raises(ValueError):
         d.parse_nameserver(value)
-
-
-def test_unquote_txt_joins_published_strings() -> None:
-    published = txt_content(DKIM)
-    assert published.count('" "') >= 1  # long: split into 255-char strings
-    assert d.unquote_txt(published) == DKIM
-    assert d.unquote_txt(DKIM) == DKIM
-    assert d.unquote_txt(r'"a\"b" "c"') == 'a"bc'
 
 
 def test_addresses() -> None:
