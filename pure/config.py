@@ -68,6 +68,7 @@ MAILTO_PATTERN = r"^mailto:[^@\s!]+@[^@\s!]+(?:![0-9]+[kmgtKMGT]?)?\Z"
 NEXTHOP_USER_PATTERN = r"^[^\s:]{1,256}\Z"
 # Postfix's time syntax: a number and a unit (s, m, h, d, w).
 DURATION_PATTERN = r"^[1-9][0-9]{0,5}[smhdw]\Z"
+HTTPS_URL_PATTERN = r"^https://[^\s/]+(?:/\S*)?\Z"
 NEXTHOP_PATTERN = r"^(?:\[[A-Za-z0-9.:-]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z"
 
 
@@ -392,7 +393,11 @@ class RelayConfig(BaseModel):
         description="Email for the Let's Encrypt account (expiry notices); required on a VPS",
         examples=["you@example.com"],
     )
-    acme_server: str = Field(
+    acme_server: Annotated[
+        str,
+        Field(pattern=HTTPS_URL_PATTERN),
+        _explained("is not an https:// URL (an ACME directory)"),
+    ] = Field(
         DEFAULT_ACME_SERVER,
         description="ACME directory URL (Let's Encrypt staging for trials)",
         examples=[DEFAULT_ACME_SERVER],
