@@ -1,8 +1,10 @@
 """The stack's configuration: one pydantic model, validated before any resource exists.
 
-This is the one home of each config default and check: the components take their
-defaults and patterns from here. `load_config` reports every problem at once, each
-naming the config key, what is wrong and how to fix it. Secrets (SSH key, SMTP
+This is the one schema: each key's type, default, description and check live here, and
+`pure/config_schema.py` renders them as Pulumi.yaml's sections and docs/config.md. A bad
+value is refused here, once; the renderers take the model's values and check nothing
+again. `load_config` reports every problem at once, each naming the config key, what is
+wrong and how to fix it. Secrets (SSH key, SMTP
 passwords, API tokens) are not part of the model: they stay Pulumi secrets, and the
 model only learns whether they are set.
 """
