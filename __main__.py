@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,13 @@ import pulumi
 from components.credentials import SmtpCredentials, SmtpCredentialsArgs
 from components.dkim import DkimKey, DkimKeyArgs
 from components.dns import MailDns, MailDnsArgs
-from components.host import RelayHost, RelayHostArgs
+from components.host import RelayHost, RelayHostArgs, agent_problem
 from components.relay import LocalEngine, RemoteEngine, SmtpRelay, SmtpRelayArgs, SmtpUserSpec
 from components.sink import LocalSink, LocalSinkArgs
 from pure import postfix
 from pure.config import ConfigError, RelayConfig, config_types, load_config
 from pure.guide import render_from_outputs
+from pure.relay_container import LOCAL_DOCKER_HOST, SINK_HOST_NUMBER, host_address
 
 PROJECT = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()
 
@@ -121,6 +121,16 @@ def main() -> None:
         {login: credentials.passwords[u] for login, u in zip(logins, cfg.smtp_users, strict=True)},
     )
     pulumi.export("relayContainer", relay.container_name)
+    pulumi.export("queueVolume", relay.volume_name)
+    pulumi.export(
+        "keptOnDestroy",
+        relay.volume_name.apply(
+            lambda v: (
+                f"pulumi destroy keeps the queue volume {v} (mail not yet delivered); "
+                f"remove it with: docker volume rm {v}"
+            )
+        ),
+    )
     if outbound_smtp is not None:
         pulumi.export("outboundSmtp", outbound_smtp)
     # The guide carries no secret: it says how to read the password instead.
@@ -183,6 +193,7 @@ def deploy_relay(
         publish_ipv6=cfg.vps_ipv6,
         submission_host_port=cfg.smtp_port,
         submissions_465=cfg.submissions465,
+        submissions_host_port=cfg.submissions_port,
         ipv4_subnet=cfg.relay_ipv4_subnet,
         ipv6_subnet=cfg.relay_ipv6_subnet,
         container_name=cfg.relay_container_name,
@@ -193,6 +204,13 @@ def deploy_relay(
     if cfg.deploy_target == "local":
         return deploy_local(cfg, common, secret_files), None
 
+    def check_agent(key: str) -> str:
+        problem = agent_problem(key)
+        if problem:
+            raise pulumi.RunError(problem)
+        return "ok"
+
+    config.require_secret("sshPrivateKey").apply(check_agent)
     host = RelayHost(
         "relay-host",
         RelayHostArgs(
@@ -222,7 +240,13 @@ def deploy_relay(
         "relay",
         SmtpRelayArgs(
             **common,
-            engine=RemoteEngine(connection=host.connection, sudo=cfg.ssh_user != "root"),
+            engine=RemoteEngine(
+                connection=host.connection,
+                docker_host=cfg.docker_host
+                or f"ssh://{cfg.ssh_user}@{cfg.ssh_target}:{cfg.ssh_port}",
+                host_key=cfg.ssh_host_key or "",
+                sudo=cfg.ssh_user != "root",
+            ),
             secrets_dir=host.secrets_dir,
             secrets_revision=host.secrets_revision,
             cert_dir="/etc/letsencrypt",
@@ -239,12 +263,14 @@ def deploy_local(
     """A trial on this machine: local engine, local test CA, mail kept by a sink."""
     work = PROJECT / ".local" / pulumi.get_stack()
     cert_dir = (PROJECT / (cfg.tls_cert_dir or ".local/letsencrypt")).resolve()
-    sink_ip = str(ipaddress.ip_network(cfg.relay_ipv4_subnet)[25])
+    sink_ip = host_address(cfg.relay_ipv4_subnet, SINK_HOST_NUMBER)
     relay = SmtpRelay(
         "relay",
         SmtpRelayArgs(
             **common,
-            engine=LocalEngine(work_dir=str(work / "relay")),
+            engine=LocalEngine(
+                work_dir=str(work / "relay"), docker_host=cfg.docker_host or LOCAL_DOCKER_HOST
+            ),
             secret_files=secret_files,
             cert_dir=str(cert_dir),
             nexthop=cfg.relay_nexthop or f"[{sink_ip}]:25",
@@ -254,7 +280,8 @@ def deploy_local(
         LocalSink(
             "sink",
             LocalSinkArgs(
-                network_name=relay.network_name,
+                provider=relay.provider,
+                network_id=relay.network.id,
                 ipv4_address=sink_ip,
                 mail_dir=str(work / "sink"),
                 work_dir=str(work / "sink-build"),

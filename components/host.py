@@ -4,13 +4,13 @@ Steps (each a ``remote.Command`` made by ``components/target.py`` from a script 
 ``pure/host_scripts.py``), in this order over one SSH connection::
 
     preflight ──> firewall ──> docker ──> certificate
-        ├───────> secrets
-        └───────> port25
+        └───────> secrets
 
-* ``port25`` runs on every ``pulumi up`` (its trigger changes each run): it connects
-  from the VPS to port 25 of ``port25_probe`` over IPv4 (and IPv6 with ``vps_ipv6``)
-  and reports per family in ``outbound_smtp``; a blocked port, or an IPv6 source
-  address other than ``vps_ipv6``, is a warning, never a failed deployment;
+* the outbound port 25 check is no resource (it would show as a change on every
+  preview): during ``pulumi up`` the program connects from the VPS, over SSH, to port
+  25 of ``port25_probe`` over IPv4 (and IPv6 with ``vps_ipv6``) and reports per family
+  in ``outbound_smtp``; a blocked port, or an IPv6 source address other than
+  ``vps_ipv6``, is a warning, never a failed deployment;
 
 * ``firewall`` has a ``delete`` that removes only the rules it added (never SSH);
 * ``certificate`` has no ``delete``: certificates survive ``pulumi destroy``;
@@ -39,7 +39,6 @@ turns the usual failures into errors naming the config key to fix
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -172,6 +171,45 @@ def run_over_ssh(
         )
 
 
+def public_key_line(private_key: str) -> str | None:
+    """``<type> <base64>`` of an OpenSSH or PEM private key, or None if it cannot be read."""
+    from cryptography.hazmat.primitives import serialization
+
+    data = private_key.encode()
+    for load in (serialization.load_ssh_private_key, serialization.load_pem_private_key):
+        try:
+            key = load(data, password=None)
+        except (ValueError, TypeError):
+            continue
+        line = key.public_key().public_bytes(  # type: ignore[union-attr]
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        return " ".join(line.decode().split()[:2])
+    return None
+
+
+def agent_problem(private_key: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Why the Docker provider's ``ssh`` could not log in with ``sshPrivateKey``: it takes
+    the key from the user's ssh-agent (no key file, no key on a command line). None: fine."""
+    env = dict(os.environ if env is None else env)
+    fix = (
+        "the Docker provider reaches the VPS with ssh and takes the key of sshPrivateKey "
+        'from your ssh-agent. Fix: eval "$(ssh-agent -s)" && pulumi config get '
+        "sshPrivateKey | ssh-add -"
+    )
+    if not env.get("SSH_AUTH_SOCK"):
+        return f"no ssh-agent (SSH_AUTH_SOCK is not set): {fix}"
+    want = public_key_line(private_key)
+    if want is None or shutil.which("ssh-add") is None:
+        return None  # the preflight check names a key it cannot read
+    listed = subprocess.run(
+        ["ssh-add", "-L"], capture_output=True, text=True, env=env, timeout=20, check=False
+    )
+    if want not in listed.stdout:
+        return f"the ssh-agent at SSH_AUTH_SOCK does not hold the key of sshPrivateKey: {fix}"
+    return None
+
+
 def preflight_check(target: SshTarget, private_key: str, timeout: float = 10) -> str:
     """Connects once and raises HostPreflightError naming the config key at fault.
 
@@ -275,7 +313,8 @@ class RelayHost(pulumi.ComponentResource):
     secrets_revision: pulumi.Output[str]  # changes each time the key files are written
     firewall_ports: pulumi.Output[list[str]]
     docker_host: pulumi.Output[str]
-    outbound_smtp: pulumi.Output[dict[str, dict[str, str]]]  # hs.parse_port25 of the last run
+    # hs.parse_port25 of this `up`'s check (None in a preview)
+    outbound_smtp: pulumi.Output[dict[str, dict[str, str]] | None]
     connection: remote.ConnectionArgs  # for the relay's commands: the same SSH settings
     target: Target  # the VPS over that connection (with sudo for a non-root sshUser)
 
@@ -355,22 +394,35 @@ class RelayHost(pulumi.ComponentResource):
                 args.secret_file_mode,
                 args.secret_owner,
             )
-        # A new trigger each run: the result describes the VPS now, not at its creation.
-        self.port25_step = target.step(
-            f"{name}-port25",
-            scripts["port25"].create,
-            child([self.preflight_step]),
-            triggers=[secrets.token_hex(8)],
-        )
+        # Not a resource: a resource that runs on every `up` would show as a change on
+        # every preview. The probe runs from the program during `up` (not preview), over
+        # SSH like the preflight check; the result describes the VPS now.
+        probe_line = target.command_line(scripts["port25"].create)
 
-        def report(stdout: str) -> dict[str, dict[str, str]]:
-            results = hs.parse_port25(stdout)
-            if not pulumi.runtime.is_dry_run():
-                for warning in hs.port25_warnings(results, args.vps_ipv6):
-                    pulumi.log.warn(warning, resource=self)
+        def probe(values: list[Any]) -> dict[str, dict[str, str]] | None:
+            if pulumi.runtime.is_dry_run():
+                return None
+            host, key = values
+            res = run_over_ssh(
+                SshTarget(host, args.ssh_port, args.ssh_user, args.ssh_host_key),
+                key,
+                probe_line,
+                timeout=hs.PORT25_TIMEOUT * 2 + 40,
+            )
+            results = hs.parse_port25(res.stdout)
+            if res.returncode != 0 or not results:
+                pulumi.log.warn(
+                    f"the outbound port 25 check could not run on the VPS (exit "
+                    f"{res.returncode}): {res.stderr.strip()[-300:]}",
+                    resource=self,
+                )
+            for warning in hs.port25_warnings(results, args.vps_ipv6):
+                pulumi.log.warn(warning, resource=self)
             return results
 
-        self.outbound_smtp = self.port25_step.stdout.apply(report)
+        self.outbound_smtp = pulumi.Output.unsecret(
+            pulumi.Output.all(pulumi.Output.from_input(args.ssh_host), private_key).apply(probe)
+        )
 
         live = hs.cert_dir(args.relay_host)
         self.docker_ready = self.docker_step.stdout.apply(lambda _: "ready")

@@ -1,32 +1,27 @@
-"""SmtpRelay: the DKIM-signing submission relay, run with the docker CLI through
-pulumi-command (``local.Command`` on this machine, ``remote.Command`` over SSH on a VPS;
-``components/target.py`` picks).
+"""SmtpRelay: the DKIM-signing submission relay as pulumi-docker resources on the target's
+engine (this machine's, or the VPS's over ``ssh://`` with the host key pinned), so that
+``refresh`` sees a removed or changed container, network or image and ``up`` repairs it.
 
-The scripts come from ``pure/relay_deploy.py``; this module only wires them into
-Pulumi. Children (all ``parent=self``, all after ``depends_on``)::
+Children (all ``parent=self``)::
 
-    [secrets]  (only with secret_files) writes the key files 0600 under
-               <work_dir>/secrets with ``target.key_files`` (the step RelayHost uses
-               on a VPS); stdin = the files as JSON (secret), logging NONE,
-               stdin/stdout/stderr secret outputs.
-    deploy     create = update = the deploy script, delete = the delete script,
-               stdin = base64 tar.gz of relay/ and the rendered config (not secret).
+    engine      docker.Provider: the unix socket, or ssh://user@host:port (host key pinned)
+    [secrets]   (only with secret_files) the key files, 0600, written by ``target.key_files``
+                (RelayHost writes them on a VPS and passes secrets_dir instead)
+    image       docker.RemoteImage built on the engine from ``relay/``; its name carries the
+                hash of the build context, so an unchanged ``relay/`` never rebuilds
+    deploy      a command that retires what the earlier docker-CLI deploy of this relay made
+                (same name and type as that deploy, so its stored delete, which removed the
+                container by name, is replaced by a no-op instead of running after the new
+                container exists); a no-op on a stack that never had it
+    network     docker.Network, IPv6 on, fixed IPv4 and IPv6 subnets
+    queue       docker.Volume for /var/spool/postfix, kept by ``pulumi destroy`` (retain_on_delete)
+    container   docker.Container: fixed addresses, published ports, the config files uploaded
+                at creation, the key files and certificate mounted read-only, health checked
+                (``wait``), restart unless-stopped
 
-What the container gets (see ``pure/postfix.py`` for the file contract): the
-config files read-only at ``postfix.CONFIG_DIR``; the secrets directory read-only at
-``postfix.SECRETS_DIR`` (layout ``dkim/<selector>.private``, ``smtp-users``);
-``cert_dir`` read-only at ``/etc/letsencrypt`` (Postfix reads
-``live/<relay_host>/{privkey,fullchain}.pem``); the queue volume at
-``/var/spool/postfix``; ``RELAY_CERT_POLL_SECONDS``.
-
-Re-deploy when key files change: the deploy script fingerprints the secrets directory
-itself (on the engine's host), so a run after a key change recreates the container.
-To make Pulumi *run* it, the deploy stdin carries a non-secret comment line that
-changes with the key files: the random "generation" the secrets writer prints each time
-it runs (it runs only when its stdin, the key files, changed); with ``secret_files``
-that of the relay's own secrets step, otherwise ``secrets_revision`` if given (RelayHost
-passes its step's generation; a secret value there makes the whole stdin secret in the
-state, which works but hides the payload diff).
+Secrets never reach the container's env, labels or command: the key files are mounted, and
+the only label is the random generation of the secrets step (it changes when the key files
+were written again, which recreates the container so that it reads them).
 
 Contract for the host: container name (default ``dkim-relay``); certbot's deploy hook
 runs ``docker exec dkim-relay relay-reload``; Gmail's Username is ``<name>@<domain>``.
@@ -37,22 +32,35 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pulumi
+import pulumi_docker as docker
 from pulumi_command import local, remote
 
 from components.target import Target, key_files
 from pure import postfix
-from pure import relay_deploy as rd
+from pure import relay_container as rc
 from pure.config import (
     DEFAULT_CONTAINER_NAME,
     DEFAULT_RELAY_IPV4_SUBNET,
     DEFAULT_RELAY_IPV6_SUBNET,
     DEFAULT_SMTP_PORT,
 )
-from pure.relay_deploy import RELAY_DIR, read_tree
+from pure.shell import script
 
 RELOAD_COMMAND = "relay-reload"
+DEFAULT_HEALTH_TIMEOUT = 90
+SECRETS_GENERATION_LABEL = "dkim-relay.secrets-generation"
+
+
+def read_tree(directory: Path) -> dict[str, tuple[bool, bytes]]:
+    """relative path -> (executable, content) of every file under ``directory``."""
+    return {
+        str(p.relative_to(directory)): (bool(p.stat().st_mode & 0o111), p.read_bytes())
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 @dataclass
@@ -66,26 +74,39 @@ class SmtpUserSpec:
 
 @dataclass
 class LocalEngine:
-    """This machine's Docker engine; ``work_dir`` (absolute) holds build/config/secrets."""
+    """This machine's Docker engine; ``work_dir`` (absolute) holds the key files."""
 
     work_dir: str
+    docker_host: str = rc.LOCAL_DOCKER_HOST
 
     @property
     def target(self) -> Target:
         return Target()
 
+    @property
+    def ssh_opts(self) -> pulumi.Output[list[str]]:
+        return pulumi.Output.from_input([])
+
 
 @dataclass
 class RemoteEngine:
-    """A VPS's Docker engine over SSH (scripts run as root, or via ``sudo -n``)."""
+    """A VPS's Docker engine over ``ssh://`` (``docker_host``), its host key pinned by
+    ``host_key``; the few host steps run over ``connection`` (as root, or via ``sudo -n``)."""
 
     connection: remote.ConnectionArgs
+    docker_host: pulumi.Input[str]
+    # One OpenSSH public key line; may be another resource's output.
+    host_key: pulumi.Input[str]
     sudo: bool = False
     work_dir: str = "/var/lib/dkim-relay"
 
     @property
     def target(self) -> Target:
         return Target(self.connection, self.sudo)
+
+    @property
+    def ssh_opts(self) -> pulumi.Output[list[str]]:
+        return pulumi.Output.from_input(self.host_key).apply(rc.ssh_opts)
 
 
 Engine = LocalEngine | RemoteEngine
@@ -121,11 +142,14 @@ class SmtpRelayArgs:
     outbound_ipv6: str = "prefer-ipv4"
     delay_warning_time: str = "4h"
     container_name: str = DEFAULT_CONTAINER_NAME
-    network_name: str | None = None  # default: "<container_name>-net"
-    volume_name: str | None = None  # default: "<container_name>-queue"
-    image_repo: str = "dkim-relay"
+    # Default: the container's name, so that two stacks on one engine never share an
+    # image (a destroy removes its own image only).
+    image_repo: str | None = None
+    # The image's build context, as the Docker provider reads it (relative: to the
+    # project folder, so that the state is the same from any clone).
+    build_context: str = "relay"
     cert_poll_seconds: int = 300
-    health_timeout: int = rd.DEFAULT_HEALTH_TIMEOUT
+    health_timeout: int = DEFAULT_HEALTH_TIMEOUT
     rate_limits: postfix.RateLimits = field(default_factory=postfix.RateLimits)
     depends_on: Sequence[pulumi.Resource] = ()
 
@@ -143,16 +167,76 @@ def settings_from_args(args: SmtpRelayArgs) -> postfix.PostfixSettings:
         outbound_ipv6=args.outbound_ipv6,
         delay_warning_time=args.delay_warning_time,
         rate_limits=args.rate_limits,
+        ipv6_listeners=args.publish_ipv6 is not None,
     )
 
 
-def relay_image_tag(image_repo: str = "dkim-relay") -> str:
-    """The tag the deploy script builds (``<repo>:<16 hex of the relay/ tree hash>``).
+def docker_provider(name: str, engine: Engine, parent: pulumi.Resource) -> docker.Provider:
+    """The Docker provider for ``engine``. Its settings are fixed values (no file paths), so
+    a refresh that runs before the program, from the state alone, reaches the same engine.
+    The daemon is not pinged when the provider starts: on a new VPS it is installed by an
+    earlier step of the same ``up``."""
+    return docker.Provider(
+        name,
+        host=engine.docker_host,
+        ssh_opts=engine.ssh_opts,
+        disable_docker_daemon_check=True,
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
 
-    An engine that cannot build (no package mirror) can be given this image in
-    advance (``docker save | docker load``); the script then skips ``docker build``.
-    """
-    return rd.image_tag(image_repo, rd.tree_hash(read_tree(RELAY_DIR)))
+
+def retire_step(
+    target: Target,
+    name: str,
+    opts: pulumi.ResourceOptions,
+    *,
+    container: str,
+    network: str,
+    work_dir: str,
+    dir_pattern: str,
+    triggers: Sequence[str],
+) -> local.Command | remote.Command:
+    """The command that takes the place of the earlier docker-CLI deploy step ``name`` (same
+    name, type and triggers: an update, not a replacement); its delete does nothing."""
+    values = {
+        "STEP": name,
+        "CONTAINER": container,
+        "NETWORK": network,
+        "WORK_DIR": work_dir,
+        "DIR_PATTERN": dir_pattern,
+    }
+    retire = script(values, "docker/retire.sh")
+    return target.step(name, retire, opts, update=retire, delete="true", triggers=list(triggers))
+
+
+def image_build(
+    name: str,
+    repo: str,
+    context: str,
+    files: Mapping[str, tuple[bool, bytes]],
+    opts: pulumi.ResourceOptions,
+) -> docker.RemoteImage:
+    """The image built on the engine from ``context``, named by the hash of ``files``. An
+    image of that name already on the engine is used as the build cache."""
+    image = rc.image_name(repo, files)
+    return docker.RemoteImage(
+        name,
+        name=image,
+        build=docker.RemoteImageBuildArgs(context=context, cache_froms=[image], remove=True),
+        keep_locally=False,
+        opts=opts,
+    )
+
+
+def volume_args(mounts: Sequence[rc.Mount]) -> list[docker.ContainerVolumeArgs]:
+    return [
+        docker.ContainerVolumeArgs(
+            container_path=m.target,
+            read_only=m.read_only or None,
+            **({"volume_name": m.source} if m.volume else {"host_path": m.source}),
+        )
+        for m in mounts
+    ]
 
 
 class SmtpRelay(pulumi.ComponentResource):
@@ -163,7 +247,7 @@ class SmtpRelay(pulumi.ComponentResource):
     volume_name: pulumi.Output[str]
     image: pulumi.Output[str]
     reload_command: pulumi.Output[str]
-    work_dir: pulumi.Output[str]
+    provider: docker.Provider
 
     def __init__(
         self, name: str, args: SmtpRelayArgs, opts: pulumi.ResourceOptions | None = None
@@ -173,34 +257,19 @@ class SmtpRelay(pulumi.ComponentResource):
             raise ValueError("give exactly one of secret_files (written here) and secrets_dir")
         settings = settings_from_args(args)
         target = args.engine.target
-        work_dir = rd.abs_path(args.engine.work_dir, "engine.work_dir")
-        payload = rd.make_payload(read_tree(RELAY_DIR), postfix.render_config(settings))
+        work_dir = args.engine.work_dir.rstrip("/")
+        self.provider = provider = docker_provider(f"{name}-engine", args.engine, self)
 
-        def spec(cert_dir: str, secrets_dir: str) -> rd.RelaySpec:
-            return rd.RelaySpec(
-                work_dir=work_dir,
-                relay_host=args.relay_host,
-                secrets_dir=secrets_dir,
-                cert_dir=cert_dir,
-                container_name=args.container_name,
-                network_name=args.network_name or "",
-                volume_name=args.volume_name or "",
-                image_repo=args.image_repo,
-                publish_ipv4=args.publish_ipv4,
-                publish_ipv6=args.publish_ipv6,
-                submission_host_port=args.submission_host_port,
-                submissions_465=args.submissions_465,
-                submissions_host_port=args.submissions_host_port,
-                ipv4_subnet=args.ipv4_subnet,
-                ipv6_subnet=args.ipv6_subnet,
-                cert_poll_seconds=args.cert_poll_seconds,
-                health_timeout=args.health_timeout,
+        def child(*deps: pulumi.Resource, **kw: object) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(
+                parent=self,
+                provider=provider,
+                depends_on=list(deps),
+                **kw,  # type: ignore[arg-type]
             )
 
-        # Validate everything now (plain values), not only inside an apply.
-        static = spec("/etc/letsencrypt", work_dir + "/secrets")
         deps = list(args.depends_on)
-        marker: pulumi.Input[str] | None = args.secrets_revision
+        marker: pulumi.Input[str] = args.secrets_revision or "none"
         self.secrets_step: local.Command | remote.Command | None = None
         secrets_dir: pulumi.Input[str]
         if args.secret_files is not None:
@@ -217,38 +286,100 @@ class SmtpRelay(pulumi.ComponentResource):
             assert args.secrets_dir is not None
             secrets_dir = args.secrets_dir
 
-        both = pulumi.Output.all(pulumi.Output.from_input(args.cert_dir), secrets_dir)
-        deploy_script = both.apply(lambda v: rd.render_relay_deploy(spec(v[0], v[1]), payload))
-        stdin: pulumi.Input[str] = payload.stdin
-        if marker is not None:
-            stdin = pulumi.Output.from_input(marker).apply(
-                lambda m: rd.with_marker(payload.stdin, "secrets generation " + m)
-            )
-        self.deploy_step = target.step(
+        spec = rc.RelayContainerSpec(
+            relay_host=args.relay_host,
+            container_name=args.container_name,
+            publish_ipv4=args.publish_ipv4,
+            publish_ipv6=args.publish_ipv6,
+            submission_host_port=args.submission_host_port,
+            submissions_465=args.submissions_465,
+            submissions_host_port=args.submissions_host_port,
+            ipv4_subnet=args.ipv4_subnet,
+            ipv6_subnet=args.ipv6_subnet,
+            cert_poll_seconds=args.cert_poll_seconds,
+        )
+        self.image_step = image_build(
+            f"{name}-image",
+            args.image_repo or args.container_name.lower(),
+            args.build_context,
+            read_tree(rc.RELAY_DIR),
+            child(*deps),
+        )
+        # Runs after the new image exists, so the old relay serves until the last moment.
+        self.retire_step = retire_step(
+            target,
             f"{name}-deploy",
-            deploy_script,
-            pulumi.ResourceOptions(
-                parent=self,
-                depends_on=deps,
-                # New names or another work dir: remove the old ones first (ports!).
+            pulumi.ResourceOptions(parent=self, depends_on=[self.image_step, *deps]),
+            container=spec.container_name,
+            network=spec.network,
+            work_dir=work_dir,
+            dir_pattern="^(build|config)-[0-9a-f]{16}$",
+            triggers=[spec.container_name, spec.network, spec.volume, work_dir],
+        )
+        self.network = docker.Network(
+            f"{name}-network",
+            name=spec.network,
+            driver="bridge",
+            ipv6=True,
+            ipam_configs=[
+                docker.NetworkIpamConfigArgs(subnet=s, gateway=rc.gateway(s))
+                for s in (args.ipv4_subnet, args.ipv6_subnet)
+            ],
+            opts=child(self.retire_step),
+        )
+        # Kept by `pulumi destroy`: it may hold mail not yet delivered. A later `up` adopts it.
+        self.volume = docker.Volume(
+            f"{name}-queue",
+            name=spec.volume,
+            # The label the earlier deploy gave it: a volume it made is adopted unchanged.
+            labels=[docker.VolumeLabelArgs(label="dkim-relay.queue", value="1")],
+            opts=child(self.retire_step, retain_on_delete=True),
+        )
+        mounts = pulumi.Output.all(
+            pulumi.Output.from_input(args.cert_dir), pulumi.Output.from_input(secrets_dir)
+        ).apply(lambda cs: volume_args(spec.mounts(cs[0], cs[1])))
+        uploads = spec.uploads(postfix.render_config(settings))
+        self.container = docker.Container(
+            f"{name}-container",
+            name=spec.container_name,
+            image=self.image_step.image_id,
+            hostname=args.relay_host,
+            restart="unless-stopped",
+            must_run=True,
+            wait=True,
+            wait_timeout=args.health_timeout,
+            destroy_grace_seconds=30,
+            log_driver=rc.LOG_DRIVER,
+            log_opts=rc.LOG_OPTS,
+            envs=spec.env(),
+            labels=[docker.ContainerLabelArgs(label=SECRETS_GENERATION_LABEL, value=marker)],
+            networks_advanced=[
+                docker.ContainerNetworksAdvancedArgs(
+                    # The id: a network made anew replaces the container that used the old one.
+                    name=self.network.id,
+                    ipv4_address=spec.ipv4_address,
+                    ipv6_address=spec.ipv6_address,
+                )
+            ],
+            ports=[
+                docker.ContainerPortArgs(internal=p.internal, external=p.external, ip=p.ip)
+                for p in spec.ports()
+            ],
+            volumes=mounts,
+            uploads=[docker.ContainerUploadArgs(file=f, content=c) for f, c in uploads.items()],
+            opts=child(
+                self.network,
+                self.volume,
+                self.retire_step,
+                *deps,
+                # One name, one set of ports: the old container goes first.
                 delete_before_replace=True,
             ),
-            update=deploy_script,
-            delete=rd.render_relay_delete(static),
-            stdin=stdin,
-            # Only a change of these names replaces (delete old, then create).
-            triggers=[static.container_name, static.network, static.volume, work_dir],
         )
-
-        def after(value: str) -> pulumi.Output[str]:
-            # Known only once the deploy ran, so users of it wait for the container.
-            return self.deploy_step.stdout.apply(lambda _: value)
-
-        self.container_name = after(static.container_name)
-        self.network_name = after(static.network)
-        self.volume_name = after(static.volume)
-        self.image = after(rd.image_tag(static.image_repo, payload.build_hash))
-        self.work_dir = pulumi.Output.from_input(work_dir)
+        self.container_name = self.container.name
+        self.network_name = self.network.name
+        self.volume_name = self.volume.name
+        self.image = self.image_step.name
         self.reload_command = self.container_name.apply(
             lambda c: shlex.join(["docker", "exec", c, RELOAD_COMMAND])
         )
@@ -258,7 +389,6 @@ class SmtpRelay(pulumi.ComponentResource):
                 "networkName": self.network_name,
                 "volumeName": self.volume_name,
                 "image": self.image,
-                "workDir": self.work_dir,
                 "reloadCommand": self.reload_command,
             }
         )

@@ -387,7 +387,10 @@ class RelayConfig(BaseModel):
     )
     ssh_host_key: str | None = Field(
         None,
-        description='The VPS\'s SSH host public key ("ssh-ed25519 AAAA..."), pinned when set',
+        description=(
+            'The VPS\'s SSH host public key ("ssh-ed25519 AAAA...", from '
+            "/etc/ssh/ssh_host_ed25519_key.pub), pinned; required for a VPS"
+        ),
         examples=["ssh-ed25519 AAAA..."],
     )
     acme_email: EmailAddress | None = Field(
@@ -675,6 +678,16 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                 )
             )
     problems += _smarthost_checks(raw, secrets_set)
+    if raw.get("submissions465") is True and raw.get("submissionsPort", 465) == raw.get(
+        "smtpPort", DEFAULT_SMTP_PORT
+    ):
+        problems.append(
+            (
+                "submissionsPort",
+                "is the same host port as smtpPort; 587 and 465 need a port each. Fix: "
+                "pulumi config set submissionsPort 465",
+            )
+        )
     if raw.get("deployTarget", "vps") == "vps":
         if not raw.get("acmeEmail"):
             problems.append(
@@ -682,6 +695,16 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                     "acmeEmail",
                     "is needed to request the relay's Let's Encrypt certificate (expiry "
                     "notices go there). Fix: pulumi config set acmeEmail you@example.com",
+                )
+            )
+        if not raw.get("sshHostKey"):
+            problems.append(
+                (
+                    "sshHostKey",
+                    "is needed to pin the VPS's SSH host key (the stack reaches its Docker "
+                    "engine and runs its steps over SSH, and never trusts an unknown key). "
+                    "On the VPS: cat /etc/ssh/ssh_host_ed25519_key.pub. Fix: pulumi config "
+                    "set sshHostKey 'ssh-ed25519 AAAA...'",
                 )
             )
         if "sshPrivateKey" not in secrets_set:

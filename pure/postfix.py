@@ -127,6 +127,9 @@ class PostfixSettings:
     nexthop_user: str | None = None
     # When the sender hears that a message is still queued (Postfix time syntax).
     delay_warning_time: str = "4h"
+    # Also listen on IPV6_PORTS: Docker publishes the host's IPv6 address to these (one
+    # host binding per container port, see pure/relay_container.py).
+    ipv6_listeners: bool = False
 
     @property
     def all_selectors(self) -> tuple[str, ...]:
@@ -348,23 +351,31 @@ def auth_limit_per_service(s: PostfixSettings) -> int:
     return (n + 1) // 2
 
 
+# Where Docker sends the host's IPv6 address: Docker reports two host bindings of one
+# container port in an order of its own (20.10 reverses them), which a refresh would see
+# as a changed container; with one binding per container port there is no order. An
+# IPv6 client only ever reaches these, so anvil's per-client counters are not split.
+IPV6_PORTS = {587: 1587, 465: 1465}
+
+
 def render_master_cf(s: PostfixSettings) -> str:
-    """master.cf: no port 25, submission on 587, optional implicit TLS on 465."""
+    """master.cf: no port 25, submission on 587, optional implicit TLS on 465 (and the
+    same services on IPV6_PORTS with ``ipv6_listeners``)."""
     out = ["# Rendered by dkim-relay pure/postfix.py; do not edit.\n"]
     out.append("# service type  private unpriv  chroot  wakeup  maxproc command\n")
-    out.append("submission inet n       -       n       -       -       smtpd\n")
-    out.append("  -o syslog_name=postfix/submission\n")
-    out.extend(f"  -o {opt}\n" for opt in _SUBMISSION_OPTS)
     auth = auth_limit_per_service(s)
-    if auth != s.rate_limits.auth_per_unit:
-        out.append(f"  -o smtpd_client_auth_rate_limit={auth}\n")
+    services: list[tuple[str, int, list[str]]] = [("submission", 587, [])]
     if s.submissions_465:
-        out.append("submissions inet n      -       n       -       -       smtpd\n")
-        out.append("  -o syslog_name=postfix/submissions\n")
-        out.append("  -o smtpd_tls_wrappermode=yes\n")
-        out.extend(f"  -o {opt}\n" for opt in _SUBMISSION_OPTS)
-        if auth != s.rate_limits.auth_per_unit:
-            out.append(f"  -o smtpd_client_auth_rate_limit={auth}\n")
+        services.append(("submissions", 465, ["smtpd_tls_wrappermode=yes"]))
+    for syslog, port, extra in services:
+        names = [syslog] + ([str(IPV6_PORTS[port])] if s.ipv6_listeners else [])
+        for name in names:
+            out.append(f"{name:<10} inet n       -       n       -       -       smtpd\n")
+            out.append(f"  -o syslog_name=postfix/{syslog}\n")
+            out.extend(f"  -o {opt}\n" for opt in extra)
+            out.extend(f"  -o {opt}\n" for opt in _SUBMISSION_OPTS)
+            if auth != s.rate_limits.auth_per_unit:
+                out.append(f"  -o smtpd_client_auth_rate_limit={auth}\n")
     for name, typ, private, unpriv, chroot, wakeup, rest in _INTERNAL_SERVICES:
         maxproc, command = rest.split(" ", 1)
         out.append(

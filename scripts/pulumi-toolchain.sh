@@ -12,11 +12,13 @@
 #           least the Python SDK's version. Pulumi installs resource plugins itself,
 #           as for every Pulumi user; nothing is built.
 #   source  The offline fallback: build the CLI, the language host and the command
-#           plugin from Go source with Go >= 1.26. The CLI comes through the Go module
-#           proxy; the language host and the command provider, whose modules the proxy
-#           does not serve, come from `git archive` exports of their release tags in
+#           and docker plugins from Go source with Go >= 1.26. The CLI comes through
+#           the Go module proxy; the language host, the command provider and the docker
+#           provider with its upstream Terraform provider, whose modules the proxy does
+#           not serve, come from `git archive` exports of their release tags in
 #           DKIM_RELAY_SOURCE_ARCHIVES (default: ../shared/toolchain-src beside the
 #           checkout), each checked against the sha256 pinned below before unpacking.
+#           The cloudflare plugin has no source build (reported UNAVAILABLE).
 #           Automatic plugin download is then off: the engine uses only what was built.
 #   auto    path when a usable CLI is on PATH, else source.
 #
@@ -44,12 +46,23 @@ ARCHIVES=${DKIM_RELAY_SOURCE_ARCHIVES:-$REPO/../shared/toolchain-src}
 # github.com/pulumi/pulumi/pkg/v3@v3.272.0, the nearest served version above it
 # is v3.274.0 (checked with `go list -m -versions github.com/pulumi/pulumi/pkg/v3`).
 PULUMI_CLI_VERSION=${DKIM_RELAY_PULUMI_CLI_VERSION:-3.274.0}
-# The source archives, pinned: name, sha256, the tree's top folder, the release tag.
+# The source archives, pinned: name and sha256 (the tree's top folder and the release
+# tag are in the name).
 LANGHOST_TAG=v3.259.0
 declare -A ARCHIVE_SHA256=(
   [pulumi-language-python-v3.259.0.tar.gz]=bd4e0240b7b26f35417c41568f18d435ac9bbb12c8ba54c7c554597586eecdfe
   [pulumi-command-provider-v1.2.1.tar.gz]=75a81080c65ccff6fcbec5553c291233d8cb46ac0eac88dcd5b6ae8e277e5bc5
   [pulumi-go-provider-v1.3.0.tar.gz]=9ad7bfabb046ef1ad0dbca74ede3f04b111cbfaf2d6b78f111dc4d6d22693e81
+  [pulumi-docker-v5.1.0.tar.gz]=2946c6b7b8fa0047fea16e8ff01487682ebe18844cafed0d35259c99992c0773
+  [terraform-provider-docker-v4.5.0.tar.gz]=287dfbb60846838ad269f9949ad8e6fe2fc2f14df6c173b0130c68828d57a7a3
+)
+# The archives each part is built from, by part and version ("langhost", or the plugin's
+# name). Before the long CLI build, those of every part still to build must be there.
+# The docker plugin's second archive is its `upstream` submodule (the Terraform provider).
+declare -A PART_ARCHIVES=(
+  [langhost@$LANGHOST_TAG]="pulumi-language-python-v3.259.0.tar.gz"
+  [command@1.2.1]="pulumi-command-provider-v1.2.1.tar.gz pulumi-go-provider-v1.3.0.tar.gz"
+  [docker@5.1.0]="pulumi-docker-v5.1.0.tar.gz terraform-provider-docker-v4.5.0.tar.gz"
 )
 
 log() { printf '[pulumi-toolchain] %s\n' "$*" >&2; }
@@ -96,6 +109,12 @@ if [[ -z "$GO" ]]; then
 fi
 
 stamp_ok() { [[ -f "$CACHE/stamps/$1" && "$(cat "$CACHE/stamps/$1")" == "$2" && -x "$BIN/$3" ]]; }
+# What the language host's stamp says: its tag, the CLI's pkg/sdk, the exec shim's SDK.
+LANGHOST_WANT="$LANGHOST_TAG+pkg$PULUMI_CLI_VERSION;exec$PY_SDK_VERSION"
+langhost_built() {
+  stamp_ok langhost "$LANGHOST_WANT" pulumi-language-python \
+    && [[ -x "$BIN/pulumi-language-python-exec" && -x "$BIN/pulumi-resource-pulumi-python" ]]
+}
 need_go() { [[ -n "$GO" ]] || die "go is needed to build $1 (install Go >= 1.26, or the official Pulumi CLI)"; }
 timed() { # timed NAME cmd...: run, keep /usr/bin/time figures in logs/NAME.time when available
   local name=$1; shift
@@ -105,14 +124,18 @@ timed() { # timed NAME cmd...: run, keep /usr/bin/time figures in logs/NAME.time
     "$@" >>"$CACHE/logs/$name.log" 2>&1
   fi
 }
-# unpack ARCHIVE DEST: check the pinned sha256, then unpack into DEST.
-unpack() {
+# check_archive ARCHIVE: it is there and has the pinned sha256, else stop.
+check_archive() {
   local f="$ARCHIVES/$1" want=${ARCHIVE_SHA256[$1]} got
   [[ -f "$f" ]] || die "source archive $1 not found in $ARCHIVES (set DKIM_RELAY_SOURCE_ARCHIVES to the folder that holds it)"
   got=$(sha256sum "$f" | cut -d' ' -f1)
   [[ "$got" == "$want" ]] || die "source archive $f has sha256 $got, expected $want: not unpacking it"
+}
+# unpack ARCHIVE DEST: check the pinned sha256, then unpack into DEST.
+unpack() {
+  check_archive "$1"
   mkdir -p "$2"
-  tar -xzf "$f" -C "$2"
+  tar -xzf "$ARCHIVES/$1" -C "$2"
 }
 
 declare -A STATUS
@@ -153,11 +176,8 @@ sdk_dir() { # the sdk module at the Python SDK's version (exec shim, dynamic pro
 # the CLI's version; the exec shim and pulumi-resource-pulumi-python (the provider of
 # Python dynamic resources such as the DKIM key) from the sdk module at the SDK's version.
 build_langhost() {
-  local want="$LANGHOST_TAG+pkg$PULUMI_CLI_VERSION;exec$PY_SDK_VERSION"
-  if stamp_ok langhost "$want" pulumi-language-python \
-     && [[ -x "$BIN/pulumi-language-python-exec" && -x "$BIN/pulumi-resource-pulumi-python" ]]; then
-    STATUS[langhost]="$want (cached)"; return
-  fi
+  local want=$LANGHOST_WANT
+  if langhost_built; then STATUS[langhost]="$want (cached)"; return; fi
   need_go "the Python language host"
   local w="$CACHE/src/language-python-$LANGHOST_TAG"
   log "building pulumi-language-python $LANGHOST_TAG against pkg/sdk v$PULUMI_CLI_VERSION"
@@ -202,10 +222,44 @@ recipe_command() {
       -o "$BIN/pulumi-resource-command-v$v" ./cmd/pulumi-resource-command) \
     || { REASON="go build failed, see $CACHE/logs/plugin-command.log"; return 1; }
 }
+# The bridged Terraform provider from pulumi-docker's archive and that of its `upstream`
+# submodule (kreuzwerker/terraform-provider-docker), patched with pulumi-docker's
+# patches/; the rest (pulumi's terraform-plugin-sdk fork included) through the module
+# proxy. The recipe of the archives' README, step by step.
+recipe_docker() {
+  local v=$1 w="$CACHE/src/docker-$1" archive upstream p
+  read -r archive upstream <<<"${PART_ARCHIVES[docker@$v]:-}"
+  [[ -n "$upstream" ]] || { REASON="no pinned source archives for pulumi-docker v$v"; return 3; }
+  command -v git >/dev/null 2>&1 || { REASON="git is needed to apply pulumi-docker's patches"; return 1; }
+  # Both checked before either is unpacked.
+  check_archive "$archive"; check_archive "$upstream"
+  rm -rf "$w"
+  unpack "$archive" "$w"      # pulumi-docker/
+  unpack "$upstream" "$w"     # terraform-provider-docker/
+  for p in "$w"/pulumi-docker/patches/*.patch; do
+    # Outside any repository (the ceiling), so paths are taken from the tree itself.
+    (cd "$w/terraform-provider-docker" && GIT_CEILING_DIRECTORIES="$w" git apply "$p") \
+      >>"$CACHE/logs/plugin-docker.log" 2>&1 \
+      || { REASON="git apply ${p##*/} failed, see $CACHE/logs/plugin-docker.log"; return 1; }
+  done
+  # provider/go.mod: replace github.com/terraform-providers/terraform-provider-docker => ../upstream
+  ln -s ../terraform-provider-docker "$w/pulumi-docker/upstream"
+  local dir="$w/pulumi-docker/provider" mod
+  mod=$(sed -n 's/^module //p' "$dir/go.mod")
+  [[ -n "$mod" ]] || { REASON="no module line in pulumi-docker/provider/go.mod"; return 1; }
+  : >"$CACHE/logs/plugin-docker-schema.log"
+  (cd "$dir/cmd/pulumi-resource-docker" && GOFLAGS="$GOFLAGS -buildvcs=false" VERSION=$v \
+      timed plugin-docker-schema "$GO" run -trimpath ./generate.go) \
+    || { REASON="go run ./generate.go (schema-embed.json) failed, see $CACHE/logs/plugin-docker-schema.log"; return 1; }
+  (cd "$dir" && GOFLAGS="$GOFLAGS -buildvcs=false" timed plugin-docker "$GO" build -tags no_compose -trimpath \
+      -ldflags "-X $mod/pkg/version.Version=$v -s -w" \
+      -o "$BIN/pulumi-resource-docker-v$v" ./cmd/pulumi-resource-docker) \
+    || { REASON="go build failed, see $CACHE/logs/plugin-docker.log"; return 1; }
+}
 recipe_cloudflare() {
-  # A bridged Terraform provider: its build needs pulumi's terraform-plugin-sdk fork and
-  # a patched upstream submodule, which no module proxy serves (docs/toolchain.md).
-  REASON="no source build: it is a bridged Terraform provider (docs/toolchain.md); use the official Pulumi CLI, which installs it"
+  # A bridged Terraform provider like docker, but with no source archive of it or of its
+  # patched upstream submodule, and modules it needs that no proxy serves (docs/toolchain.md).
+  REASON="no source build: it is a bridged Terraform provider with no source archive here (docs/toolchain.md); use the official Pulumi CLI, which installs it"
   return 3
 }
 
@@ -263,12 +317,22 @@ build_from_source() {
   export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
   local wanted name v plugins=()
   wanted=$(wanted_plugins) || die "cannot read the wanted plugin versions from $VENV"
-  # Before the long CLI build: the archives that the parts still to build need.
-  local f
-  for f in "${!ARCHIVE_SHA256[@]}"; do
-    [[ -f "$ARCHIVES/$f" || -f "$CACHE/stamps/langhost" && -f "$CACHE/stamps/plugin-command" ]] \
-      || die "source archive $f not found in $ARCHIVES (set DKIM_RELAY_SOURCE_ARCHIVES to the folder that holds it)"
+  # Before the long CLI build: the archives of every part still to build are there.
+  local parts=() part f what missing=()
+  langhost_built || parts+=("langhost@$LANGHOST_TAG")
+  while read -r name v; do
+    [[ -n "$name" ]] || continue
+    stamp_ok "plugin-$name" "$v" "pulumi-resource-$name-v$v" || parts+=("$name@$v")
+  done <<<"$wanted"
+  for part in "${parts[@]}"; do
+    what="the ${part%@*} plugin"; [[ $part != langhost@* ]] || what="the language host"
+    for f in ${PART_ARCHIVES[$part]:-}; do
+      [[ -f "$ARCHIVES/$f" ]] || missing+=("$f (for $what)")
+    done
   done
+  if (( ${#missing[@]} )); then
+    die "source archive not found in $ARCHIVES: $(printf '%s, ' "${missing[@]}" | sed 's/, $//'); set DKIM_RELAY_SOURCE_ARCHIVES to the folder that holds it"
+  fi
   build_cli
   build_langhost
   while read -r name v; do

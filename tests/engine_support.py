@@ -113,6 +113,9 @@ def write_project(d: Path, name: str, program: str) -> Path:
         "  options:\n"
         "    toolchain: pip\n"
         f"    virtualenv: {Path(sys.executable).parent.parent}\n"
+        # As the project's own Pulumi.yaml: every preview and up refreshes first.
+        "options:\n"
+        "  refresh: always\n"
     )
     header = f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
     (d / "__main__.py").write_text(header + program)

@@ -1,8 +1,9 @@
 """Support for the relay's end-to-end tests: a real Docker engine, the real image
-deployed by the production scripts (the secrets step and the relay's deploy script,
-as SmtpRelay runs them), a throwaway CA laid out like /etc/letsencrypt (live/ symlinks
-into archive/), and an aiosmtpd sink bound on the test network's gateway (reachable
-from the container, never from outside).
+started as SmtpRelay's docker resources start it (the production secrets step, then the
+container's addresses, ports, mounts and config files from pure/relay_container.py), a
+throwaway CA laid out like /etc/letsencrypt (live/ symlinks into archive/), and an aiosmtpd
+sink bound on the test network's gateway (reachable from the container, never from
+outside).
 
 Traffic only goes to loopback and the docker bridge this module creates.
 """
@@ -10,13 +11,16 @@ Traffic only goes to loopback and the docker bridge this module creates.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import email.utils
+import io
 import ipaddress
 import os
 import smtplib
 import ssl
 import subprocess
+import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +34,7 @@ from aiosmtpd.smtp import Envelope, Session
 from components.dkim import dkim_txt_value, generate_private_key_pem
 from pure import host_scripts as hs
 from pure import postfix
-from pure import relay_deploy as rd
+from pure import relay_container as rc
 
 # Re-exported: the relay tests call them as rs.docker, rs.free_port, rs.wait_for.
 from tests.common import TestCA, run_script
@@ -253,15 +257,11 @@ class Sink:
 
 
 # ---------------------------------------------------------------- the relay under test
-# The repository the deploy script finds the test's image under (tagged in advance).
-TEST_IMAGE_REPO = "dkim-relay-test"
-
-
 @dataclass(kw_only=True)
 class RelaySpec:
     name: str
-    image: str  # built by build_image; the deploy script runs it instead of building
-    network: TestNetwork  # the deploy script keeps it (same subnets and gateways)
+    image: str  # built by build_image
+    network: TestNetwork  # the relay joins it at its fixed addresses (pure.relay_container)
     cert_root: Path
     volume: str
     settings: postfix.PostfixSettings
@@ -274,15 +274,43 @@ class RelaySpec:
     cert_poll_seconds: int = 0
     publish_v4: str = "127.0.0.1"
     publish_v6: str = "::1"
-    # Not used: Docker picks the relay's addresses on the network, as in production.
+    # Addresses on the test network; default: Docker picks them (several relays share one
+    # test network, so the production's fixed host number would collide).
     ip4: str | None = None
     ip6: str | None = None
 
+    def container(self) -> rc.RelayContainerSpec:
+        return rc.RelayContainerSpec(
+            relay_host=self.settings.relay_host,
+            container_name=self.name,
+            publish_ipv4=self.publish_v4,
+            publish_ipv6=self.publish_v6,
+            submission_host_port=self.port_587,
+            submissions_465=self.port_465 is not None,
+            submissions_host_port=self.port_465 or 465,
+            ipv4_subnet=self.network.v4_subnet,
+            ipv6_subnet=self.network.v6_subnet,
+            cert_poll_seconds=self.cert_poll_seconds,
+        )
+
+
+def _tar_of(files: dict[str, str]) -> bytes:
+    """A tar of ``files`` (absolute container path -> text) to unpack at ``/``."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
 
 def start_relay(spec: RelaySpec, tmp: Path) -> str:
-    """A fresh relay container, deployed as SmtpRelay deploys it on this machine: the
-    secrets step writes the key files, then the production deploy script (payload of
-    relay/ and the rendered config on stdin) runs the container and waits for health."""
+    """A fresh relay container made as SmtpRelay's docker.Container makes it: the secrets
+    step writes the key files, the container gets the same addresses, ports, mounts and
+    environment (pure/relay_container.py), the rendered config is copied in before it
+    starts (the resource's uploads), and then it must become healthy."""
     docker("rm", "-f", spec.name, check=False)
     base = tmp / spec.name
     secrets_dir = spec.secrets_host_dir or base / "secrets"
@@ -291,30 +319,27 @@ def start_relay(spec: RelaySpec, tmp: Path) -> str:
         login = (spec.settings.nexthop, spec.settings.nexthop_user, spec.nexthop_password)
     files = postfix.render_secrets(spec.settings.domain, spec.dkim_keys, spec.passwords, login)
     run_script(hs.render_secrets(str(secrets_dir)), hs.secrets_stdin(files))
-    payload = rd.make_payload(rd.read_tree(rd.RELAY_DIR), postfix.render_config(spec.settings))
-    docker("tag", spec.image, rd.image_tag(TEST_IMAGE_REPO, payload.build_hash))
-    deploy = rd.RelaySpec(
-        work_dir=str(base / "work"),
-        relay_host=spec.settings.relay_host,
-        secrets_dir=str(secrets_dir),
-        cert_dir=str(spec.cert_root),
-        container_name=spec.name,
-        network_name=spec.network.name,
-        volume_name=spec.volume,
-        image_repo=TEST_IMAGE_REPO,
-        publish_ipv4=spec.publish_v4,
-        publish_ipv6=spec.publish_v6,
-        submission_host_port=spec.port_587,
-        submissions_465=spec.port_465 is not None,
-        submissions_host_port=spec.port_465 or 465,
-        ipv4_subnet=spec.network.v4_subnet,
-        ipv6_subnet=spec.network.v6_subnet,
-        cert_poll_seconds=spec.cert_poll_seconds,
-        health_timeout=120,
-    )
-    out = run_script(rd.render_relay_deploy(deploy, payload), payload.stdin).stdout
-    if f"network {spec.network.name}" in out:
-        raise AssertionError(f"the deploy script touched the test network:\n{out}")
+    c = spec.container()
+    args = ["create", "--name", spec.name, "--hostname", spec.settings.relay_host]
+    args += ["--restart", "unless-stopped", "--network", spec.network.name]
+    args += ["--log-driver", rc.LOG_DRIVER]
+    args += [a for k, v in rc.LOG_OPTS.items() for a in ("--log-opt", f"{k}={v}")]
+    args += ["--ip", spec.ip4] if spec.ip4 else []
+    args += ["--ip6", spec.ip6] if spec.ip6 else []
+    for p in c.ports():
+        ip = f"[{p.ip}]" if ":" in p.ip else p.ip
+        args += ["-p", f"{ip}:{p.external}:{p.internal}"]
+    for m in c.mounts(str(spec.cert_root), str(secrets_dir)):
+        source = spec.volume if m.volume else m.source
+        args += ["-v", f"{source}:{m.target}" + (":ro" if m.read_only else "")]
+    for e in c.env():
+        args += ["-e", e]
+    docker(*args, spec.image)
+    # As SmtpRelay does: IPv6 listeners wherever the host's IPv6 address is published.
+    settings = dataclasses.replace(spec.settings, ipv6_listeners=spec.publish_v6 is not None)
+    uploads = c.uploads(postfix.render_config(settings))
+    run("docker", "cp", "-", f"{spec.name}:/", input=_tar_of(uploads))
+    docker("start", spec.name)
     return spec.name
 
 

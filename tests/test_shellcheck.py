@@ -42,8 +42,7 @@ def test_every_shell_file_is_clean() -> None:
     for expected in (
         "target/host/lib.sh",
         "target/host/hooks/deploy.sh",
-        "target/relay/deploy.sh",
-        "target/sink/deploy.sh",
+        "target/docker/retire.sh",
         "relay/entrypoint.sh",
         "scripts/test.sh",
         "scripts/setup.d/20-vps.sh",

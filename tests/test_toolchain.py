@@ -22,7 +22,7 @@ import sys
 
 import pytest
 
-from tests.toolchain_support import toolchain
+from tests.toolchain_support import toolchain, wanted_plugins
 
 pytestmark = pytest.mark.engine
 
@@ -35,6 +35,7 @@ BIN = CACHE / "bin"
 # Resources that each plugin's smoke program registers (type tokens).
 EXPECTED_TYPES = {
     "command": "command:local:Command",
+    "docker": "docker:index/network:Network",
     "cloudflare": "cloudflare:index/dnsRecord:DnsRecord",
 }
 # Plugins that cannot be built on this machine (docs/toolchain.md says why, with the
@@ -53,6 +54,13 @@ if "command" in which:
     import pulumi_command as command
     command.local.Command("hello", create="echo hello")
 
+if "docker" in which:
+    import pulumi_docker as docker
+    # The provider connects to the Docker engine when it is configured, even for a
+    # preview, so this one talks to the local engine (over its unix socket, which the
+    # unplugged network leaves reachable); a preview creates nothing.
+    docker.Network("net", name="toolchain-smoke", ipv6=True)
+
 if "cloudflare" in which:
     import pulumi_cloudflare as cloudflare
     # A dummy token, not a credential: preview of new records must not call the API.
@@ -69,31 +77,12 @@ if "cloudflare" in which:
 """
 
 
-def wanted_plugins() -> dict[str, str]:
-    """Resource plugins the project asks for: pulumi-NAME==X in requirements.txt,
-    at the version in the installed package's pulumi-plugin.json."""
-    wanted = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
-        m = re.match(r"\s*pulumi-([a-z0-9-]+)\s*==", line, re.I)
-        if not m:
-            continue
-        mod = "pulumi_" + m.group(1).lower().replace("-", "_")
-        spec = importlib.util.find_spec(mod)
-        assert spec is not None and spec.origin is not None, f"{mod} is not installed"
-        meta_file = pathlib.Path(spec.origin).parent / "pulumi-plugin.json"
-        if meta_file.is_file():
-            meta = json.loads(meta_file.read_text())
-            if meta.get("resource"):
-                wanted[str(meta["name"])] = str(meta["version"])
-    return wanted
-
-
 WANTED = wanted_plugins()
 PLUGINS = sorted(set(WANTED) - set(BLOCKED))
 
 
 def test_requirements_name_resource_plugins() -> None:
-    assert "command" in WANTED, WANTED
+    assert {"command", "docker"} <= set(WANTED), WANTED
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +178,17 @@ def test_preview_with_the_real_plugin(
     engine_env: dict[str, str], tmp_path: pathlib.Path, name: str
 ) -> None:
     assert name in EXPECTED_TYPES, f"no smoke program for plugin {name}: add one"
+    if name == "docker":
+        engine = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert engine.returncode == 0, (
+            "the docker plugin's preview needs a running Docker engine (scripts/test.sh "
+            f"starts one): {engine.stderr.strip()}"
+        )
     write_project(tmp_path)
     (tmp_path / "__main__.py").write_text(SMOKE_PROGRAM)
     env = dict(engine_env, SMOKE_PLUGINS=name)
@@ -277,10 +277,11 @@ pulumi.export("stdout", hello.stdout)
 
 
 def test_a_fresh_cache_builds_from_the_archives(tmp_path: pathlib.Path) -> None:
-    """A machine with no git snapshots and a cache of its own builds the language host and
-    the command plugin from the source archives, and the engine then runs a program with a
-    Python dynamic resource. Go's module and build caches are reused by hard links (Go only
-    adds entries), and so is the CLI with its stamp, so only what the archives give is built."""
+    """A machine with no git snapshots and a cache of its own builds the language host, the
+    command plugin and the docker plugin from the source archives, each the same binary as
+    the cached one, and the engine then runs a program with a Python dynamic resource. Go's
+    module and build caches are reused by hard links (Go only adds entries), and so is the
+    CLI with its stamp, so only what the archives give is built (and mostly linked)."""
     for part in ("bin/pulumi", "stamps/cli", "go/mod", "go/cache"):
         assert (CACHE / part).exists(), f"{CACHE / part} missing: run scripts/pulumi-toolchain.sh"
     fresh = tmp_path / "cache"
@@ -295,14 +296,17 @@ def test_a_fresh_cache_builds_from_the_archives(tmp_path: pathlib.Path) -> None:
     out = toolchain(fresh, [], DKIM_RELAY_PULUMI="source")
     assert out.returncode == 3, out.stderr  # 3: cloudflare, which has no source build
     assert re.search(r"language host: +v3\.259\.0\S* \(built\)", out.stderr), out.stderr
-    assert re.search(r"plugin command: +v1\.2\.1 \(built and registered\)", out.stderr)
-    built = fresh / "bin" / "pulumi-resource-command-v1.2.1"
-    reference = CACHE / "bin" / "pulumi-resource-command-v1.2.1"
-    digest = [
-        subprocess.check_output(["sha256sum", str(p)], text=True).split()[0]
-        for p in (built, reference)
-    ]
-    assert digest[0] == digest[1], "the archive build differs from the cached one"
+    for name, version in (("command", "1.2.1"), ("docker", "5.1.0")):
+        assert re.search(rf"plugin {name}: +v{version} \(built and registered\)", out.stderr)
+        built = fresh / "bin" / f"pulumi-resource-{name}-v{version}"
+        reference = CACHE / "bin" / f"pulumi-resource-{name}-v{version}"
+        digest = [
+            subprocess.check_output(["sha256sum", str(p)], text=True).split()[0]
+            for p in (built, reference)
+        ]
+        assert digest[0] == digest[1], f"the archive build of {name} differs from the cached one"
+        home = fresh / "pulumi-home" / "plugins" / f"resource-{name}-v{version}"
+        assert (home / f"pulumi-resource-{name}").is_file(), f"{name} is not registered"
 
     project = tmp_path / "project"
     project.mkdir()

@@ -3,8 +3,10 @@ stand-in CLIs: no engine is built or run here."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -17,6 +19,7 @@ from tests.toolchain_support import (
     older,
     stand_in_cli,
     toolchain,
+    wanted_plugins,
 )
 
 pytestmark = pytest.mark.unit
@@ -104,3 +107,121 @@ def test_a_missing_source_archive_is_named_before_the_cli_build(tmp_path: pathli
     assert out.returncode not in (0, 3)
     assert "not found in" in out.stderr and "DKIM_RELAY_SOURCE_ARCHIVES" in out.stderr
     assert "building pulumi CLI" not in out.stderr
+
+
+WANTED = wanted_plugins()
+SCRIPT = TOOLCHAIN.read_text()
+PINNED = re.findall(r"\[([a-z0-9.-]+\.tar\.gz)\]=", SCRIPT)
+DOCKER_ARCHIVES = ["pulumi-docker-v5.1.0.tar.gz", "terraform-provider-docker-v4.5.0.tar.gz"]
+SOURCE_ARCHIVES = pathlib.Path(
+    os.environ.get("DKIM_RELAY_SOURCE_ARCHIVES", REPO.parent / "shared" / "toolchain-src")
+)
+
+
+def script_value(name: str) -> str:
+    m = re.search(rf"^{name}=\$?\{{?(?:[A-Z_]+:-)?v?([0-9.]+)", SCRIPT, re.M)
+    assert m, name
+    return m.group(1)
+
+
+def built_cache(cache: pathlib.Path, tmp_path: pathlib.Path, plugins: dict[str, str]) -> None:
+    """A cache where the CLI, the language host and PLUGINS (name: version) are "already
+    built": stand-in binaries with the stamps the script checks, plugins registered."""
+    bin_ = cache / "bin"
+    bin_.mkdir(parents=True)
+    (cache / "stamps").mkdir()
+    cli = stand_in_cli(tmp_path / "built", script_value("PULUMI_CLI_VERSION"))
+    (bin_ / "pulumi").symlink_to(cli)
+    (cache / "stamps" / "cli").write_text(f"v{script_value('PULUMI_CLI_VERSION')}\n")
+    for exe in (
+        "pulumi-language-python",
+        "pulumi-language-python-exec",
+        "pulumi-resource-pulumi-python",
+    ):
+        (bin_ / exe).symlink_to(cli)
+    (cache / "stamps" / "langhost").write_text(
+        f"v{script_value('LANGHOST_TAG')}+pkg{script_value('PULUMI_CLI_VERSION')};"
+        f"exec{SDK_VERSION}\n"
+    )
+    for name, version in plugins.items():
+        (bin_ / f"pulumi-resource-{name}-v{version}").symlink_to(cli)
+        (cache / "stamps" / f"plugin-{name}").write_text(f"{version}\n")
+        home = cache / "pulumi-home" / "plugins" / f"resource-{name}-v{version}"
+        home.mkdir(parents=True)
+        (home / f"pulumi-resource-{name}").symlink_to(cli)
+
+
+@pytest.mark.parametrize("tampered", DOCKER_ARCHIVES)
+def test_a_docker_archive_with_another_checksum_is_not_unpacked(
+    tmp_path: pathlib.Path, tampered: str
+) -> None:
+    """Both docker archives are checked before either is unpacked: with the genuine
+    pulumi-docker archive beside a tampered Terraform provider, neither is unpacked."""
+    assert set(DOCKER_ARCHIVES) <= set(PINNED), PINNED
+    cache, archives = tmp_path / "cache", tmp_path / "archives"
+    built_cache(cache, tmp_path, {"command": WANTED["command"]})
+    archives.mkdir()
+    for name in DOCKER_ARCHIVES:
+        if name == tampered:
+            (archives / name).write_bytes(b"not the archive")
+        elif (SOURCE_ARCHIVES / name).is_file():
+            (archives / name).symlink_to(SOURCE_ARCHIVES / name)
+        else:
+            raise AssertionError(f"the genuine {name} is not in {SOURCE_ARCHIVES}")
+    out = toolchain(
+        cache,
+        [],
+        DKIM_RELAY_PULUMI="source",
+        DKIM_RELAY_SOURCE_ARCHIVES=str(archives),
+        GO="/bin/false",  # nothing may reach a build
+    )
+    assert out.returncode not in (0, 3)
+    assert f"{tampered} has sha256" in out.stderr and "not unpacking" in out.stderr, out.stderr
+    assert "pulumi-resource-docker v5.1.0: not built yet" in out.stderr, out.stderr
+    unpacked = cache / "src" / f"docker-{WANTED['docker']}"
+    assert not (unpacked / "pulumi-docker").exists()
+    assert not (unpacked / "terraform-provider-docker").exists()
+
+
+@pytest.mark.parametrize("missing", DOCKER_ARCHIVES)
+def test_a_missing_docker_archive_is_named_before_the_cli_build(
+    tmp_path: pathlib.Path, missing: str
+) -> None:
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    for name in PINNED:
+        if name != missing:
+            (archives / name).write_bytes(b"present")  # only their presence is checked first
+    out = toolchain(
+        tmp_path / "cache",
+        [],
+        DKIM_RELAY_PULUMI="source",
+        DKIM_RELAY_SOURCE_ARCHIVES=str(archives),
+        GO="/bin/false",
+    )
+    assert out.returncode not in (0, 3)
+    assert "not found in" in out.stderr and f"{missing} (for the docker plugin)" in out.stderr
+    assert "building pulumi CLI" not in out.stderr
+    assert [n for n in PINNED if n in out.stderr] == [missing], out.stderr
+
+
+def test_archives_are_needed_only_for_parts_still_to_build(tmp_path: pathlib.Path) -> None:
+    cache = tmp_path / "cache"
+    built_cache(cache, tmp_path, {"command": WANTED["command"]})
+    none = str(tmp_path / "none")
+    out = toolchain(
+        cache, [], DKIM_RELAY_PULUMI="source", DKIM_RELAY_SOURCE_ARCHIVES=none, GO="/bin/false"
+    )
+    assert out.returncode not in (0, 3)
+    named = [n for n in PINNED if n in out.stderr]
+    assert sorted(named) == sorted(DOCKER_ARCHIVES), out.stderr
+    # Once the docker plugin is built too, no archive is needed: only cloudflare is left,
+    # which has no source build (3).
+    shutil.rmtree(cache)
+    built_cache(cache, tmp_path / "again", {n: WANTED[n] for n in ("command", "docker")})
+    out = toolchain(
+        cache, [], DKIM_RELAY_PULUMI="source", DKIM_RELAY_SOURCE_ARCHIVES=none, GO="/bin/false"
+    )
+    assert out.returncode == 3, out.stderr
+    assert "not found" not in out.stderr
+    assert re.search(r"plugin docker: +v5\.1\.0 \(cached\)", out.stderr), out.stderr

@@ -105,6 +105,8 @@ def cfg_for(domain: str) -> Any:
             "vpsIpv4": ADDRESSES[domain][0],
             "vpsIpv6": ADDRESSES[domain][1],
             "acmeEmail": f"postmaster@{domain}",
+            "sshHostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoq"
+            "KLsabgH5C9okWi0dh2l9GKJl",
             "dmarcPolicy": "quarantine",
             "dmarcRua": [f"mailto:dmarc-reports@{domain}"],
             "dnsTtl": 300,

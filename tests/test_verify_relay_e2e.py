@@ -104,6 +104,8 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayEnv]:
                 "vpsIpv4": "127.0.0.1",
                 "vpsIpv6": "::1",
                 "acmeEmail": f"postmaster@{DOMAIN}",
+                "sshHostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoq"
+                "KLsabgH5C9okWi0dh2l9GKJl",
                 "dmarcPolicy": "reject",
                 "dmarcRua": [f"mailto:dmarc-reports@{DOMAIN}"],
                 "dnsTtl": 300,

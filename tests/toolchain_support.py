@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
+import json
 import os
 import pathlib
+import re
 import subprocess
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -43,3 +46,22 @@ def newer(version: str) -> str:
 def older(version: str) -> str:
     major, minor, _ = (int(x) for x in version.split("."))
     return f"{major}.{minor - 1}.9"
+
+
+def wanted_plugins() -> dict[str, str]:
+    """Resource plugins the project asks for: pulumi-NAME==X in requirements.txt,
+    at the version in the installed package's pulumi-plugin.json."""
+    wanted = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        m = re.match(r"\s*pulumi-([a-z0-9-]+)\s*==", line, re.I)
+        if not m:
+            continue
+        mod = "pulumi_" + m.group(1).lower().replace("-", "_")
+        spec = importlib.util.find_spec(mod)
+        assert spec is not None and spec.origin is not None, f"{mod} is not installed"
+        meta_file = pathlib.Path(spec.origin).parent / "pulumi-plugin.json"
+        if meta_file.is_file():
+            meta = json.loads(meta_file.read_text())
+            if meta.get("resource"):
+                wanted[str(meta["name"])] = str(meta["version"])
+    return wanted

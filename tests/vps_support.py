@@ -447,3 +447,34 @@ def port25_listener(*addresses: str) -> Iterator[Port25Listener]:
             t.join(timeout=5)
         for s in socks:
             s.close()
+
+
+@contextmanager
+def ssh_agent(private_key: str) -> Iterator[dict[str, str]]:
+    """An ssh-agent holding ``private_key`` (given on ssh-add's stdin, never in a file or
+    on a command line), as a user's agent holds theirs: yields the environment for
+    ``pulumi`` (SSH_AUTH_SOCK), through which the Docker provider's ``ssh`` logs in."""
+    d = tempfile.mkdtemp(prefix="dkr-agent-")
+    sock = os.path.join(d, "agent.sock")
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock):
+            if time.monotonic() > deadline:
+                raise AssertionError("ssh-agent did not start")
+            time.sleep(0.05)
+        env = {"SSH_AUTH_SOCK": sock}
+        subprocess.run(
+            ["ssh-add", "-q", "-"],
+            input=private_key,
+            env={**os.environ, **env},
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+        yield env
+    finally:
+        _kill(agent)
+        shutil.rmtree(d, ignore_errors=True)
