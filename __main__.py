@@ -224,8 +224,16 @@ def deploy_relay(
             acme_server=cfg.acme_server,
             acme_extra_names=cfg.acme_extra_names,
             acme_ca_bundle=cfg.acme_ca_bundle,
-            submissions465=cfg.submissions465,
-            extra_ports=[cfg.smtp_port] if cfg.smtp_port != 587 else [],
+            # The firewall opens the host ports the relay is published on.
+            submissions465=cfg.submissions465 and cfg.submissions_port == 465,
+            extra_ports=[
+                port
+                for port, extra in (
+                    (cfg.smtp_port, cfg.smtp_port != 587),
+                    (cfg.submissions_port, cfg.submissions465 and cfg.submissions_port != 465),
+                )
+                if extra
+            ],
             container_name=cfg.relay_container_name,
             secret_files=secret_files,
             port25_probe=cfg.port25_probe,

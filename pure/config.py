@@ -38,6 +38,14 @@ from pydantic_core import PydanticCustomError
 DEFAULT_ACME_SERVER = "https://acme-v02.api.letsencrypt.org/directory"
 DEFAULT_DKIM_SELECTOR = "relay"
 DEFAULT_CONTAINER_NAME = "dkim-relay"
+# The OpenSSH host key types sshHostKey may be (pure/relay_container.py pins each).
+SSH_HOST_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+)
 DEFAULT_SMTP_PORT = 587
 DEFAULT_SUBMISSIONS_PORT = 465
 DEFAULT_RELAY_IPV4_SUBNET = "172.30.87.0/24"
@@ -695,6 +703,16 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                     "acmeEmail",
                     "is needed to request the relay's Let's Encrypt certificate (expiry "
                     "notices go there). Fix: pulumi config set acmeEmail you@example.com",
+                )
+            )
+        host_key = str(raw.get("sshHostKey") or "").split()
+        if host_key and (len(host_key) < 2 or host_key[0] not in SSH_HOST_KEY_TYPES):
+            problems.append(
+                (
+                    "sshHostKey",
+                    f"{raw['sshHostKey']!r} is not one OpenSSH public key line ('ssh-ed25519 "
+                    "AAAA...'). On the VPS: cat /etc/ssh/ssh_host_ed25519_key.pub. Fix: pulumi "
+                    "config set sshHostKey 'ssh-ed25519 AAAA...'",
                 )
             )
         if not raw.get("sshHostKey"):

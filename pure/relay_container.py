@@ -20,6 +20,7 @@ from pure.config import (
     DEFAULT_RELAY_IPV4_SUBNET,
     DEFAULT_RELAY_IPV6_SUBNET,
     DEFAULT_SMTP_PORT,
+    SSH_HOST_KEY_TYPES,
 )
 
 RELAY_DIR = Path(__file__).resolve().parent.parent / "relay"  # the image's build context
@@ -35,13 +36,14 @@ LOG_DRIVER = "json-file"
 LOG_OPTS = {"max-size": "10m", "max-file": "3"}
 
 # The ssh client's algorithms for each host key type (an RSA key signs with SHA-2).
-HOSTKEY_ALGORITHMS = {
+HOSTKEY_ALGORITHMS: dict[str, str] = {
     "ssh-ed25519": "ssh-ed25519",
     "ssh-rsa": "rsa-sha2-512,rsa-sha2-256,ssh-rsa",
     "ecdsa-sha2-nistp256": "ecdsa-sha2-nistp256",
     "ecdsa-sha2-nistp384": "ecdsa-sha2-nistp384",
     "ecdsa-sha2-nistp521": "ecdsa-sha2-nistp521",
 }
+assert set(HOSTKEY_ALGORITHMS) == set(SSH_HOST_KEY_TYPES)
 
 
 def tree_hash(files: Mapping[str, tuple[bool, bytes]]) -> str:

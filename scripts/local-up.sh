@@ -33,5 +33,7 @@ The relay runs on this machine. Where to look:
   pulumi stack output --stack local --show-secrets smtpPassword
   ls .local/local/sink/                              every message the relay delivered
   docker logs dkim-relay                             the relay's log
+  docker rm -f dkim-relay; pulumi up --stack local    the stack sees the removal and repairs it
 (first: source scripts/pulumi-env.sh)   Remove it all: pulumi destroy --stack local
+(it keeps the queue volume dkim-relay-queue, which may hold mail: docker volume rm it after)
 TXT

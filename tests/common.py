@@ -1,9 +1,11 @@
-"""Small helpers every kind of test uses: one free port, one docker call, one wait, one
-test CA."""
+"""Small helpers every kind of test uses: one free port, free docker subnets, one docker
+call, one wait, one test CA."""
 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
+import random
 import socket
 import ssl
 import subprocess
@@ -48,6 +50,36 @@ def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
             f"docker {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-2000:]}"
         )
     return proc.stdout.strip()
+
+
+def exists(kind: str, name: str) -> bool:
+    """Whether the docker object `name` of `kind` (container, network, volume, image) exists."""
+    res = subprocess.run(
+        ["docker", kind, "inspect", name], capture_output=True, stdin=subprocess.DEVNULL
+    )
+    return res.returncode == 0
+
+
+def free_subnets(prefix: str = "172.29") -> tuple[str, str]:
+    """An IPv4 /24 under `prefix` that no docker network uses now, and an IPv6 ULA /64
+    numbered after it (random, so concurrent tests rarely pick the same)."""
+    used: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for net in docker("network", "ls", "-q").split():
+        out = docker(
+            "network",
+            "inspect",
+            "-f",
+            "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+            net,
+            check=False,
+        )
+        used += [ipaddress.ip_network(s) for s in out.split()]
+    for _ in range(200):
+        n = random.randrange(1, 250)
+        v4 = ipaddress.ip_network(f"{prefix}.{n}.0/24")
+        if not any(v4.overlaps(u) for u in used if u.version == 4):
+            return str(v4), f"fd00:d6b1:7d{n:02x}::/64"
+    raise RuntimeError(f"no free {prefix}.N.0/24 subnet")
 
 
 def run_script(

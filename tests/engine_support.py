@@ -9,21 +9,36 @@
 * on a tiny program (``write_project`` + ``Engine(tmp, project=...)``): a temporary
   project whose ``__main__.py`` has the repo on ``sys.path``; its stack config files stay
   in that project.
+
+And what the engine tests check a deployed relay with: a message submitted with the
+stack's credentials (``submit``) and its copy in the sink checked by dkimpy against the
+stack's ``dkimDnsValue`` (``wait_signed``, ``send_and_verify``), the relay's queue
+(``queue``, ``flush``), and the SMTP greeting of a published port (``greeting``,
+``GreetingProbe`` for downtime).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import smtplib
+import socket
+import ssl
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+import dkim
 import yaml
 
-from tests.common import free_port
+from tests.common import docker, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("DKIM_RELAY_CACHE", Path.home() / ".cache" / "dkim-relay"))
@@ -71,6 +86,187 @@ def send_and_verify(outputs: dict[str, Any], certs: Path, sink_dir: Path) -> str
     assert "DKIM signature: PASS" in res.stdout
     assert outputs["smtpPassword"] not in res.stdout + res.stderr
     return res.stdout
+
+
+class _SmtpsByAddress(smtplib.SMTP_SSL):
+    """Implicit TLS to an address, the certificate checked against `server_name`."""
+
+    def __init__(self, server_name: str, **kw: Any) -> None:
+        self.server_name = server_name
+        super().__init__(**kw)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock = socket.create_connection((host, port), timeout)
+        return self.context.wrap_socket(sock, server_hostname=self.server_name)
+
+
+def submit(
+    outputs: dict[str, Any],
+    certs: Path,
+    subject: str,
+    *,
+    port: int | None = None,
+    implicit_tls: bool = False,
+) -> str:
+    """Submit one message over loopback with the stack's smtpUsername/smtpPassword (STARTTLS
+    on smtpPort, or implicit TLS on `port`), the certificate checked against smtpServer
+    with the CA in `certs`. Returns the token in its subject."""
+    token = uuid.uuid4().hex
+    msg = EmailMessage()
+    msg["From"] = outputs["smtpUsername"]
+    msg["To"] = "someone@example.net"
+    msg["Subject"] = f"{subject} {token}"
+    msg["Date"] = formatdate(localtime=False)
+    msg["Message-ID"] = make_msgid(domain=outputs["domain"])
+    msg.set_content(f"Sent through the relay by the engine tests ({subject}).\n")
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    port = int(outputs["smtpPort"]) if port is None else port
+    smtp: smtplib.SMTP
+    if implicit_tls:
+        smtp = _SmtpsByAddress(outputs["smtpServer"], context=ctx, timeout=30)
+        smtp.connect("127.0.0.1", port)
+    else:
+        smtp = smtplib.SMTP("127.0.0.1", port, timeout=30)
+        # Connected by address; the certificate is checked against the relay's name.
+        smtp._host = outputs["smtpServer"]  # type: ignore[attr-defined]
+    with smtp:
+        smtp.ehlo("engine-test")
+        if not implicit_tls:
+            smtp.starttls(context=ctx)
+            smtp.ehlo("engine-test")
+        smtp.login(outputs["smtpUsername"], outputs["smtpPassword"])
+        smtp.send_message(msg)
+    return token
+
+
+def wait_signed(outputs: dict[str, Any], sink_dir: Path, token: str, timeout: float = 90) -> bytes:
+    """The message with `token` as the sink kept it, its DKIM signature checked by dkimpy
+    against the dkimDnsValue output (as scripts/send_test_mail.py checks it)."""
+    record = f"{outputs['dkimSelector']}._domainkey.{outputs['domain']}".encode()
+
+    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
+        return outputs["dkimDnsValue"].encode() if name.rstrip(b".") == record else None
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in sorted(sink_dir.glob("*.eml")):
+            data = path.read_bytes()
+            if token.encode() in data:
+                assert b"DKIM-Signature:" in data, data[:2000]
+                assert dkim.verify(data, dnsfunc=lookup), f"DKIM signature FAIL: {path}"
+                return data
+        time.sleep(0.3)
+    raise AssertionError(f"no message with {token} reached {sink_dir} within {timeout:.0f} s")
+
+
+def queue(container: str) -> list[dict[str, Any]]:
+    """The relay's mail queue (``postqueue -j``), one dict per message."""
+    out = docker("exec", container, "postqueue", "-c", "/etc/postfix", "-j")
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def flush(container: str) -> None:
+    """Deliver the deferred mail now (Postfix would retry after its backoff, 5 min)."""
+    docker("exec", container, "postqueue", "-c", "/etc/postfix", "-f")
+
+
+def greeting(host: str, port: int, timeout: float = 2.0) -> str:
+    """The first line a server on `port` sends, "" when nothing answers (refused, closed
+    by Docker's proxy with no container behind it, or silent)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            data = b""
+            while b"\n" not in data:
+                chunk = s.recv(512)
+                if not chunk:
+                    break
+                data += chunk
+            try:
+                s.sendall(b"QUIT\r\n")
+            except OSError:
+                pass
+    except OSError:
+        return ""
+    return data.split(b"\n", 1)[0].decode(errors="replace").strip()
+
+
+class GreetingProbe:
+    """Probes `port` every `every` seconds in a thread for the relay's SMTP greeting.
+
+    Served: "220 <relay_host> ..." or, once the probe itself has used up the relay's
+    connection rate limit for its address (30 a minute: three seconds of probing), Postfix's
+    "421 4.7.0 <relay_host> Error: too many connections"; both come from the relay's smtpd,
+    and any other client (its own address) is greeted with 220 then. Not served: refused,
+    closed, silent or anything else. ``longest_gap`` is the longest time between two served
+    probes."""
+
+    def __init__(self, port: int, relay_host: str, host: str = "127.0.0.1", every: float = 0.1):
+        self.port, self.relay_host, self.host, self.every = port, relay_host, host, every
+        self.samples: list[tuple[float, str]] = []  # (monotonic time, first line)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def served(self, line: str) -> bool:
+        return line.startswith(f"220 {self.relay_host} ") or (
+            line.startswith("421 ") and f"{self.relay_host} Error: too many connections" in line
+        )
+
+    def _run(self) -> None:
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            t = time.monotonic()
+            self.samples.append((t, greeting(self.host, self.port, timeout=1.0)))
+            nxt = max(nxt + self.every, time.monotonic())
+            self._stop.wait(nxt - time.monotonic())
+
+    def __enter__(self) -> GreetingProbe:
+        self._thread.start()
+        return self
+
+    def stop_when_served(self, timeout: float = 120) -> None:
+        """Stop at the first served probe from now (fail after `timeout`)."""
+        since = time.monotonic()
+        deadline = since + timeout
+        while time.monotonic() < deadline:
+            if any(t >= since and self.served(line) for t, line in self.samples[-20:]):
+                break
+            time.sleep(0.05)
+        self._stop.set()
+        self._thread.join(timeout=10)
+        assert any(t >= since and self.served(line) for t, line in self.samples), (
+            f"port {self.port} gave no SMTP greeting within {timeout} s"
+        )
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        err: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def longest_gap(self) -> tuple[float, float, float]:
+        """(seconds, from, to): the longest time between two consecutive served probes, or
+        from the first probe to the first served one (from/to: seconds after the first
+        probe)."""
+        assert self.samples, "no probe ran"
+        t0 = self.samples[0][0]
+        served = [t for t, line in self.samples if self.served(line)]
+        assert served, "the port never gave an SMTP greeting"
+        best = (served[0] - t0, 0.0, served[0] - t0)
+        for a, b in zip(served, served[1:], strict=False):
+            if b - a > best[0]:
+                best = (b - a, a - t0, b - t0)
+        return best
+
+    def counts(self) -> dict[str, int]:
+        out = {"220": 0, "421": 0, "none": 0}
+        for _, line in self.samples:
+            key = line[:3] if self.served(line) else "none"
+            out[key] += 1
+        return out
 
 
 def write_private(path: Path, text: str) -> None:
@@ -223,6 +419,31 @@ class Stack:
             extra = ["--config-file", str(self.config_file)]
         return self.engine.run(*args, "--stack", self.name, *extra, input=input, env=self.env)
 
+    def run_lines(self, *args: str) -> tuple[int, list[tuple[float, str]]]:
+        """`pulumi ARGS` (stderr merged into stdout): its exit code and each output line
+        with the time.monotonic() at which it came, to see when each step ran."""
+        extra = ["--config-file", str(self.config_file)] if self.own_file else []
+        cmd = [str(PULUMI), *args, "--stack", self.name, *extra, "--non-interactive"]
+        lines: list[tuple[float, str]] = []
+        with subprocess.Popen(
+            cmd,
+            cwd=self.engine.project,
+            env={**self.engine.env, **(self.env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as proc:
+            assert proc.stdout is not None
+            deadline = time.monotonic() + self.engine.timeout
+            for line in proc.stdout:
+                lines.append((time.monotonic(), line.rstrip("\n")))
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError(f"pulumi {' '.join(args)} ran over its time")
+            code = proc.wait(timeout=60)
+        return code, lines
+
     def ok(self, *args: str) -> str:
         res = self.run(*args)
         assert res.returncode == 0, f"pulumi {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
@@ -237,4 +458,6 @@ class Stack:
         return dict(json.loads(self.ok("stack", "output", "--json", "--show-secrets")))
 
     def preview_steps(self) -> list[dict[str, Any]]:
+        """`pulumi preview --json`'s steps; with ``refresh: always`` (the project's and
+        write_project's) they include a "refresh" step for each resource read back."""
         return list(json.loads(self.ok("preview", "--json")).get("steps", []))

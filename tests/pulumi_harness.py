@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import runpy
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,9 @@ from typing import Any
 
 import pulumi
 import pytest
+from pulumi.runtime.mocks import MockMonitor
+from pulumi.runtime.settings import SETTINGS
+from pulumi.runtime.stack import wait_for_rpcs
 
 ROOT = Path(__file__).resolve().parent.parent
 PRIVATE_MARKER = "-----BEGIN PRIVATE KEY-----mock-----END PRIVATE KEY-----"
@@ -19,10 +24,19 @@ PRIVATE_MARKER = "-----BEGIN PRIVATE KEY-----mock-----END PRIVATE KEY-----"
 
 @dataclass
 class Registered:
+    """One registration as the engine receives it: inputs, and (filled by `Monitor`) the
+    options that reach the engine."""
+
     type: str
     name: str
     inputs: dict[str, Any]
     provider: str | None = None
+    urn: str = ""
+    parent: str = ""  # the parent's URN
+    dependencies: list[str] = field(default_factory=list)  # URNs: depends_on and inputs
+    delete_before_replace: bool = False
+    retain_on_delete: bool = False
+    additional_secret_outputs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -38,7 +52,30 @@ class Run:
     def named(self, name: str) -> Registered:
         found = [r for r in self.resources if r.name == name]
         assert found, f"no resource named {name}: {[r.name for r in self.resources]}"
+        assert len(found) == 1, f"{len(found)} resources named {name}"
         return found[0]
+
+    def by_urn(self, urn: str) -> Registered:
+        found = [r for r in self.resources if r.urn == urn]
+        assert found, f"no resource with URN {urn}"
+        return found[0]
+
+    def deps(self, name: str) -> set[str]:
+        """Names of what `name` waits for (explicit depends_on and its inputs' resources)."""
+        return {self.by_urn(u).name for u in self.named(name).dependencies}
+
+    def parent(self, name: str) -> str:
+        """The parent's name (the stack's, for a top-level resource)."""
+        return self.named(name).parent.rsplit("::", 1)[-1]
+
+    def provider_of(self, name: str) -> str | None:
+        """The name of the explicit provider `name` uses (None: the default provider)."""
+        ref = self.named(name).provider
+        if not ref:
+            return None
+        found = [r for r in self.resources if r.urn and ref.startswith(r.urn + "::")]
+        assert found, f"no provider {ref}"
+        return found[0].name
 
 
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
@@ -78,10 +115,16 @@ class Mocks(pulumi.runtime.Mocks):
         command_stdout: Callable[[str], str] | None = None,
     ) -> None:
         self.resources, self.calls, self.command_stdout = resources, calls, command_stdout
+        self.last = threading.local()  # the registration `Monitor` completes
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
-        self.resources.append(Registered(args.typ, args.name, dict(args.inputs), args.provider))
+        registered = Registered(args.typ, args.name, dict(args.inputs), args.provider)
+        self.resources.append(registered)
+        self.last.registered = registered
         outs = dict(args.inputs)
+        if args.typ == "docker:index/remoteImage:RemoteImage":  # what a build reports
+            digest = hashlib.sha256(str(outs.get("name")).encode()).hexdigest()
+            outs["imageId"] = f"sha256:{digest}"
         if args.typ == "pulumi-python:dynamic:Resource":
             if "bits" in outs:  # a DKIM key
                 outs["private_key_pem"] = PRIVATE_MARKER
@@ -101,6 +144,54 @@ class Mocks(pulumi.runtime.Mocks):
         return {}, []
 
 
+class Monitor(MockMonitor):
+    """Pulumi's mock monitor, also recording each registration's options (its URN,
+    parent, dependencies, delete-before-replace, retain-on-delete) on `Registered`."""
+
+    mocks: Mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        self.mocks.last.registered = None
+        response = super().RegisterResource(request)
+        registered = getattr(self.mocks.last, "registered", None)
+        if registered is not None:
+            registered.urn = response.urn
+            registered.parent = request.parent
+            registered.dependencies = list(request.dependencies)
+            registered.delete_before_replace = bool(request.deleteBeforeReplace)
+            registered.retain_on_delete = bool(request.retainOnDelete)
+            registered.additional_secret_outputs = list(request.additionalSecretOutputs)
+        return response
+
+
+def set_mocks(mocks: Mocks, preview: bool) -> None:
+    """A fresh event loop and runtime with `mocks` behind a recording `Monitor`."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    pulumi.runtime.set_mocks(
+        mocks, project="dkim-relay", stack="test", preview=preview, monitor=Monitor(mocks)
+    )
+    # The mock settings keep the outputs an earlier run left (a failed one leaves its
+    # errors there): start clean, as pulumi.runtime.test does.
+    SETTINGS.outputs.clear()
+
+
+async def drain() -> None:
+    """Let every task still pending finish, whatever it raises."""
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current]
+    await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 30)
+
+
+async def settle() -> None:
+    """Wait as the engine's language host does: for every registration and every output,
+    re-raising what failed in an apply (a program error the engine would report)."""
+    try:
+        await wait_for_rpcs()
+    finally:
+        await drain()
+
+
 def run_program(
     monkeypatch: pytest.MonkeyPatch,
     config: Mapping[str, Any],
@@ -115,28 +206,26 @@ def run_program(
         all_config[full] = value if isinstance(value, str) else json.dumps(value)
     secret_keys = [k if ":" in k else f"dkim-relay:{k}" for k in (secrets or {})]
     pulumi.runtime.set_all_config(all_config, secret_keys)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    # A VPS stack runs with preview=True: RelayHost's preflight SSH check runs only on
-    # `up`, and mocks must never reach the (documentation-range) VPS address.
-    pulumi.runtime.set_mocks(
-        Mocks(run.resources, run.calls), project="dkim-relay", stack="test", preview=preview
-    )
+    # On `up` (preview=False) a VPS stack's program connects to the VPS (the SSH preflight
+    # and port 25 checks, components/host.py): tests of it replace those calls.
+    set_mocks(Mocks(run.resources, run.calls), preview)
+    loop = asyncio.get_event_loop()
     outputs: dict[str, Any] = {}
     monkeypatch.setattr(pulumi, "export", lambda k, v: outputs.__setitem__(k, v))
     monkeypatch.chdir(ROOT)
-    runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    try:
+        runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
+    except Exception:
+        loop.run_until_complete(drain())  # what was registered before the error
+        raise
 
-    async def settle() -> None:
+    async def collect() -> None:
         for key, value in outputs.items():
             out = pulumi.Output.from_input(value)
             run.exports[key] = await out.future()
             if await out.is_secret():
                 run.secret_exports.add(key)
-        # let every registration finish before the loop is dropped
-        current = asyncio.current_task()
-        pending = [t for t in asyncio.all_tasks() if t is not current]
-        await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 30)
+        await settle()
 
-    loop.run_until_complete(settle())
+    loop.run_until_complete(collect())
     return run

@@ -26,11 +26,13 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockHostKeyMockHostKeyMockHostKeyMock"
 GOOD: dict[str, Any] = {
     "domain": "example.com",
     "vpsIpv4": "203.0.113.25",
     "vpsIpv6": "2001:db8::25",
     "acmeEmail": "postmaster@example.com",
+    "sshHostKey": HOST_KEY,
 }
 SECRETS = {"sshPrivateKey"}
 
@@ -48,6 +50,8 @@ def test_good_config_loads_with_defaults() -> None:
     assert cfg.ssh_target == "203.0.113.25"
     assert cfg.dkim_key_bits == 2048 and cfg.smtp_users == ["gmail"]
     assert cfg.port25_probe == "gmail-smtp-in.l.google.com"
+    assert cfg.ssh_host_key == HOST_KEY
+    assert cfg.submissions465 is False and cfg.submissions_port == 465
 
 
 @pytest.mark.parametrize("probe", ["mx.example.net", "192.0.2.25", "2001:db8::25"])
@@ -97,6 +101,17 @@ BAD_CASES = [
         "not an email address",
     ),
     ("acmeEmail", {"acmeEmail": None}, "Let's Encrypt"),
+    ("sshHostKey", {"sshHostKey": None}, "pin the VPS's SSH host key"),
+    ("sshHostKey", {"sshHostKey": ""}, "pulumi config set sshHostKey 'ssh-ed25519 AAAA...'"),
+    ("submissionsPort", {"submissionsPort": 70000}, "not a TCP port"),
+    ("submissionsPort", {"submissionsPort": 0}, "not a TCP port"),
+    ("submissionsPort", {"submissionsPort": "465"}, "not a TCP port"),
+    (
+        "submissionsPort",
+        {"submissions465": True, "smtpPort": 2525, "submissionsPort": 2525},
+        "same host port as smtpPort",
+    ),
+    ("submissionsPort", {"submissions465": True, "smtpPort": 465}, "same host port as smtpPort"),
     ("smtpUsers", {"smtpUsers": ["Bad User"]}, "not a valid user name"),
     ("sshPort", {"sshPort": 70000}, "not a TCP port"),
     ("acmeServer", {"acmeServer": "http://insecure/dir"}, "not an https:// URL"),
@@ -192,6 +207,25 @@ def test_every_problem_reported_at_once_with_a_fix() -> None:
     assert "5 problems" in text and "nothing was created or changed" in text
     for key, msg in info.value.problems:
         assert f"{key}:" in text and ("Fix:" in msg or "pulumi config" in msg), (key, msg)
+
+
+def test_ssh_host_key_required_for_a_vps_with_where_to_find_it() -> None:
+    found = problems(sshHostKey=None)
+    assert list(found) == ["sshHostKey"], found
+    text = found["sshHostKey"]
+    assert "cat /etc/ssh/ssh_host_ed25519_key.pub" in text
+    assert "Fix: pulumi config set sshHostKey" in text
+
+
+def test_submissions_port_is_free_unless_465_is_published() -> None:
+    cfg = load_config({**GOOD, "submissions465": True, "submissionsPort": 2465}, SECRETS)
+    assert cfg.submissions_port == 2465 and cfg.smtp_port == 587
+    # 465 off: its host port is not published, so it may equal smtpPort.
+    cfg = load_config({**GOOD, "smtpPort": 465}, SECRETS)
+    assert cfg.smtp_port == 465 and cfg.submissions465 is False
+    found = problems(submissions465=True, smtpPort=2465, submissionsPort=2465)
+    assert list(found) == ["submissionsPort"], found
+    assert "Fix: pulumi config set submissionsPort" in found["submissionsPort"]
 
 
 def test_local_target_needs_a_cert_dir_but_no_ssh() -> None:
@@ -343,3 +377,16 @@ def test_submissions_port_is_a_port_with_default_465() -> None:
     assert load_config(GOOD, SECRETS).submissions_port == 465
     assert load_config({**GOOD, "submissionsPort": 10465}, SECRETS).submissions_port == 10465
     assert "not a TCP port" in problems(submissionsPort=0)["submissionsPort"]
+
+
+@pytest.mark.parametrize("bad", ["SHA256:abc", "ssh-ed25519", "ssh-dss AAAAB3Nza"])
+def test_malformed_ssh_host_key_is_named(bad: str) -> None:
+    raw = {
+        "domain": "example.com",
+        "vpsIpv4": "198.51.100.7",
+        "acmeEmail": "me@example.com",
+        "sshHostKey": bad,
+    }
+    with pytest.raises(ConfigError) as err:
+        load_config(raw, {"sshPrivateKey"})
+    assert "sshHostKey" in str(err.value) and "not one OpenSSH public key line" in str(err.value)

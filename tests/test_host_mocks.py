@@ -1,23 +1,24 @@
-"""RelayHost wiring under Pulumi's mocks: order, options, and where secrets go."""
+"""RelayHost wiring under Pulumi's mocks: order, options, and where secrets go; the
+outbound port 25 check the program runs over SSH during `up` (no resource)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import shlex
+import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 import pytest
-from pulumi_command import remote
 
 from components import host as host_mod
-from components.host import RelayHost, RelayHostArgs, SshTarget
+from components.host import RelayHost, RelayHostArgs, SshTarget, agent_problem
 from pure import host_scripts as hs
 from pure import shell
 from pure.config import DEFAULT_PORT25_PROBE
-from tests.pulumi_harness import Mocks, Registered, strip_secrets, unwrap
+from tests.pulumi_harness import Mocks, Run, drain, set_mocks, settle, strip_secrets, unwrap
 
 pytestmark = pytest.mark.unit
 
@@ -41,48 +42,48 @@ HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockHostKeyMockHostKeyMockHostK
 
 
 @dataclass
-class World:
-    resources: list[Registered] = field(default_factory=list)
-    kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    objects: dict[int, str] = field(default_factory=dict)
+class Probe:
+    """Stands in for ``run_over_ssh``: records each call, answers with ``result``."""
 
-    def named(self, name: str) -> Registered:
-        found = [r for r in self.resources if r.name == name]
-        assert found, f"no resource {name}: {[r.name for r in self.resources]}"
-        return found[0]
+    result: subprocess.CompletedProcess[str] = field(
+        default_factory=lambda: subprocess.CompletedProcess([], 0, PORT25_OUT, "")
+    )
+    calls: list[tuple[SshTarget, str, str]] = field(default_factory=list)
+
+    def __call__(
+        self,
+        target: SshTarget,
+        private_key: str,
+        command: str,
+        stdin: str | None = None,
+        timeout: float = 600,
+    ) -> subprocess.CompletedProcess[str]:
+        self.calls.append((target, private_key, command))
+        return self.result
+
+
+@pytest.fixture(autouse=True)
+def probe(monkeypatch: pytest.MonkeyPatch) -> Probe:
+    """No test here reaches a VPS: the program's SSH calls are replaced."""
+    fake = Probe()
+    monkeypatch.setattr(host_mod, "run_over_ssh", fake)
+
+    def no_preflight(*_: Any, **__: Any) -> str:
+        raise AssertionError("preflight_check called: pass preflight=False or replace it")
+
+    monkeypatch.setattr(host_mod, "preflight_check", no_preflight)
+    return fake
 
 
 def command_stdout(name: str) -> str:
     if name.endswith("-secrets"):
         return f"dkim-relay[secrets]: key files changed\n{hs.GENERATION_PREFIX}{GENERATION}"
-    if name.endswith("-port25"):
-        return PORT25_OUT
     return "dkim-relay: no change"
 
 
-def build(
-    monkeypatch: pytest.MonkeyPatch,
-    preview: bool = False,
-    **over: Any,
-) -> tuple[World, RelayHost, dict[str, Any]]:
-    world = World()
-    real = remote.Command
-
-    class SpyCommand(real):  # type: ignore[misc, valid-type]
-        def __init__(self, resource_name: str, *a: Any, **kw: Any) -> None:
-            world.kwargs[resource_name] = kw
-            super().__init__(resource_name, *a, **kw)
-            world.objects[id(self)] = resource_name
-
-    monkeypatch.setattr(remote, "Command", SpyCommand)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    pulumi.runtime.set_mocks(
-        Mocks(world.resources, command_stdout=command_stdout),
-        project="dkim-relay",
-        stack="test",
-        preview=preview,
-    )
+def build(preview: bool = False, **over: Any) -> tuple[Run, RelayHost, dict[str, Any]]:
+    run = Run()
+    set_mocks(Mocks(run.resources, command_stdout=command_stdout), preview)
     files = {"dkim/mail.private": DKIM_KEY, "smtp-users": f"me@example.com:{PASSWORD}\n"}
     base: dict[str, Any] = dict(
         ssh_host="203.0.113.7",
@@ -96,92 +97,85 @@ def build(
         preflight=False,
     )
     base.update(over)
-    component = RelayHost("vps", RelayHostArgs(**base))
+    loop = asyncio.get_event_loop()
+    try:
+        component = RelayHost("vps", RelayHostArgs(**base))
+    except Exception:
+        loop.run_until_complete(drain())
+        raise
     results: dict[str, Any] = {}
 
-    async def settle() -> None:
+    async def collect() -> None:
         for key in ("docker_ready", "cert_ready", "cert_dir", "secrets_dir", "firewall_ports"):
             results[key] = await getattr(component, key).future()
         results["revision.secret"] = await component.secrets_revision.is_secret()
         results["revision"] = await component.secrets_revision.future()
         results["outbound_smtp"] = await component.outbound_smtp.future()
-        for name, kw in world.kwargs.items():
-            if isinstance(kw.get("stdin"), pulumi.Output):
-                results[f"{name}.stdin.secret"] = await kw["stdin"].is_secret()
-            pk = kw["connection"].private_key
-            results[f"{name}.key.secret"] = await pulumi.Output.from_input(pk).is_secret()
-        current = asyncio.current_task()
-        pending = [t for t in asyncio.all_tasks() if t is not current]
-        await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 30)
+        results["outbound_smtp.secret"] = await component.outbound_smtp.is_secret()
+        results["docker_host"] = await component.docker_host.future()
+        await settle()
 
-    loop.run_until_complete(settle())
-    loop.close()
-    return world, component, results
+    loop.run_until_complete(collect())
+    return run, component, results
 
 
-def deps(world: World, name: str) -> set[str]:
-    opts = world.kwargs[name]["opts"]
-    return {world.objects[id(d)] for d in opts.depends_on or []}
+STEPS = ["vps-certificate", "vps-docker", "vps-firewall", "vps-preflight", "vps-secrets"]
 
 
-def test_component_type_and_children(monkeypatch: pytest.MonkeyPatch) -> None:
-    world, _, results = build(monkeypatch)
-    comp = [r for r in world.resources if r.type == "dkimrelay:index:RelayHost"]
-    assert [r.name for r in comp] == ["vps"]
-    cmds = sorted(r.name for r in world.resources if r.type == "command:remote:Command")
-    assert cmds == [
-        "vps-certificate",
-        "vps-docker",
-        "vps-firewall",
-        "vps-port25",
-        "vps-preflight",
-        "vps-secrets",
-    ]
+def test_component_type_and_children() -> None:
+    run, _, results = build()
+    assert [r.name for r in run.of_type("dkimrelay:index:RelayHost")] == ["vps"]
+    cmds = sorted(r.name for r in run.of_type("command:remote:Command"))
+    # The port 25 check is no resource: it would show as a change on every preview.
+    assert cmds == STEPS
+    assert sorted(r.name for r in run.resources if r.name != "vps") == STEPS
+    assert not [r for r in run.resources if "port25" in r.name]
     assert results["cert_dir"] == "/etc/letsencrypt/live/relay.example.com"
     assert results["secrets_dir"] == hs.SECRETS_DIR
     assert results["docker_ready"] == "ready" and results["cert_ready"] == "ready"
     assert results["firewall_ports"] == ["2222/tcp", "587/tcp"]
+    assert results["docker_host"] == "ssh://root@203.0.113.7:2222"
     # The secrets step's generation: random per run, not derived from the key files.
     assert results["revision.secret"] is False and results["revision"] == GENERATION
 
 
-def test_ordering(monkeypatch: pytest.MonkeyPatch) -> None:
-    world, comp, _ = build(monkeypatch)
-    assert deps(world, "vps-preflight") == set()
-    assert deps(world, "vps-firewall") == {"vps-preflight"}
-    assert deps(world, "vps-docker") == {"vps-firewall"}
-    assert deps(world, "vps-certificate") == {"vps-firewall", "vps-docker"}
-    assert deps(world, "vps-secrets") == {"vps-preflight"}
-    assert deps(world, "vps-port25") == {"vps-preflight"}
-    for name, kw in world.kwargs.items():
-        assert kw["opts"].parent is comp, name
+def test_ordering() -> None:
+    run, _, _ = build()
+    assert run.deps("vps-preflight") == set()
+    assert run.deps("vps-firewall") == {"vps-preflight"}
+    assert run.deps("vps-docker") == {"vps-firewall"}
+    assert run.deps("vps-certificate") == {"vps-firewall", "vps-docker"}
+    assert run.deps("vps-secrets") == {"vps-preflight"}
+    for name in STEPS:
+        assert run.parent(name) == "vps", name
 
 
-def test_delete_commands_and_replacement_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    world, _, _ = build(monkeypatch)
-    fw = world.named("vps-firewall").inputs
+def test_delete_commands_and_replacement_order() -> None:
+    run, _, _ = build()
+    fw = run.named("vps-firewall").inputs
     assert "ufw delete allow" in fw["delete"]
-    assert "certificate" in world.named("vps-certificate").inputs["create"]
-    assert "delete" not in world.named("vps-certificate").inputs  # certificates are kept
-    assert "delete" not in world.named("vps-docker").inputs
-    assert world.kwargs["vps-firewall"]["opts"].delete_before_replace is True
-    assert world.kwargs["vps-secrets"]["opts"].delete_before_replace is True
+    assert "certificate" in run.named("vps-certificate").inputs["create"]
+    assert "delete" not in run.named("vps-certificate").inputs  # certificates are kept
+    assert "delete" not in run.named("vps-docker").inputs
+    assert run.named("vps-firewall").delete_before_replace is True
+    assert run.named("vps-secrets").delete_before_replace is True
+    assert run.named("vps-docker").delete_before_replace is False
 
 
-def test_connection_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    world, _, _ = build(monkeypatch)
-    cmds = [r for r in world.resources if r.type == "command:remote:Command"]
+def test_connection_settings() -> None:
+    run, _, _ = build()
+    cmds = run.of_type("command:remote:Command")
     conns = {json.dumps(unwrap(r.inputs["connection"]), sort_keys=True) for r in cmds}
     assert len(conns) == 1, "one SSH connection for every step"
-    conn = unwrap(world.named("vps-docker").inputs["connection"])
+    conn = unwrap(run.named("vps-docker").inputs["connection"])
     assert conn["host"] == "203.0.113.7" and conn["port"] == 2222 and conn["user"] == "root"
     assert conn["hostKey"] == HOST_KEY  # pinned in the provider itself
     assert conn["privateKey"] == SSH_KEY
 
 
-def test_no_secret_in_command_lines_or_plain_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    world, _, results = build(monkeypatch)
-    for r in world.resources:
+def test_no_secret_in_command_lines_or_plain_inputs() -> None:
+    run, _, _ = build()
+    for r in run.resources:
         plain = json.dumps(strip_secrets(r.inputs))
         for s in SECRET_STRINGS:
             assert s not in plain, f"secret in a plain input of {r.type} {r.name}"
@@ -189,30 +183,30 @@ def test_no_secret_in_command_lines_or_plain_inputs(monkeypatch: pytest.MonkeyPa
             value = r.inputs.get(key)
             assert value is None or isinstance(value, str), (r.name, key)
     # The key material travels only on the secrets step's stdin, as a secret.
-    assert strip_secrets(world.named("vps-secrets").inputs["stdin"]) == "<secret>"
-    stdin = json.loads(unwrap(world.named("vps-secrets").inputs["stdin"]))
+    assert strip_secrets(run.named("vps-secrets").inputs["stdin"]) == "<secret>"
+    stdin = json.loads(unwrap(run.named("vps-secrets").inputs["stdin"]))
     assert stdin["dkim/mail.private"] == DKIM_KEY
-    assert results["vps-secrets.stdin.secret"] is True
-    assert all(v for k, v in results.items() if k.endswith(".key.secret"))
-    kw = world.kwargs["vps-secrets"]
-    assert kw["logging"] == remote.Logging.NONE
-    create = shlex.split(world.named("vps-secrets").inputs["create"])
+    for r in run.of_type("command:remote:Command"):
+        assert strip_secrets(r.inputs["connection"]) == "<secret>", r.name  # the SSH key
+    secrets = run.named("vps-secrets")
+    assert secrets.inputs["logging"] == "none"
+    create = shlex.split(secrets.inputs["create"])
     assert create == ["bash", "-c", hs.render_secrets(), "dkim-relay"]
-    assert {"stdin", "stdout", "stderr"} <= set(kw["opts"].additional_secret_outputs)
-    for name in ("vps-preflight", "vps-firewall", "vps-docker", "vps-certificate", "vps-port25"):
-        assert "stdin" not in world.named(name).inputs
+    assert {"stdin", "stdout", "stderr"} <= set(secrets.additional_secret_outputs)
+    for name in ("vps-preflight", "vps-firewall", "vps-docker", "vps-certificate"):
+        assert "stdin" not in run.named(name).inputs
 
 
-def test_non_root_user_runs_through_sudo(monkeypatch: pytest.MonkeyPatch) -> None:
-    world, _, _ = build(monkeypatch, ssh_user="deploy")
-    for r in world.resources:
-        if r.type == "command:remote:Command":
-            assert r.inputs["create"].startswith("sudo -n bash -c "), r.name
+def test_non_root_user_runs_through_sudo() -> None:
+    run, _, results = build(ssh_user="deploy")
+    for r in run.of_type("command:remote:Command"):
+        assert r.inputs["create"].startswith("sudo -n bash -c "), r.name
+    assert results["docker_host"] == "ssh://deploy@203.0.113.7:2222"
 
 
-def test_without_secret_files_no_secrets_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    world, _, results = build(monkeypatch, secret_files=None)
-    assert "vps-secrets" not in world.kwargs
+def test_without_secret_files_no_secrets_step() -> None:
+    run, _, results = build(secret_files=None)
+    assert "vps-secrets" not in {r.name for r in run.resources}
     assert results["secrets_dir"] == hs.SECRETS_DIR
     assert results["revision"] == "none"
 
@@ -226,50 +220,91 @@ def test_preflight_runs_on_up_not_preview(monkeypatch: pytest.MonkeyPatch) -> No
         return "Linux 6.1"
 
     monkeypatch.setattr(host_mod, "preflight_check", fake)
-    world, _, _ = build(monkeypatch, preview=True, preflight=True)
+    build(preview=True, preflight=True)
     assert calls == []
-    world, _, _ = build(monkeypatch, preview=False, preflight=True)
+    run, _, _ = build(preview=False, preflight=True)
     assert calls == [SshTarget("203.0.113.7", 2222, "root", HOST_KEY)]
-    assert world.named("vps-preflight").inputs["triggers"] == ["ok"]
+    assert run.named("vps-preflight").inputs["triggers"] == ["ok"]
 
 
-def test_missing_acme_email_is_an_error_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_acme_email_is_an_error_naming_the_key() -> None:
     with pytest.raises(ValueError, match="acmeEmail"):
-        build(monkeypatch, acme_email="")
+        build(acme_email="")
 
 
-def test_bad_host_key_is_an_error_naming_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_host_key_is_an_error_naming_the_key() -> None:
     with pytest.raises(ValueError, match="sshHostKey"):
-        build(monkeypatch, ssh_host_key="fingerprint-only")
+        build(ssh_host_key="fingerprint-only")
 
 
-def test_port25_step_runs_each_time_and_reports(monkeypatch: pytest.MonkeyPatch) -> None:
+# --- the outbound port 25 check, from the program ----------------------------------------
+def test_port25_checked_over_ssh_on_up_and_reported(
+    monkeypatch: pytest.MonkeyPatch, probe: Probe
+) -> None:
     warned: list[str] = []
     monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **kw: warned.append(msg))
-    world, _, results = build(monkeypatch, port25_probe="mx.example.net", vps_ipv6="2001:db8:7::25")
-    step = world.named("vps-port25").inputs
-    assert shlex.split(step["create"]) == [
+    _, _, results = build(port25_probe="mx.example.net", vps_ipv6="2001:db8:7::25")
+    # Once, with the stack's SSH settings (host key pinned), running the port25 script.
+    assert len(probe.calls) == 1
+    target, key, command = probe.calls[0]
+    assert target == SshTarget("203.0.113.7", 2222, "root", HOST_KEY)
+    assert key == SSH_KEY
+    assert shlex.split(command) == [
         "bash",
         "-c",
         hs.render_port25("mx.example.net", True),
         "dkim-relay",
     ]
-    assert "delete" not in step
-    assert world.kwargs["vps-port25"]["logging"] == remote.Logging.STDOUT_AND_STDERR
-    # A new trigger each run, so each `pulumi up` probes again.
-    again, _, _ = build(monkeypatch, port25_probe="mx.example.net", vps_ipv6="2001:db8:7::25")
-    assert step["triggers"] != again.named("vps-port25").inputs["triggers"]
     assert results["outbound_smtp"] == hs.parse_port25(PORT25_OUT)
     assert results["outbound_smtp"]["ipv4"]["status"] == "blocked"
-    # Warnings on `up` (twice: two builds): IPv4 blocked, the IPv6 source is not vpsIpv6.
-    assert warned == 2 * hs.port25_warnings(hs.parse_port25(PORT25_OUT), "2001:db8:7::25")
-    assert len(warned) == 4 and "relayNexthop" in warned[0] and "2001:db8:7::99" in warned[1]
+    assert results["outbound_smtp.secret"] is False, "it holds no secret: a plain output"
+    # Warnings: IPv4 blocked, the IPv6 source is not vpsIpv6.
+    assert warned == hs.port25_warnings(hs.parse_port25(PORT25_OUT), "2001:db8:7::25")
+    assert len(warned) == 2 and "relayNexthop" in warned[0] and "2001:db8:7::99" in warned[1]
+    # Each `up` (each program run) checks again: nothing is kept in the state to compare.
+    build(port25_probe="mx.example.net", vps_ipv6="2001:db8:7::25")
+    assert len(probe.calls) == 2
 
 
-def test_port25_defaults_and_no_warning_in_preview(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_port25_through_sudo_for_a_non_root_user(probe: Probe) -> None:
+    build(ssh_user="deploy")
+    ((target, _, command),) = probe.calls
+    assert target.user == "deploy"
+    assert command == shell.command_line(hs.render_port25(DEFAULT_PORT25_PROBE, False), True)
+
+
+def test_port25_not_checked_in_preview(monkeypatch: pytest.MonkeyPatch, probe: Probe) -> None:
     warned: list[str] = []
     monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **kw: warned.append(msg))
-    world, _, _ = build(monkeypatch, preview=True)
-    create = world.named("vps-port25").inputs["create"]
-    assert create == shell.command_line(hs.render_port25(DEFAULT_PORT25_PROBE, False))
+    _, _, results = build(preview=True)
+    assert probe.calls == []
+    assert results["outbound_smtp"] is None
     assert warned == []
+
+
+def test_port25_check_that_cannot_run_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, probe: Probe
+) -> None:
+    warned: list[str] = []
+    monkeypatch.setattr(pulumi.log, "warn", lambda msg, *a, **kw: warned.append(msg))
+    probe.result = subprocess.CompletedProcess([], 255, "", "ssh: connect to host: refused\n")
+    _, _, results = build()
+    assert results["outbound_smtp"] == {}
+    assert len(warned) == 1
+    assert "could not run" in warned[0] and "exit 255" in warned[0] and "refused" in warned[0]
+    # Open on both families, from vpsIpv6: nothing to say.
+    warned.clear()
+    open_both = PORT25_OUT.replace('"blocked"', '"open"').replace("2001:db8:7::99", "2001:db8::25")
+    probe.result = subprocess.CompletedProcess([], 0, open_both, "")
+    _, _, results = build(vps_ipv6="2001:db8::25")
+    assert {r["status"] for r in results["outbound_smtp"].values()} == {"open"}
+    assert warned == []
+
+
+# --- the ssh-agent the Docker provider's ssh:// needs ------------------------------------
+def test_agent_problem_names_the_missing_agent_and_the_fix() -> None:
+    problem = agent_problem(SSH_KEY, env={})
+    assert problem is not None
+    assert "SSH_AUTH_SOCK" in problem and "sshPrivateKey" in problem
+    assert "ssh-add" in problem and "Fix:" in problem
+    assert "c3NoLWtleS1zZWNyZXQtbW9jaw" not in problem

@@ -12,12 +12,14 @@ import shlex
 import subprocess
 
 import pytest
+import yaml
 
 from tests.verify_support import HEALTH_CHECK, WEBHOOK_ENV
 from tests.workflow_support import (
     BACKEND_ENV,
     BACKEND_SCRIPT,
     NAMES,
+    REPO,
     backend,
     load,
     read,
@@ -138,13 +140,48 @@ def test_health_check_schedule_dispatch_drift_and_permissions() -> None:
     assert hour.startswith("*/") and rest == ["*", "*", "*"]
     assert doc["permissions"] == {"contents": "read"}
     assert doc["env"]["PULUMI_STACK"] == "${{ vars.PULUMI_STACK }}"
-    drift = step("health.yml", "Drift (pulumi preview --refresh --expect-no-changes)")
+    (drift,) = [s for s in steps("health.yml") if s.get("run", "").startswith("pulumi preview")]
+    assert drift["name"].startswith("Drift")
     assert "vars.DRIFT_CHECK == 'true'" in drift["if"] and "inputs.drift" in drift["if"]
     argv = shlex.split(drift["run"])
     assert argv[:2] == ["pulumi", "preview"]
-    assert {"--refresh", "--expect-no-changes", "--non-interactive"} <= set(argv)
+    assert {"--expect-no-changes", "--non-interactive"} <= set(argv)
+    # A converged stack previews clean as it is: nothing left out.
+    assert not [a for a in argv if a.startswith("--exclude") or a.startswith("--target")], argv
+    # The preview compares with what is there now: the project refreshes first (Pulumi.yaml).
+    project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+    assert "--refresh" in argv or project.get("options", {}).get("refresh") == "always"
     install = [s for s in steps("health.yml") if str(s.get("uses", "")).startswith("pulumi/")]
     assert len(install) == 1 and "command" not in install[0]["with"]  # the CLI only
+
+
+AGENT_STEP = "bash .github/ssh-agent.sh"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_ssh_agent_is_loaded_before_the_stack_is_read(name: str) -> None:
+    """The Docker provider reaches a VPS's engine over ssh:// with the key from an
+    ssh-agent: every workflow that previews or deploys loads it first, after the login
+    (it reads sshPrivateKey from the stack)."""
+    runs = [str(s.get("run", "")) for s in steps(name)]
+    uses = [str(s.get("uses", "")) + str(s.get("with", {}).get("command", "")) for s in steps(name)]
+    login = runs.index("bash .github/pulumi-backend.sh login")
+    agent = runs.index(AGENT_STEP)
+    stack = [
+        i
+        for i, (r, u) in enumerate(zip(runs, uses, strict=True))
+        if r.startswith("pulumi preview") or u.endswith(("preview", "up"))
+    ]
+    assert stack, f"{name}: no step reads the stack"
+    assert login < agent < min(stack), (name, login, agent, stack)
+    assert "--exclude" not in read(name) and "port25" not in read(name)
+
+
+def test_ssh_agent_script_keeps_the_key_off_command_lines_and_disk() -> None:
+    text = (REPO / ".github" / "ssh-agent.sh").read_text()
+    assert re.search(r"pulumi config get sshPrivateKey [^|\n]*\| ssh-add -q -$", text, re.M)
+    assert "GITHUB_ENV" in text and "SSH_AUTH_SOCK" in text
+    assert not re.search(r">\s*\S*(id_|key)", text), "no key file is written"
 
 
 def test_preview_on_pull_requests_comments_with_minimal_permissions() -> None:
