@@ -1,4 +1,5 @@
-"""DKIM keys: pure helpers for key material and TXT values, and the `DkimKey` component.
+"""DKIM keys: helpers for the key material and its TXT value, and the `DkimKey` component.
+The TXT splitting and quoting are in `pure/txt.py`.
 
 The key is generated once by a Pulumi dynamic resource and kept in the stack's state as a
 secret, so a second `pulumi up` keeps it and a new selector gets a key of its own.
@@ -7,7 +8,6 @@ secret, so a second `pulumi up` keeps it and a new selector gets a key of its ow
 from __future__ import annotations
 
 import base64
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pure.config import ALLOWED_KEY_BITS
-
-TXT_CHUNK = 255  # RFC 1035: one character-string holds at most 255 octets
 
 
 def generate_private_key_pem(bits: int = 2048) -> str:
@@ -45,29 +43,6 @@ def public_key_b64(private_pem: str) -> str:
 def dkim_txt_value(private_pem: str) -> str:
     """The DKIM TXT record value as one logical string."""
     return f"v=DKIM1; k=rsa; p={public_key_b64(private_pem)}"
-
-
-def split_txt(value: str) -> list[str]:
-    """Split a TXT value into character-strings of at most 255 characters."""
-    return [value[i : i + TXT_CHUNK] for i in range(0, len(value), TXT_CHUNK)] or [""]
-
-
-def txt_content(value: str) -> str:
-    """TXT content as quoted strings (`"a" "b"`): what Cloudflare stores and BIND reads."""
-    return " ".join(
-        '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"' for s in split_txt(value)
-    )
-
-
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-
-def join_txt(content: str) -> str:
-    """The logical value a resolver hands to DKIM/SPF code: the strings joined, no spaces."""
-    parts = _QUOTED.findall(content)
-    if not parts:
-        return content
-    return "".join(re.sub(r"\\(.)", r"\1", p) for p in parts)
 
 
 class _DkimKeyProvider(pulumi.dynamic.ResourceProvider):

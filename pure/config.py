@@ -1,8 +1,10 @@
 """The stack's configuration: one pydantic model, validated before any resource exists.
 
-This is the one home of each config default and check: the components take their
-defaults and patterns from here. `load_config` reports every problem at once, each
-naming the config key, what is wrong and how to fix it. Secrets (SSH key, SMTP
+This is the one schema: each key's type, default, description and check live here, and
+`pure/config_schema.py` renders them as Pulumi.yaml's sections and docs/config.md. A bad
+value is refused here, once; the renderers take the model's values and check nothing
+again. `load_config` reports every problem at once, each naming the config key, what is
+wrong and how to fix it. Secrets (SSH key, SMTP
 passwords, API tokens) are not part of the model: they stay Pulumi secrets, and the
 model only learns whether they are set.
 """
@@ -45,6 +47,7 @@ SSH_HOST_KEY_TYPES = (
     "ecdsa-sha2-nistp521",
 )
 DEFAULT_SMTP_PORT = 587
+DEFAULT_SUBMISSIONS_PORT = 465
 DEFAULT_RELAY_IPV4_SUBNET = "172.30.87.0/24"
 DEFAULT_RELAY_IPV6_SUBNET = "fd00:d6b1:587::/64"
 # Where the VPS checks that outbound port 25 is open: one of gmail.com's MX hosts,
@@ -75,6 +78,7 @@ MAILTO_PATTERN = r"^mailto:[^@\s!]+@[^@\s!]+(?:![0-9]+[kmgtKMGT]?)?\Z"
 NEXTHOP_USER_PATTERN = r"^[^\s:]{1,256}\Z"
 # Postfix's time syntax: a number and a unit (s, m, h, d, w).
 DURATION_PATTERN = r"^[1-9][0-9]{0,5}[smhdw]\Z"
+HTTPS_URL_PATTERN = r"^https://[^\s/]+(?:/\S*)?\Z"
 NEXTHOP_PATTERN = r"^(?:\[[A-Za-z0-9.:-]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}\Z"
 
 
@@ -174,6 +178,12 @@ Ipv6Subnet = Annotated[
 Policy = Literal["none", "quarantine", "reject"]
 
 
+def _nexthop_port(nexthop: str) -> str:
+    if not 0 < int(nexthop.rpartition(":")[2]) < 65536:
+        raise ValueError("port outside 1-65535")
+    return nexthop
+
+
 def _host_or_address(text: str) -> str:
     if not re.match(HOSTNAME_PATTERN, text):
         ip_address(text)  # ValueError when it is neither
@@ -214,13 +224,25 @@ class RelayConfig(BaseModel):
     )
 
     # Identity and DNS
-    domain: Hostname = Field(description="the domain you send mail from", examples=["example.com"])
-    relay_host: Hostname | None = Field(None, examples=["smtp.example.com"])
+    domain: Hostname = Field(
+        description="The domain you send mail from, e.g. example.com (IDNs in xn-- form)",
+        examples=["example.com"],
+    )
+    relay_host: Hostname | None = Field(
+        None,
+        description=(
+            'Fully qualified name of the relay, Gmail\'s "SMTP Server" (default smtp.<domain>)'
+        ),
+        examples=["smtp.example.com"],
+    )
     vps_ipv4: Annotated[
         str,
         _valid_as(IPv4Address),
         _explained("is not an IPv4 address (an IPv6 address goes in vpsIpv6)"),
-    ] = Field(description="the VPS's public IPv4 address", examples=["203.0.113.25"])
+    ] = Field(
+        description="Public IPv4 address of the VPS (SPF ip4, A record, published port)",
+        examples=["203.0.113.25"],
+    )
     vps_ipv6: (
         Annotated[
             str,
@@ -228,23 +250,59 @@ class RelayConfig(BaseModel):
             _explained("is not an IPv6 address (the IPv4 address goes in vpsIpv4)"),
         ]
         | None
-    ) = Field(None, examples=["2001:db8::25"])
+    ) = Field(
+        None,
+        description="Public IPv6 address of the VPS (SPF ip6, AAAA record); empty for IPv4 only",
+        examples=["2001:db8::25"],
+    )
     dns_provider: Annotated[
         Literal["cloudflare", "manual"], _explained("is not cloudflare or manual")
-    ] = Field("manual", examples=["manual"])
-    cloudflare_zone_id: str | None = Field(None, examples=["<zone id>"])
-    cloudflare_account_id: str | None = Field(None, examples=["<account id>"])
-    dkim_selector: DnsLabel = Field(DEFAULT_DKIM_SELECTOR, examples=["relay2026"])
-    dkim_retired_selectors: list[DnsLabel] = Field(default_factory=list, examples=["relay"])
+    ] = Field(
+        "manual",
+        description=(
+            "cloudflare: the stack publishes the records; manual: it prints them for you to add"
+        ),
+        examples=["manual"],
+    )
+    cloudflare_zone_id: str | None = Field(
+        None,
+        description="Cloudflare zone id of the domain (looked up by domain when empty)",
+        examples=["<zone id>"],
+    )
+    cloudflare_account_id: str | None = Field(
+        None,
+        description=(
+            "Cloudflare account id, for Email Routing's destination address (looked up when empty)"
+        ),
+        examples=["<account id>"],
+    )
+    dkim_selector: DnsLabel = Field(
+        DEFAULT_DKIM_SELECTOR,
+        description=(
+            "The DKIM selector the relay signs with (a DNS label); change it to rotate the key"
+        ),
+        examples=["relay2026"],
+    )
+    dkim_retired_selectors: list[DnsLabel] = Field(
+        default_factory=list,
+        description=(
+            "Old selectors whose keys stay published (for mail still in flight) but no longer sign"
+        ),
+        examples=["relay"],
+    )
     dkim_key_bits: Annotated[
         DkimKeyBits,
         _explained(
             "is not an allowed RSA key size: use 2048, 3072 or 4096 (receivers treat keys "
             "under 2048 bits as weak)"
         ),
-    ] = Field(2048, examples=[2048])
+    ] = Field(
+        2048, description="RSA key size of a new DKIM key, 2048, 3072 or 4096", examples=[2048]
+    )
     dmarc_policy: Annotated[Policy, _explained("is not one of none, quarantine, reject")] = Field(
-        "none", examples=["quarantine"]
+        "none",
+        description="DMARC p=: none (monitor), quarantine or reject",
+        examples=["quarantine"],
     )
     dmarc_subdomain_policy: (
         Annotated[
@@ -254,58 +312,177 @@ class RelayConfig(BaseModel):
             ),
         ]
         | None
-    ) = Field(None, examples=["quarantine"])
+    ) = Field(
+        None,
+        description="DMARC sp=: none, quarantine or reject (empty: as dmarcPolicy)",
+        examples=["quarantine"],
+    )
     dmarc_pct: Annotated[
         int, Field(strict=True, ge=0, le=100), _explained("is outside 0-100 (a percentage)")
-    ] = Field(100, examples=[100])
-    dmarc_rua: list[MailtoUri] = Field(default_factory=list, examples=["mailto:dmarc@example.com"])
-    dmarc_ruf: list[MailtoUri] = Field(default_factory=list, examples=["mailto:dmarc@example.com"])
+    ] = Field(
+        100,
+        description="DMARC pct=: share of failing mail the policy applies to, 0-100",
+        examples=[100],
+    )
+    dmarc_rua: list[MailtoUri] = Field(
+        default_factory=list,
+        description="DMARC rua=: mailto: URIs that receive aggregate reports",
+        examples=["mailto:dmarc@example.com"],
+    )
+    dmarc_ruf: list[MailtoUri] = Field(
+        default_factory=list,
+        description="DMARC ruf=: mailto: URIs that receive failure reports",
+        examples=["mailto:dmarc@example.com"],
+    )
     dmarc_alignment: Annotated[
         Literal["relaxed", "strict"], _explained("is not relaxed or strict")
-    ] = Field("relaxed", examples=["relaxed"])
-    spf_extra: list[SpfTerm] = Field(default_factory=list, examples=["include:_spf.google.com"])
-    spf_all: Annotated[Literal["~all", "-all"], _explained("is not ~all or -all")] = Field(
-        "~all", examples=["~all"]
+    ] = Field(
+        "relaxed", description="DMARC adkim= and aspf=: relaxed or strict", examples=["relaxed"]
     )
-    forward_to: EmailAddress | None = Field(None, examples=["me@gmail.com"])
+    spf_extra: list[SpfTerm] = Field(
+        default_factory=list,
+        description=(
+            "Extra SPF mechanisms, e.g. include:_spf.google.com (10 DNS lookups at most in all)"
+        ),
+        examples=["include:_spf.google.com"],
+    )
+    spf_all: Annotated[Literal["~all", "-all"], _explained("is not ~all or -all")] = Field(
+        "~all", description="How SPF ends: ~all (softfail) or -all (fail)", examples=["~all"]
+    )
+    forward_to: EmailAddress | None = Field(
+        None,
+        description=(
+            "Forward inbound mail for the domain to this address with Cloudflare Email "
+            "Routing (needs dnsProvider cloudflare)"
+        ),
+        examples=["me@gmail.com"],
+    )
     dns_ttl: Annotated[
         Literal[1] | Annotated[int, Field(strict=True, ge=60, le=86400)],
         _explained("is not a TTL Cloudflare accepts: 1 (automatic) or 60 to 86400 seconds"),
-    ] = Field(3600, examples=[3600])
+    ] = Field(
+        3600,
+        description="TTL of the records, 1 (Cloudflare's automatic) or 60-86400 seconds",
+        examples=[3600],
+    )
 
     # Where the relay runs
     deploy_target: Annotated[Literal["vps", "local"], _explained("is not vps or local")] = Field(
-        "vps", examples=["vps"]
+        "vps",
+        description="vps: a server reached over SSH; local: this machine's Docker engine (trials)",
+        examples=["vps"],
     )
-    docker_host: str | None = Field(None, examples=["ssh://root@203.0.113.25"])
-    ssh_host: str | None = Field(None, examples=["203.0.113.25"])
-    ssh_user: str = Field("root", examples=["root"])
-    ssh_port: Port = Field(22, examples=[22])
-    ssh_host_key: str | None = Field(None, examples=["ssh-ed25519 AAAA..."])
-    acme_email: EmailAddress | None = Field(None, examples=["you@example.com"])
-    acme_server: str = Field(DEFAULT_ACME_SERVER, examples=[DEFAULT_ACME_SERVER])
-    acme_extra_names: list[Hostname] = Field(default_factory=list, examples=["mail.example.com"])
-    acme_ca_bundle: str | None = Field(None, examples=["/etc/ssl/certs/test-ca.pem"])
-    tls_cert_dir: str | None = Field(None, examples=[".local/letsencrypt"])
+    docker_host: str | None = Field(
+        None,
+        description=(
+            "Docker engine address (default ssh://<sshUser>@<sshHost>:<sshPort> for a "
+            "VPS, the local socket for local)"
+        ),
+        examples=["ssh://root@203.0.113.25"],
+    )
+    ssh_host: str | None = Field(
+        None,
+        description="Address the stack reaches the VPS at over SSH (default vpsIpv4)",
+        examples=["203.0.113.25"],
+    )
+    ssh_user: str = Field(
+        "root",
+        description="SSH user on the VPS (root, or a user with passwordless sudo)",
+        examples=["root"],
+    )
+    ssh_port: Port = Field(
+        22, description="SSH port of the VPS (kept open by the firewall)", examples=[22]
+    )
+    ssh_host_key: str | None = Field(
+        None,
+        description=(
+            'The VPS\'s SSH host public key ("ssh-ed25519 AAAA...", from '
+            "/etc/ssh/ssh_host_ed25519_key.pub), pinned; required for a VPS"
+        ),
+        examples=["ssh-ed25519 AAAA..."],
+    )
+    acme_email: EmailAddress | None = Field(
+        None,
+        description="Email for the Let's Encrypt account (expiry notices); required on a VPS",
+        examples=["you@example.com"],
+    )
+    acme_server: Annotated[
+        str,
+        Field(pattern=HTTPS_URL_PATTERN),
+        _explained("is not an https:// URL (an ACME directory)"),
+    ] = Field(
+        DEFAULT_ACME_SERVER,
+        description="ACME directory URL (Let's Encrypt staging for trials)",
+        examples=[DEFAULT_ACME_SERVER],
+    )
+    acme_extra_names: list[Hostname] = Field(
+        default_factory=list,
+        description="More names on the relay's certificate",
+        examples=["mail.example.com"],
+    )
+    acme_ca_bundle: str | None = Field(
+        None,
+        description=(
+            "Path on the VPS of a CA bundle that certbot trusts for acmeServer (test ACME"
+            " servers only)"
+        ),
+        examples=["/etc/ssl/certs/test-ca.pem"],
+    )
+    tls_cert_dir: str | None = Field(
+        None,
+        description=(
+            "Local stacks only, a folder laid out like /etc/letsencrypt with the relay's "
+            "certificate"
+        ),
+        examples=[".local/letsencrypt"],
+    )
 
     # The relay
     smtp_users: Annotated[list[SmtpUser], Field(min_length=1)] = Field(
         default_factory=lambda: ["gmail"],
-        description="one user at least, for Gmail",
+        description="SMTP user names; each gets a generated password unless set in smtpPasswords",
         examples=["gmail"],
     )
-    smtp_port: Port = Field(DEFAULT_SMTP_PORT, examples=[DEFAULT_SMTP_PORT])
-    submissions465: StrictBool = Field(False, examples=[True])
-    submissions_port: Port = Field(465, examples=[465])
+    smtp_port: Port = Field(
+        DEFAULT_SMTP_PORT,
+        description="Published submission port (STARTTLS)",
+        examples=[DEFAULT_SMTP_PORT],
+    )
+    submissions465: StrictBool = Field(
+        False, description="Also publish 465 (implicit TLS)", examples=[True]
+    )
+    submissions_port: Port = Field(
+        DEFAULT_SUBMISSIONS_PORT,
+        description=(
+            "Published host port for implicit-TLS submission (465) when submissions465 is on"
+        ),
+        examples=[DEFAULT_SUBMISSIONS_PORT],
+    )
     relay_nexthop: (
         Annotated[
             str,
             Field(pattern=NEXTHOP_PATTERN),
+            AfterValidator(_nexthop_port),
             _explained("is not a next hop such as [mail.example.net]:25"),
         ]
         | None
-    ) = Field(None, examples=["[smarthost.example.net]:587"])
-    port25_probe: HostOrAddress = Field(DEFAULT_PORT25_PROBE, examples=[DEFAULT_PORT25_PROBE])
+    ) = Field(
+        None,
+        description=(
+            "Send all outbound mail to this [host]:port instead of the recipients' MX "
+            "(local trials, smarthosts)"
+        ),
+        examples=["[smarthost.example.net]:587"],
+    )
+    port25_probe: HostOrAddress = Field(
+        DEFAULT_PORT25_PROBE,
+        description=(
+            "Host (name or address) whose port 25 the VPS connects to on each deployment,"
+            " to tell whether the provider blocks outbound SMTP (stack output "
+            "outboundSmtp)"
+        ),
+        examples=[DEFAULT_PORT25_PROBE],
+    )
     relay_nexthop_user: (
         Annotated[
             str,
@@ -313,27 +490,64 @@ class RelayConfig(BaseModel):
             _explained("is not a smarthost login (no spaces or ':')"),
         ]
         | None
-    ) = Field(None, examples=["relay@example.com"])
+    ) = Field(
+        None,
+        description=(
+            "SMTP AUTH login at relayNexthop (a smarthost, e.g. on 587 when the VPS's "
+            "port 25 is blocked); needs the secret relayNexthopPassword, and makes TLS to"
+            " the smarthost mandatory"
+        ),
+        examples=["relay@example.com"],
+    )
     outbound_ipv6: Annotated[
         Literal["prefer-ipv4", "any", "never"],
         _explained("is not one of prefer-ipv4, any, never"),
-    ] = Field("prefer-ipv4", examples=["any"])
+    ] = Field(
+        "prefer-ipv4",
+        description=(
+            "IPv6 toward recipients' mail servers: prefer-ipv4 (IPv6 only when a server "
+            "has no IPv4), any (needs a PTR for vpsIpv6 that points back), never"
+        ),
+        examples=["any"],
+    )
     delay_warning_time: Annotated[
         str,
         Field(pattern=DURATION_PATTERN),
         _explained("is not a duration such as 4h (a number and s, m, h, d or w)"),
-    ] = Field("4h", examples=["4h"])
+    ] = Field(
+        "4h",
+        description=(
+            "After how long a sender hears that a message is still queued (Postfix time, "
+            "e.g. 4h); delay notices and bounces are DKIM-signed and go to the sender"
+        ),
+        examples=["4h"],
+    )
     relay_container_name: Annotated[
         str,
         Field(pattern=CONTAINER_NAME_PATTERN),
         _explained("is not a container name (1-63 letters, digits, _ . -)"),
-    ] = Field(DEFAULT_CONTAINER_NAME, examples=[DEFAULT_CONTAINER_NAME])
+    ] = Field(
+        DEFAULT_CONTAINER_NAME,
+        description="Name of the relay container (the certbot deploy hook reloads it by this name)",
+        examples=[DEFAULT_CONTAINER_NAME],
+    )
     relay_ipv4_subnet: Ipv4Subnet = Field(
-        DEFAULT_RELAY_IPV4_SUBNET, examples=[DEFAULT_RELAY_IPV4_SUBNET]
+        DEFAULT_RELAY_IPV4_SUBNET,
+        description="IPv4 subnet of the relay's Docker network",
+        examples=[DEFAULT_RELAY_IPV4_SUBNET],
     )
     relay_ipv6_subnet: Ipv6Subnet = Field(
-        DEFAULT_RELAY_IPV6_SUBNET, examples=[DEFAULT_RELAY_IPV6_SUBNET]
+        DEFAULT_RELAY_IPV6_SUBNET,
+        description="IPv6 subnet of the relay's Docker network (NATed by Docker's ip6tables)",
+        examples=[DEFAULT_RELAY_IPV6_SUBNET],
     )
+
+    @field_validator("smtp_users")
+    @classmethod
+    def _users_once(cls, users: list[str]) -> list[str]:
+        if len(set(users)) != len(users):
+            raise _advice("lists a user twice. Remove the duplicate")
+        return users
 
     @field_validator("dkim_retired_selectors")
     @classmethod
@@ -413,13 +627,13 @@ def _explain(error: Mapping[str, Any]) -> tuple[str, str]:
         index = 0
     kind, value = error["type"], error.get("input")
     if kind == "missing":
-        return key, f"is required ({field.description}). {_fix(key)}"
+        return key, f"is required: {field.description}. {_fix(key)}"
     if kind == "config_advice":
         return key, error["msg"]
     if kind == "config_value":
         return key, f"{value!r} {error['msg']}. {_fix(key, index)}"
     if kind == "too_short":
-        return key, f"is empty; it needs {field.description}. {_fix(key, index)}"
+        return key, f"is empty; it needs one entry at least. {_fix(key, index)}"
     msg = error["msg"][:1].lower() + error["msg"][1:]
     return key, f"{value!r}: {msg}. {_fix(key, index)}"
 

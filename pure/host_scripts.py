@@ -23,17 +23,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from collections.abc import Mapping, Sequence
 
 from pure import shell
-from pure.config import (
-    CONTAINER_NAME_PATTERN,
-    DEFAULT_ACME_SERVER,
-    DEFAULT_CONTAINER_NAME,
-    DNS_LABEL_PATTERN,
-    HOSTNAME_PATTERN,
-)
+from pure.config import DEFAULT_ACME_SERVER, DEFAULT_CONTAINER_NAME
 
 # --- layout shared with the relay ---------------------------------------------
 STATE_DIR = "/etc/dkim-relay"
@@ -52,34 +45,15 @@ DEFAULT_DOCKER_RESTART = "systemctl restart docker"
 # The secrets step prints a random value per run; the relay's deploy carries it.
 GENERATION_PREFIX = "dkim-relay[secrets]: generation "
 
-_HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)
-_CONTAINER_RE = re.compile(CONTAINER_NAME_PATTERN)
-_SELECTOR_RE = re.compile(DNS_LABEL_PATTERN)
-
 
 def secret_file_path(kind: str, selector: str = "") -> str:
     """Path (relative to SECRETS_DIR) of one kind of key file in the layout."""
-    if kind == "dkim_key":
-        if not _SELECTOR_RE.match(selector):
-            raise ValueError(f"invalid DKIM selector {selector!r}")
     return SECRETS_LAYOUT[kind].format(selector=selector)
 
 
 def cert_dir(relay_host: str) -> str:
     """Directory holding ``fullchain.pem``/``privkey.pem`` for the relay host."""
     return LETSENCRYPT_DIR + "/live/" + relay_host
-
-
-def _check_hostname(name: str, key: str) -> str:
-    if not name or not _HOSTNAME_RE.match(name):
-        raise ValueError(f"{key}: {name!r} is not a valid DNS host name")
-    return name.lower()
-
-
-def _check_port(port: int, key: str) -> int:
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise ValueError(f"{key}: {port!r} is not a TCP port (1-65535)")
-    return port
 
 
 def _step(step: str, values: Mapping[str, shell.Value] | None = None) -> str:
@@ -129,11 +103,11 @@ def render_docker(
 def port_rules(
     ssh_port: int, submissions465: bool, extra_ports: Sequence[int]
 ) -> list[tuple[str, str]]:
-    rules = [(f"{_check_port(ssh_port, 'sshPort')}/tcp", "ssh"), ("587/tcp", "submission")]
+    rules = [(f"{ssh_port}/tcp", "ssh"), ("587/tcp", "submission")]
     if submissions465:
         rules.append(("465/tcp", "submissions"))
     for p in extra_ports:
-        rules.append((f"{_check_port(p, 'extraPorts')}/tcp", f"extra-{p}"))
+        rules.append((f"{p}/tcp", f"extra-{p}"))
     return rules
 
 
@@ -190,17 +164,8 @@ def render_certificate(
     from another ACME server. ``acme_ca_bundle`` (a path on the host) makes
     certbot trust a test CA such as pebble.
     """
-    if not acme_email or "@" not in acme_email:
-        raise ValueError("acmeEmail is required for the Let's Encrypt certificate")
-    host = _check_hostname(relay_host, "relayHost")
-    names = [host] + [
-        n for n in (_check_hostname(x, "acmeExtraNames") for x in extra_names) if n != host
-    ]
-    names = list(dict.fromkeys(names))
-    if not acme_server.startswith("https://"):
-        raise ValueError(f"acmeServer: {acme_server!r} must be an https:// URL")
-    if not _CONTAINER_RE.match(container_name):
-        raise ValueError(f"container name {container_name!r} is invalid")
+    host = relay_host.lower()
+    names = list(dict.fromkeys([host, *(n.lower() for n in extra_names)]))
     return _step(
         "certificate",
         {
@@ -294,13 +259,6 @@ SMARTHOST_FIX = (
 def render_port25(probe: str, ipv6: bool, timeout: int = PORT25_TIMEOUT) -> str:
     """Connect from the host to port 25 of ``probe`` over IPv4 (and IPv6): one JSON
     result per family (:func:`parse_port25`). Never fails on a blocked port."""
-    if not _HOSTNAME_RE.match(probe):
-        try:
-            ipaddress.ip_address(probe)
-        except ValueError:
-            raise ValueError(
-                f"port25Probe: {probe!r} is not a host name or an IP address"
-            ) from None
     if not 1 <= timeout <= 60:
         raise ValueError("the port 25 timeout must be 1 to 60 seconds")
     return _step(

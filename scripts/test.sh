@@ -17,7 +17,7 @@ for arg in "$@"; do
   prev=${arg}
 done
 
-scripts/bootstrap.sh
+scripts/bootstrap.sh --dev
 if [[ "${unit_only}" == false ]]; then
   # Each part's services and tools: Docker engine, local VPS parts, Pulumi engine, linters.
   for part in scripts/setup.d/*.sh; do

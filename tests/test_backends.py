@@ -32,6 +32,8 @@ from tests.engine_support import (
     send_and_verify,
 )
 
+pytestmark = pytest.mark.engine
+
 BUCKET = "dkim-relay-state"
 # Dummy keys: moto accepts any; nothing here is a credential.
 AWS = {

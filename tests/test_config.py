@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,9 @@ from pure.config import (
     config_types,
     load_config,
 )
+from pure.config_schema import MARKER, TEMPLATE_PROMPTS, config_reference, pulumi_yaml_section
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,6 +114,10 @@ BAD_CASES = [
     ("submissionsPort", {"submissions465": True, "smtpPort": 465}, "same host port as smtpPort"),
     ("smtpUsers", {"smtpUsers": ["Bad User"]}, "not a valid user name"),
     ("sshPort", {"sshPort": 70000}, "not a TCP port"),
+    ("acmeServer", {"acmeServer": "http://insecure/dir"}, "not an https:// URL"),
+    ("acmeServer", {"acmeServer": "https://acme.example/dir\n"}, "not an https:// URL"),
+    ("acmeEmail", {"acmeEmail": "nobody"}, "not an email address"),
+    ("acmeExtraNames", {"acmeExtraNames": ["bad_name!"]}, "not a fully qualified domain name"),
     ("sshPort", {"sshPort": True}, "not a TCP port"),
     ("smtpUsers", {"smtpUsers": []}, "is empty"),
     ("acmeExtraNames", {"acmeExtraNames": ["mail"]}, "not a fully qualified domain name"),
@@ -120,6 +129,13 @@ BAD_CASES = [
     ("relayIpv6Subnet", {"relayIpv6Subnet": "172.30.0.0/24"}, "not an IPv6 subnet"),
     ("relayContainerName", {"relayContainerName": "bad name"}, "not a container name"),
     ("relayNexthop", {"relayNexthop": "smtp.example.net"}, "not a next hop"),
+    ("relayNexthop", {"relayNexthop": "192.0.2.4:0"}, "not a next hop"),
+    ("relayNexthop", {"relayNexthop": "192.0.2.4:99999"}, "not a next hop"),
+    ("relayNexthop", {"relayNexthop": "a b:25"}, "not a next hop"),
+    ("relayNexthop", {"relayNexthop": ":25"}, "not a next hop"),
+    ("relayNexthop", {"relayNexthop": "[smart.example.net]:587\n"}, "not a next hop"),
+    ("smtpUsers", {"smtpUsers": ["gmail", "gmail"]}, "lists a user twice"),
+    ("relayNexthopUser", {"relayNexthopUser": "a b"}, "not a smarthost login"),
     ("outboundIpv6", {"outboundIpv6": "ipv6"}, "prefer-ipv4, any, never"),
     ("delayWarningTime", {"delayWarningTime": "4 hours"}, "a duration such as 4h"),
     ("delayWarningTime", {"delayWarningTime": "4"}, "a duration such as 4h"),
@@ -287,6 +303,80 @@ def test_example_prod_stack_is_valid_and_holds_no_secret_value() -> None:
     assert not any(isinstance(v, dict) and "secure" in v for v in stack.values())
     cfg = load_config(raw, SECRETS)
     assert cfg.dns_provider == "cloudflare" and cfg.forward_to
+
+
+def test_pulumi_yaml_and_the_config_reference_are_generated_from_the_model() -> None:
+    """Stale when the model changed and scripts/gen_config_schema.py was not run."""
+    pulumi_yaml = (ROOT / "Pulumi.yaml").read_text()
+    assert MARKER in pulumi_yaml
+    assert pulumi_yaml.split(MARKER, 1)[1] == pulumi_yaml_section().split(MARKER, 1)[1], (
+        "Pulumi.yaml is stale: run scripts/gen_config_schema.py"
+    )
+    assert (ROOT / "docs" / "config.md").read_text() == config_reference(), (
+        "docs/config.md is stale: run scripts/gen_config_schema.py"
+    )
+
+
+def test_the_generator_check_names_a_stale_file(tmp_path: Path) -> None:
+    # A copy of the project's generated files and the script, one of them made stale.
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "docs").mkdir()
+    for name in ("scripts/gen_config_schema.py", "Pulumi.yaml", "docs/config.md"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    (tmp_path / "pure").symlink_to(ROOT / "pure")
+    script = [sys.executable, str(tmp_path / "scripts" / "gen_config_schema.py")]
+    assert subprocess.run([*script, "--check"], capture_output=True).returncode == 0
+    doc = tmp_path / "docs" / "config.md"
+    doc.write_text(doc.read_text().replace("| `dkimSelector` | string | `relay` |", "| x |"))
+    res = subprocess.run([*script, "--check"], capture_output=True, text=True)
+    assert res.returncode == 1 and "docs/config.md is stale" in res.stderr
+    assert subprocess.run(script, capture_output=True).returncode == 0
+    assert doc.read_text() == (ROOT / "docs" / "config.md").read_text()
+
+
+def test_every_key_is_described_in_the_model_and_the_reference() -> None:
+    reference = (ROOT / "docs" / "config.md").read_text()
+    for name, field in RelayConfig.model_fields.items():
+        key = field.alias or name
+        assert field.description, f"{key}: give it Field(description=...)"
+        assert f"| `{key}` |" in reference, key
+
+
+def test_the_template_prompts_for_what_a_vps_stack_needs() -> None:
+    template = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["template"]
+    assert template["description"]
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    assert list(template["config"]) == list(TEMPLATE_PROMPTS)
+    for key, prompt in template["config"].items():
+        assert prompt["description"] == declared[key]["description"], key
+    # Without them a vps stack is refused (the others have defaults).
+    found = problems(domain=None, vpsIpv4=None, acmeEmail=None)
+    assert {"domain", "vpsIpv4", "acmeEmail"} <= set(found)
+
+
+@pytest.mark.parametrize(
+    "users", [["gmail\n"], ["Gmail"], ["gmail+x"], ["gmail", "bad user"], ["\ngmail"]]
+)
+def test_a_bad_smtp_user_name_is_refused_by_the_config_naming_smtp_users(
+    users: list[str],
+) -> None:
+    found = problems(smtpUsers=users)
+    assert list(found) == ["smtpUsers"], found
+    assert "is not a valid user name" in found["smtpUsers"]
+    assert "pulumi config set --path 'smtpUsers[" in found["smtpUsers"]
+
+
+@pytest.mark.parametrize("value", ["30", "4h\n", "0h", "4 h", "h"])
+def test_a_bad_delay_warning_time_is_refused_by_the_config(value: str) -> None:
+    found = problems(delayWarningTime=value)
+    assert list(found) == ["delayWarningTime"], found
+    assert "is not a duration such as 4h" in found["delayWarningTime"]
+
+
+def test_submissions_port_is_a_port_with_default_465() -> None:
+    assert load_config(GOOD, SECRETS).submissions_port == 465
+    assert load_config({**GOOD, "submissionsPort": 10465}, SECRETS).submissions_port == 10465
+    assert "not a TCP port" in problems(submissionsPort=0)["submissionsPort"]
 
 
 @pytest.mark.parametrize("bad", ["SHA256:abc", "ssh-ed25519", "ssh-dss AAAAB3Nza"])

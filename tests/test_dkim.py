@@ -5,13 +5,10 @@ from __future__ import annotations
 import dkim
 import pytest
 
-from components.dkim import (
-    dkim_txt_value,
-    generate_private_key_pem,
-    join_txt,
-    split_txt,
-    txt_content,
-)
+from components.dkim import dkim_txt_value, generate_private_key_pem
+from pure.txt import join_txt, split_txt, txt_content
+
+pytestmark = pytest.mark.unit
 
 MESSAGE = (
     b"From: Me <me@example.com>\r\n"

@@ -15,6 +15,8 @@ import pytest
 
 from tools import dmarc_report as dr
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parent.parent
 RELAY_V4 = "203.0.113.10"
 RELAY_V6 = "2001:db8::10"

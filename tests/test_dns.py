@@ -10,9 +10,11 @@ import dns.resolver
 import pytest
 import spf
 
-from components.dkim import join_txt
-from components.dns import build_records, zone_snippet
 from pure.config import load_config
+from pure.records import build_records, zone_snippet
+from pure.txt import join_txt
+
+pytestmark = pytest.mark.unit
 
 BASE: dict[str, Any] = {
     "domain": "example.com",

@@ -45,7 +45,7 @@ from tests.engine_support import (
 )
 from tests.vps_support import ssh_agent
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1200)]
 
 
 def _ed25519_pair() -> tuple[str, str]:

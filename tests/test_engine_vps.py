@@ -76,7 +76,7 @@ from tests.vps_support import (
     ssh_agent,
 )
 
-pytestmark = pytest.mark.timeout(2400)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(2400)]
 
 CONTAINER = f"dkr-vps-{uuid.uuid4().hex[:6]}"
 NETWORK = f"{CONTAINER}-net"

@@ -20,6 +20,8 @@ from pure.guide import (
 from tools.verify import dns_checks as d
 from tools.verify.result import PASS
 
+pytestmark = pytest.mark.unit
+
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Pa55word-XYZ"
 SECRET2 = "another-S3cret-QQQ"

@@ -20,6 +20,8 @@ from pure import shell
 from pure.config import DEFAULT_PORT25_PROBE
 from tests.pulumi_harness import Mocks, Run, drain, set_mocks, settle, strip_secrets, unwrap
 
+pytestmark = pytest.mark.unit
+
 SSH_KEY = (
     "-----BEGIN OPENSSH PRIVATE KEY-----\nc3NoLWtleS1zZWNyZXQtbW9jaw==\n"
     "-----END OPENSSH PRIVATE KEY-----\n"

@@ -37,7 +37,7 @@ from tests.vps_support import (
     port25_listener,
 )
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(900)]
 
 PASSWORD = os.urandom(12).hex()
 DKIM_BODY = os.urandom(24).hex()

@@ -18,6 +18,8 @@ import pytest
 from pure import host_scripts as hs
 from pure import shell
 
+pytestmark = pytest.mark.unit
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "preflight": hs.render_preflight,
     "docker": hs.render_docker,
@@ -169,12 +171,6 @@ def test_firewall_allows_ssh_before_enabling_and_default_deny() -> None:
     assert "IPV6=yes" in s
 
 
-@pytest.mark.parametrize("port", [0, 70000, -1])
-def test_firewall_bad_port_names_key(port: int) -> None:
-    with pytest.raises(ValueError, match="sshPort"):
-        hs.render_firewall(port)
-
-
 def test_firewall_delete_never_removes_ssh() -> None:
     s = hs.render_firewall_delete()
     assert 'if [[ "${role}" == ssh ]]' in s
@@ -217,25 +213,6 @@ def test_certificate_test_ca() -> None:
     assert got["ACME_CA_BUNDLE"] == "/etc/ssl/test-ca.pem"
     assert got["ACME_SERVER"] == "https://acme-staging-v02.api.letsencrypt.org/directory"
     assert 'export REQUESTS_CA_BUNDLE="${ACME_CA_BUNDLE}"' in RENDERERS["certificate-ca"]()
-
-
-@pytest.mark.parametrize(
-    "kwargs,key",
-    [
-        ({"acme_email": ""}, "acmeEmail"),
-        ({"acme_email": "nobody"}, "acmeEmail"),
-        ({"relay_host": "not a host"}, "relayHost"),
-        ({"relay_host": ""}, "relayHost"),
-        ({"extra_names": ["bad_name!"]}, "acmeExtraNames"),
-        ({"acme_server": "http://insecure/dir"}, "acmeServer"),
-        ({"container_name": "bad name"}, "container name"),
-    ],
-)
-def test_certificate_bad_input_names_key(kwargs: dict[str, object], key: str) -> None:
-    args: dict[str, object] = {"relay_host": "relay.example.com", "acme_email": "me@example.com"}
-    args.update(kwargs)
-    with pytest.raises(ValueError, match=key):
-        hs.render_certificate(**args)  # type: ignore[arg-type]
 
 
 def _run_hook(hook: str, tmp_path: Path, lineage: str | None) -> subprocess.CompletedProcess[str]:
@@ -465,9 +442,6 @@ def test_port25_parameters() -> None:
     both = assigned(hs.render_port25("2001:db8::25", True, timeout=3))
     assert both["FAMILIES"] == ["ipv4", "ipv6"] and both["TIMEOUT"] == "3"
     assert both["RESULT_PREFIX"] == hs.PORT25_PREFIX
-    for bad in ("mx example", "$(id)", "1.2.3.999", ""):
-        with pytest.raises(ValueError, match="port25Probe"):
-            hs.render_port25(bad, True)
     with pytest.raises(ValueError, match="timeout"):
         hs.render_port25("mx.example.net", True, timeout=0)
 

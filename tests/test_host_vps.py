@@ -48,7 +48,7 @@ from tests.vps_support import (
     port25_listener,
 )
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 RELOAD_LOG = "/var/log/dkim-relay-test/reload.log"
 RESTART_LOG = "/var/log/dkim-relay-test/docker-restarts.log"

@@ -13,6 +13,8 @@ import pytest
 from pure import postfix
 from pure.postfix import PostfixSettings, SmtpUser
 
+pytestmark = pytest.mark.unit
+
 
 def settings(**kw: object) -> PostfixSettings:
     base: dict[str, object] = {
@@ -108,12 +110,6 @@ def test_nexthop_becomes_relayhost_without_mx_lookup() -> None:
     assert main_cf(nexthop="172.30.0.1:2525")["relayhost"] == "[172.30.0.1]:2525"
     assert main_cf(nexthop="[fd00::1]:25")["relayhost"] == "[fd00::1]:25"
     assert main_cf(nexthop="sink.test:25")["relayhost"] == "[sink.test]:25"
-
-
-@pytest.mark.parametrize("bad", ["sink.test", "1.2.3.4:0", "1.2.3.4:99999", "a b:25", ":25"])
-def test_bad_nexthop_is_refused(bad: str) -> None:
-    with pytest.raises(ValueError):
-        settings(nexthop=bad)
 
 
 def test_rate_limits_are_configurable() -> None:
@@ -253,25 +249,6 @@ def test_secrets_layout() -> None:
 def test_bad_password_refused(pw: str) -> None:
     with pytest.raises(ValueError):
         postfix.render_smtp_users("example.com", {"gmail": pw})
-
-
-@pytest.mark.parametrize(
-    "kw",
-    [
-        {"domain": "not a domain"},
-        {"relay_host": "-bad.example.com"},
-        {"dkim_selector": "bad_selector!"},
-        {"users": ()},
-        {"users": (SmtpUser("a"), SmtpUser("A"))},
-        {"users": (SmtpUser("a:b"),)},
-        {"users": (SmtpUser("a", ("not-an-address",)),)},
-        {"users": (SmtpUser("a", ("a b@example.com",)),)},
-        {"cert_dir": "relative/path"},
-    ],
-)
-def test_invalid_settings_refused(kw: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
-        settings(**kw)
 
 
 def test_login_name_is_full_address() -> None:
@@ -429,23 +406,6 @@ def test_no_smarthost_login_stays_opportunistic(nexthop: str | None) -> None:
     cf = main_cf(nexthop=nexthop)
     assert cf["smtp_tls_security_level"] == "may"
     assert not any(k.startswith("smtp_sasl") for k in cf)
-
-
-@pytest.mark.parametrize(
-    "kw",
-    [
-        {"nexthop_user": "relay@example.com"},  # no nexthop
-        {"nexthop": "smart.example.net:587", "nexthop_user": "a:b"},
-        {"nexthop": "smart.example.net:587", "nexthop_user": "a b"},
-        {"nexthop": "smart.example.net:587", "nexthop_user": ""},
-        {"outbound_ipv6": "ipv6-only"},
-        {"delay_warning_time": "4 hours"},
-        {"delay_warning_time": "0h"},
-    ],
-)
-def test_bad_outbound_settings_refused(kw: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
-        settings(**kw)
 
 
 def test_smarthost_password_is_a_secret_file_in_postfix_map_form() -> None:

@@ -18,6 +18,8 @@ from pure.shell import command_line
 from tests import pulumi_harness
 from tests.pulumi_harness import PRIVATE_MARKER, Run, run_program, strip_secrets, unwrap
 
+pytestmark = pytest.mark.unit
+
 LOCAL: dict[str, Any] = {
     "domain": "example.com",
     "vpsIpv4": "127.0.0.1",

@@ -13,6 +13,8 @@ from components.relay import read_tree
 from pure import postfix
 from pure import relay_container as rc
 
+pytestmark = pytest.mark.unit
+
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ8S3hvZ2Rq0m9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4"
 
 

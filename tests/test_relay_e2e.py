@@ -27,7 +27,7 @@ import pytest
 from pure import postfix
 from tests import relay_support as rs
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 IMAGE = "dkim-relay:e2e"
 NET_V4 = "172.31.252.0/24"

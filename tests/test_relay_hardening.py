@@ -31,7 +31,7 @@ import pytest
 from pure import postfix
 from tests import relay_support as rs
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 IMAGE = "dkim-relay:hardening-test"
 NET_V4 = "172.31.254.0/24"

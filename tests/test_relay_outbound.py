@@ -37,7 +37,7 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from pure import postfix
 from tests import relay_support as rs
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 IMAGE = "dkim-relay:outbound"
 NET_V4 = "172.31.247.0/24"

@@ -37,7 +37,7 @@ from tests.engine_support import (
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "scripts"))
 import local_ca  # noqa: E402
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1200)]
 
 DOMAIN = "example.com"
 RELAY_HOST = "relay.example.com"

@@ -41,7 +41,7 @@ from tests.vps_support import SSH_PORT, LocalVps, local_vps, ssh_agent
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "scripts"))
 import local_ca  # noqa: E402
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1500)]
 # A well-formed ed25519 key that is not the VPS's.
 WRONG_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
 

@@ -9,9 +9,13 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import pytest
+
 from pure.shell import script
 from tests.common import docker, run_script
 from tests.relay_support import ensure_engine
+
+pytestmark = pytest.mark.e2e
 
 BASE = "debian:bookworm-slim"
 

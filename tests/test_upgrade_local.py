@@ -43,7 +43,7 @@ from tests.engine_support import (
     wait_signed,
 )
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(1500)]
 
 OLD = "45ba3a9"  # the previous main: the command-based relay
 OLD_LABEL = "dkim-relay.fingerprint"  # what its deploy put on its containers

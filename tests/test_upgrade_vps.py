@@ -49,7 +49,7 @@ from tests.vps_docker_support import (
 )
 from tests.vps_support import LocalVps, Port25Listener, local_vps, port25_listener, ssh_agent
 
-pytestmark = pytest.mark.timeout(2400)
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(2400)]
 
 OLD_MAIN = "45ba3a9"
 CONTAINER = f"dkr-upg-{uuid.uuid4().hex[:6]}"

@@ -27,8 +27,8 @@ import dns.resolver
 import pytest
 
 from components.dkim import dkim_txt_value, generate_private_key_pem
-from components.dns import Record, build_records, zone_snippet
 from pure.config import load_config
+from pure.records import Record, build_records, zone_snippet
 from tests.verify_support import (
     REPO,
     HealthRun,
@@ -45,6 +45,8 @@ from tests.verify_support import (
     zone_file,
 )
 from tools.verify.result import FAIL, PASS, WARN
+
+pytestmark = pytest.mark.e2e
 
 USER = "gmail"
 LOOPBACK = ("127.0.0.1", "::1")

@@ -26,9 +26,9 @@ import dns.resolver
 import pytest
 
 from components.dkim import dkim_txt_value, generate_private_key_pem
-from components.dns import build_records, zone_snippet
 from pure import postfix
 from pure.config import load_config
+from pure.records import build_records, zone_snippet
 from tests import relay_support as rs
 from tests.verify_support import (
     REPO,
@@ -42,7 +42,7 @@ from tests.verify_support import (
 
 DOMAIN = "good.test"
 RELAY = f"smtp.{DOMAIN}"
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 @dataclass

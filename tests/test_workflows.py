@@ -1,106 +1,34 @@
-"""The users' CI: actionlint passes, actions are pinned, permissions are minimal, the
-three workflows choose the state backend the same way, and the health check runs the
-verify command that the end-to-end tests run.
-
-actionlint is built by scripts/setup.d/40-actionlint.sh; a missing binary fails here.
-The backend script's login and the health check's verify step run for real with the
-Pulumi engine on a local file:// backend (those two tests are in the engine tier).
+"""The users' CI, read as data: actions are pinned, permissions are minimal, the three
+workflows choose the state backend the same way, and the health check runs the verify
+command that the end-to-end tests run. actionlint runs in tests/test_workflows_lint.py
+(e2e: its set-up builds actionlint); the backend script's login and the health check's
+steps run with the Pulumi engine in tests/test_workflows_engine.py.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import shutil
 import subprocess
-from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from tests.verify_support import HEALTH_CHECK, WEBHOOK_ENV
+from tests.workflow_support import (
+    BACKEND_ENV,
+    BACKEND_SCRIPT,
+    NAMES,
+    REPO,
+    backend,
+    load,
+    read,
+    step,
+    steps,
+)
 from tools.verify.cli import WEBHOOK_ENV as VERIFY_WEBHOOK_ENV
 
-REPO = Path(__file__).resolve().parent.parent
-WORKFLOWS = REPO / ".github" / "workflows"
-CACHE = Path(os.environ.get("DKIM_RELAY_CACHE", Path.home() / ".cache" / "dkim-relay"))
-BACKEND_SCRIPT = REPO / ".github" / "pulumi-backend.sh"
-NAMES = ["preview.yml", "deploy.yml", "health.yml"]
-BACKEND_ENV = {
-    "PULUMI_BACKEND_URL": "${{ secrets.PULUMI_BACKEND_URL || vars.PULUMI_BACKEND_URL }}",
-    "PULUMI_CONFIG_PASSPHRASE": "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}",
-    "AWS_ACCESS_KEY_ID": "${{ secrets.AWS_ACCESS_KEY_ID }}",
-    "AWS_SECRET_ACCESS_KEY": "${{ secrets.AWS_SECRET_ACCESS_KEY }}",
-    "AWS_REGION": "${{ vars.AWS_REGION }}",
-    "PULUMI_ACCESS_TOKEN": "${{ secrets.PULUMI_ACCESS_TOKEN }}",
-}
-
-
-def actionlint() -> str:
-    found = shutil.which("actionlint") or str(CACHE / "bin" / "actionlint")
-    assert Path(found).is_file(), (
-        "actionlint is missing: run scripts/setup.d/40-actionlint.sh (builds it from the Go proxy)"
-    )
-    return found
-
-
-def run_actionlint(*files: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [actionlint(), "-no-color", *map(str, files)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def test_actionlint_passes_on_the_workflows() -> None:
-    files = sorted(WORKFLOWS.glob("*.yml"))
-    assert {f.name for f in files} >= set(NAMES)
-    res = run_actionlint(*files)
-    assert res.returncode == 0, res.stdout + res.stderr
-
-
-def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yml"
-    bad.write_text(
-        "on: pull_request\n"
-        "jobs:\n"
-        "  x:\n"
-        "    runs-on: ubuntu-24.04\n"
-        "    steps:\n"
-        "      - run: echo ${{ secrets.NOPE.bad }}\n"
-        "      - uses: actions/checkout@v4\n"
-        "        with:\n"
-        "          no-such-input: 1\n"
-    )
-    res = run_actionlint(bad)
-    assert res.returncode != 0
-    assert "no-such-input" in res.stdout
-
-
-def read(name: str) -> str:
-    return (WORKFLOWS / name).read_text()
-
-
-def load(name: str) -> dict[str, Any]:
-    doc = yaml.safe_load(read(name))
-    assert isinstance(doc, dict)
-    doc["on"] = doc.pop(True, doc.get("on"))  # YAML 1.1 reads the key `on` as true
-    return doc
-
-
-def steps(name: str) -> list[dict[str, Any]]:
-    return [step for job in load(name)["jobs"].values() for step in job["steps"]]
-
-
-def step(name: str, title: str) -> dict[str, Any]:
-    found = [s for s in steps(name) if s.get("name") == title]
-    assert len(found) == 1, f"{name}: no single step {title!r}"
-    return found[0]
+pytestmark = pytest.mark.unit
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -132,18 +60,6 @@ def test_every_workflow_chooses_the_backend_the_same_way(name: str) -> None:
             assert s["with"]["cloud-url"] == "${{ env.PULUMI_BACKEND_URL }}", name
             assert s["with"]["stack-name"] == "${{ vars.PULUMI_STACK }}", name
             assert "PULUMI_ACCESS_TOKEN" not in s.get("env", {}), name  # the job's env has it
-
-
-def backend(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    path = f"{CACHE / 'bin'}:{os.environ['PATH']}"
-    return subprocess.run(
-        ["bash", str(BACKEND_SCRIPT), *args],
-        env={"PATH": path, "HOME": os.environ["HOME"], **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_backend_script_is_shellcheck_clean() -> None:
@@ -182,36 +98,6 @@ def test_backend_script_names_the_choice_or_what_is_missing(
     assert res.returncode == rc, res.stdout + res.stderr
     assert said in res.stdout
     assert "XYZ" not in res.stdout + res.stderr  # no secret is echoed
-
-
-def passphrase_file(tmp_path: Path) -> str:
-    f = tmp_path / "passphrase"
-    f.write_text("correct horse battery staple\n")
-    f.chmod(0o600)
-    return str(f)
-
-
-@pytest.mark.engine
-def test_backend_script_logs_in_to_a_self_managed_url(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    state.mkdir()
-    env = {
-        "PULUMI_HOME": str(tmp_path / "home"),
-        "PULUMI_BACKEND_URL": f"file://{state}",
-        "PULUMI_CONFIG_PASSPHRASE_FILE": passphrase_file(tmp_path),
-    }
-    res = backend(env, "login")
-    assert res.returncode == 0, res.stdout + res.stderr
-    assert "state backend: self-managed, file://" in res.stdout
-    who = subprocess.run(
-        [str(CACHE / "bin" / "pulumi"), "whoami", "-v"],
-        env={"PATH": os.environ["PATH"], "HOME": os.environ["HOME"], **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert f"Backend URL: file://{state}" in who.stdout, who.stdout + who.stderr
 
 
 def verify_commands(text: str) -> list[list[str]]:
@@ -296,38 +182,6 @@ def test_ssh_agent_script_keeps_the_key_off_command_lines_and_disk() -> None:
     assert re.search(r"pulumi config get sshPrivateKey [^|\n]*\| ssh-add -q -$", text, re.M)
     assert "GITHUB_ENV" in text and "SSH_AUTH_SOCK" in text
     assert not re.search(r">\s*\S*(id_|key)", text), "no key file is written"
-
-
-@pytest.mark.engine
-def test_health_check_steps_fail_when_the_stack_outputs_cannot_be_read(tmp_path: Path) -> None:
-    """The login and verify steps, run as GitHub runs them, on a stack that is not there."""
-    state = tmp_path / "state"
-    state.mkdir()
-    env = {
-        "PATH": f"{CACHE / 'bin'}:{os.environ['PATH']}",
-        "HOME": os.environ["HOME"],
-        "PULUMI_HOME": str(tmp_path / "home"),
-        "PULUMI_BACKEND_URL": f"file://{state}",
-        "PULUMI_CONFIG_PASSPHRASE_FILE": passphrase_file(tmp_path),
-        "PULUMI_STACK": "no-such-stack",
-        "DKIM_RELAY_ALERT_WEBHOOK": "",
-    }
-    for title in ("Log in to the state backend", "Verify the live relay"):
-        script = tmp_path / "step.sh"
-        script.write_text(step("health.yml", title)["run"])
-        res = subprocess.run(
-            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if title.startswith("Log in"):
-            assert res.returncode == 0, res.stdout + res.stderr
-    assert res.returncode == 3, res.stdout + res.stderr
-    assert "no-such-stack" in res.stderr and "outputs are empty" in res.stderr
 
 
 def test_preview_on_pull_requests_comments_with_minimal_permissions() -> None:

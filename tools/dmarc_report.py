@@ -391,11 +391,11 @@ def _ip_or_net(value: str) -> str:
     return value
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="dkim-relay dmarc-report",
-        description="Summarise DMARC aggregate reports (.xml, .xml.gz, .zip) per source IP.",
-    )
+SUMMARY = "summarise DMARC aggregate reports per source IP"
+DESCRIPTION = "Summarise DMARC aggregate reports (.xml, .xml.gz, .zip) per source IP."
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("paths", nargs="+", metavar="PATH", help="report files or folders")
     ap.add_argument(
         "--relay-ip",
@@ -410,7 +410,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=MAX_REPORT_BYTES,
         help=f"largest decompressed report accepted (default {MAX_REPORT_BYTES})",
     )
-    args = ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dkim-relay dmarc-report", description=DESCRIPTION)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Summarise the reports that `args` (parsed by `add_arguments`) name; the exit status."""
 
     reports: list[Report] = []
     refused = 0

@@ -44,7 +44,9 @@ variable: a URL on the command line is visible to other users of the machine.
 """
 
 
-class _Parser(argparse.ArgumentParser):
+class UsageParser(argparse.ArgumentParser):
+    """A usage error exits 3, as unusable input does (2 and 1 mean failing checks)."""
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(EXIT_INPUT, f"{self.prog}: error: {message}\n")
@@ -83,13 +85,23 @@ def verdict(code: int) -> str:
     return {EXIT_OK: "OK", EXIT_WARN: "WARN", EXIT_FAIL: "FAILED"}.get(code, "ERROR")
 
 
+SUMMARY = "check a deployed relay: DNS, TLS, AUTH, no open relay"
+DESCRIPTION = "Check a deployed dkim-relay: DNS (reverse DNS too), TLS, AUTH, no open relay."
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    """`dkim-relay verify` on its own (the `dkim-relay` command adds the same arguments)."""
+    ap = UsageParser(
         prog="dkim-relay verify",
-        description="Check a deployed dkim-relay: DNS (reverse DNS too), TLS, AUTH, no open relay.",
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_arguments(ap)
+    return ap
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--outputs", metavar="FILE", help="stack outputs JSON (default: stdin)")
     ap.add_argument("--nameserver", metavar="IP[:PORT]", help="DNS server to ask")
     ap.add_argument("--cafile", help="CA bundle to trust for the relay's certificate")
@@ -126,11 +138,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="URL",
         help=f"post an alert here when anything fails or warns (default: ${WEBHOOK_ENV})",
     )
-    return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    return run(parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the checks that `args` (parsed by `add_arguments`) ask for; the exit status."""
     webhook = args.alert_webhook
     if webhook is None:
         webhook = os.environ.get(WEBHOOK_ENV, "")

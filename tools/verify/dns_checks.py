@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from pure.txt import join_txt
 from tools.verify.outputs import Target
 from tools.verify.result import FAIL, PASS, WARN, Result
 
@@ -31,17 +32,6 @@ def parse_nameserver(value: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ValueError(f"bad port {port}")
     return host, port
-
-
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-
-def unquote_txt(content: str) -> str:
-    """``"a" "b"`` (TXT as published) -> ``ab``; unquoted text is returned as is."""
-    parts = _QUOTED.findall(content)
-    if not parts:
-        return content.strip()
-    return "".join(re.sub(r"\\(.)", r"\1", p) for p in parts)
 
 
 def dkim_tags(value: str) -> dict[str, str]:
@@ -106,7 +96,7 @@ def evaluate_dkim(name: str, txt_records: Sequence[str], expected_value: str) ->
     if not dkim:
         return Result(FAIL, check, f"TXT at {name} is not a DKIM key record", fix)
     got = dkim[0]
-    want = unquote_txt(expected_value)
+    want = join_txt(expected_value)
     if got == want:
         return Result(PASS, check, f"{name} holds the signing key")
     got_p, want_p = dkim_tags(got).get("p", ""), dkim_tags(want).get("p", "")
