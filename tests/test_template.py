@@ -11,10 +11,12 @@ The preview runs the real engine on a local target (no VPS, no Cloudflare).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -94,8 +96,15 @@ def test_pulumi_new_from_a_clone_makes_a_project_that_previews(tmp_path: Path) -
     assert {"dkimrelay:index:DkimKey", "dkimrelay:index:MailDns"} <= types, types
     assert "dkimrelay:index:SmtpRelay" in types, types
     assert all(step["op"] == "create" for step in preview["steps"])
+
     # The relay is the answered domain's, deployed from the new project (not the clone).
-    deploy = next(s for s in preview["steps"] if s["urn"].endswith("::relay-deploy"))
-    script = deploy["newState"]["inputs"]["create"]
-    assert "smtp.example.org" in script and "example.com" not in script
-    assert f"WORK_DIR={project}/.local/prod/relay" in script and str(clone) not in script
+    def inputs(name: str) -> dict[str, Any]:
+        step = next(s for s in preview["steps"] if s["urn"].endswith(f"::{name}"))
+        return dict(step["newState"]["inputs"])
+
+    assert inputs("relay-container")["hostname"] == "smtp.example.org"
+    assert inputs("relay-image")["build"]["context"] == "relay"  # read from the project
+    secrets = inputs("relay-secrets")
+    assert f"{project}/.local/prod/relay/secrets" in json.dumps(secrets)
+    leaked = [m.start() for m in re.finditer(re.escape(f"{clone}/"), json.dumps(preview))]
+    assert not leaked, json.dumps(preview)[leaked[0] - 300 : leaked[0] + 100] if leaked else ""
