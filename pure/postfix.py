@@ -53,6 +53,8 @@ MAX_LINE = 998
 #: TLS suites no level may offer: anonymous, unencrypted, and the CBC suites with SHA-1 MACs.
 TLS_EXCLUDED_CIPHERS = "aNULL, eNULL, SHA1"
 NEXTHOP_AUTH_PATH = "/etc/postfix/nexthop_auth"
+#: smtpd_hard_error_limit: errors (a wrong password is one) before smtpd hangs up.
+AUTH_FAILURES_PER_SESSION = 2
 #: The From of Postfix's own notices (bounces, delay warnings): MAILER-DAEMON@$myhostname.
 MAILER_DAEMON = "MAILER-DAEMON"
 #: outboundIpv6 -> smtp_address_preference ("never" also limits the smtp services to IPv4).
@@ -109,8 +111,12 @@ class SmtpUser:
 class RateLimits:
     """Anvil limits per client IP per ``time_unit`` (Postfix's anvil service)."""
 
-    auth_per_unit: int = 10
-    connections_per_unit: int = 30
+    #: Postfix's smtpd_client_auth_rate_limit: every AUTH counts, accepted or not, so a
+    #: burst of a user's own logins would be throttled. 0 (off) by default: wrong
+    #: passwords are bounded per session (``AUTH_FAILURES_PER_SESSION``) and per address
+    #: by the connection rate instead.
+    auth_per_unit: int = 0
+    connections_per_unit: int = 60
     concurrent_connections: int = 10
     messages_per_unit: int = 100
     time_unit: str = "60s"
@@ -314,8 +320,10 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("swap_bangpath", "no"),
         ("strict_rfc821_envelopes", "yes"),
         # SMTP smuggling: a bare LF (or "<LF>.<LF>") must not end a message on one hop and
-        # not on the next. Reject ("yes" replies 521 and hangs up), with no exemption.
-        ("smtpd_forbid_bare_newline", "yes"),
+        # not on the next. "reject" (Postfix 3.7.10+) refuses a command or message holding
+        # a bare LF with 550 5.5.2 and ends the session; "yes" only means "normalize", which
+        # turns the LF into CRLF and delivers. No exemption.
+        ("smtpd_forbid_bare_newline", "reject"),
         ("smtpd_forbid_bare_newline_exclusions", ""),
         # Lines over MAX_LINE bytes are refused at submission (5.6.0): Postfix's SMTP
         # client would otherwise fold them after OpenDKIM signed, breaking the signature.
@@ -332,8 +340,13 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("smtpd_client_connection_count_limit", str(rl.concurrent_connections)),
         ("smtpd_client_message_rate_limit", str(rl.messages_per_unit)),
         ("smtpd_client_event_limit_exceptions", ""),
-        ("smtpd_soft_error_limit", "3"),
-        ("smtpd_hard_error_limit", "10"),
+        # Wrong passwords: each 535 is an error. After the first, every reply waits
+        # (smtpd_error_sleep_time, 1 s); at the second the session ends (421), so a client
+        # gets AUTH_FAILURES_PER_SESSION guesses per connection, and connections_per_unit
+        # connections per address and time unit. A user's logins are never counted.
+        ("smtpd_soft_error_limit", "1"),
+        ("smtpd_hard_error_limit", str(AUTH_FAILURES_PER_SESSION)),
+        ("smtpd_error_sleep_time", "1s"),
         # DKIM: OpenDKIM milter; with it down, clients get a temporary failure.
         ("smtpd_milters", f"unix:{OPENDKIM_SOCKET}"),
         ("non_smtpd_milters", "$smtpd_milters"),

@@ -74,7 +74,13 @@ def services(master: str) -> dict[str, list[str]]:
         ("smtpd_milters", "unix:/run/opendkim/opendkim.sock"),
         ("milter_default_action", "tempfail"),
         ("smtpd_client_event_limit_exceptions", ""),
-        ("smtpd_client_auth_rate_limit", "10"),
+        # Successful logins are never counted: a user's burst is never throttled.
+        ("smtpd_client_auth_rate_limit", "0"),
+        ("smtpd_client_connection_rate_limit", "60"),
+        # Wrong passwords: the second error in a session ends it; replies after the first wait.
+        ("smtpd_hard_error_limit", "2"),
+        ("smtpd_soft_error_limit", "1"),
+        ("smtpd_error_sleep_time", "1s"),
         ("anvil_rate_time_unit", "60s"),
         ("allow_percent_hack", "no"),
         ("relayhost", ""),
@@ -287,7 +293,8 @@ def test_login_name_is_full_address() -> None:
         ("smtpd_tls_ciphers", "high"),
         ("smtpd_tls_mandatory_ciphers", "high"),
         ("smtp_tls_exclude_ciphers", "aNULL, eNULL"),
-        ("smtpd_forbid_bare_newline", "yes"),
+        # "yes" is "normalize" (accepts and delivers); only "reject" refuses.
+        ("smtpd_forbid_bare_newline", "reject"),
         ("smtpd_forbid_bare_newline_exclusions", ""),
         ("header_checks", "regexp:/etc/postfix/long_lines"),
         ("body_checks", "regexp:/etc/postfix/long_lines"),
