@@ -54,7 +54,7 @@ MAX_LINE = 998
 TLS_EXCLUDED_CIPHERS = "aNULL, eNULL, SHA1"
 NEXTHOP_AUTH_PATH = "/etc/postfix/nexthop_auth"
 #: smtpd_hard_error_limit: errors (a wrong password is one) before smtpd hangs up.
-AUTH_FAILURES_PER_SESSION = 2
+AUTH_FAILURES_PER_SESSION = 3
 #: The From of Postfix's own notices (bounces, delay warnings): MAILER-DAEMON@$myhostname.
 MAILER_DAEMON = "MAILER-DAEMON"
 #: outboundIpv6 -> smtp_address_preference ("never" also limits the smtp services to IPv4).
@@ -340,8 +340,8 @@ def render_main_cf(s: PostfixSettings) -> str:
         ("smtpd_client_connection_count_limit", str(rl.concurrent_connections)),
         ("smtpd_client_message_rate_limit", str(rl.messages_per_unit)),
         ("smtpd_client_event_limit_exceptions", ""),
-        # Wrong passwords: each 535 is an error. After the first, every reply waits
-        # (smtpd_error_sleep_time, 1 s); at the second the session ends (421), so a client
+        # Wrong passwords: each 535 is an error. After the first, error replies wait
+        # (smtpd_error_sleep_time, 1 s); at the third the session ends (421), so a client
         # gets AUTH_FAILURES_PER_SESSION guesses per connection, and connections_per_unit
         # connections per address and time unit. A user's logins are never counted.
         ("smtpd_soft_error_limit", "1"),

@@ -77,8 +77,8 @@ def services(master: str) -> dict[str, list[str]]:
         # Successful logins are never counted: a user's burst is never throttled.
         ("smtpd_client_auth_rate_limit", "0"),
         ("smtpd_client_connection_rate_limit", "60"),
-        # Wrong passwords: the second error in a session ends it; replies after the first wait.
-        ("smtpd_hard_error_limit", "2"),
+        # Wrong passwords: the third error in a session ends it; replies after the first wait.
+        ("smtpd_hard_error_limit", "3"),
         ("smtpd_soft_error_limit", "1"),
         ("smtpd_error_sleep_time", "1s"),
         ("anvil_rate_time_unit", "60s"),
