@@ -6,7 +6,8 @@
 # every service and exits.
 #
 # Inputs (see pure/postfix.py for the full contract):
-#   /etc/relay/config/{postfix,opendkim}/...   rendered config (uploads, not secret)
+#   /etc/relay/config/{postfix,opendkim}/...   this stack's config (uploads, not secret)
+#   /usr/local/share/relay/conf/...            what every stack shares (relay/conf)
 #   /run/relay-secrets/dkim/<selector>.private DKIM private keys (PEM)
 #   /run/relay-secrets/smtp-users              "login:password" lines
 #   /run/relay-secrets/nexthop-auth            optional: "[host]:port user:password"
@@ -21,18 +22,38 @@ POLL="${RELAY_CERT_POLL_SECONDS:-300}"
 log() { printf 'relay-entrypoint: %s\n' "$*"; }
 die() { log "FATAL: $*"; exit 1; }
 
-# 1. Config files, root-owned and back-dated: Postfix waits ~2 s on a main.cf that was
-#    modified in the last second (field notes).
+# 1. Config: the image's shared files (relay/conf, in /usr/local/share/relay/conf), then
+#    this stack's files over them, then this stack's values applied with postconf
+#    (main-stack.cf: `postconf -e` lines; master-stack.cf: `postconf -P` lines), and the
+#    From policy's values put in front of its script. All root-owned and back-dated:
+#    Postfix waits ~2 s on a main.cf that was modified in the last second (field notes).
 install_config() {
-  [[ -f "${CONFIG_DIR}/postfix/main.cf" ]] || die "no ${CONFIG_DIR}/postfix/main.cf"
-  [[ -f "${CONFIG_DIR}/opendkim/opendkim.conf" ]] || die "no opendkim.conf"
+  local base=/usr/local/share/relay/conf stack f rel
+  local -a lines
+  for f in postfix/main-stack.cf postfix/master-stack.cf opendkim/from_policy_values.lua; do
+    [[ -f "${CONFIG_DIR}/${f}" ]] || die "no ${CONFIG_DIR}/${f}"
+  done
   install -d -o root -g root -m 0755 /etc/postfix/sasl /etc/opendkim
-  local f rel
+  while IFS= read -r -d '' f; do
+    rel="${f#"${base}"/}"
+    install -D -o root -g root -m 0644 "${f}" "/etc/${rel}"
+  done < <(find "${base}" -type f ! -name '.*' -print0)
   while IFS= read -r -d '' f; do
     rel="${f#"${CONFIG_DIR}"/}"
-    install -D -o root -g root -m 0644 "${f}" "/etc/${rel}"
-    touch -d '-1 minute' "/etc/${rel}"
+    case "${rel}" in
+      postfix/main-stack.cf | postfix/master-stack.cf | opendkim/from_policy_values.lua) ;;
+      *) install -D -o root -g root -m 0644 "${f}" "/etc/${rel}" ;;
+    esac
   done < <(find "${CONFIG_DIR}/postfix" "${CONFIG_DIR}/opendkim" -type f -print0)
+  stack="${CONFIG_DIR}/postfix/main-stack.cf"
+  mapfile -t lines < <(grep -v -e '^#' -e '^[[:space:]]*$' "${stack}")
+  ((${#lines[@]} == 0)) || postconf -c /etc/postfix -e "${lines[@]}"
+  stack="${CONFIG_DIR}/postfix/master-stack.cf"
+  mapfile -t lines < <(grep -v -e '^#' -e '^[[:space:]]*$' "${stack}")
+  ((${#lines[@]} == 0)) || postconf -c /etc/postfix -P "${lines[@]}"
+  cat "${CONFIG_DIR}/opendkim/from_policy_values.lua" "${base}/opendkim/from_policy.lua" \
+    >/etc/opendkim/from_policy.lua
+  find /etc/postfix /etc/opendkim -type f -exec touch -d '-1 minute' {} +
 }
 
 # 2. DKIM keys: a tree only root can write (OpenDKIM refuses anything looser), files

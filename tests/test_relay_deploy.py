@@ -345,7 +345,7 @@ def test_deploy_is_idempotent_and_recreates_only_on_change(site: Site) -> None:
     assert cid2 != cid
     new_configs = sorted(p.name for p in work.glob("config-*"))
     assert len(new_configs) == 1 and new_configs != old_configs  # the old one pruned
-    main_cf = (work / new_configs[0] / "postfix" / "main.cf").read_text()
+    main_cf = (work / new_configs[0] / "postfix" / "main-stack.cf").read_text()
     assert "smtpd_client_auth_rate_limit = 5" in main_cf
     assert "no change" in site.deploy()
 

@@ -311,7 +311,7 @@ def test_outbound_settings_reach_the_rendered_config(monkeypatch: pytest.MonkeyP
         delay_warning_time="1m",
     )
     config = _deployed_config(world)
-    main = config["postfix/main.cf"].splitlines()
+    main = config["postfix/main-stack.cf"].splitlines()
     for line in (
         "relayhost = [smart.example.net]:587",
         "smtp_sasl_auth_enable = yes",
@@ -321,14 +321,15 @@ def test_outbound_settings_reach_the_rendered_config(monkeypatch: pytest.MonkeyP
         "smtp_helo_name = relay.example.com",
     ):
         assert line in main, line
-    assert "  -o inet_protocols=ipv4" in config["postfix/master.cf"].splitlines()
+    master = config["postfix/master-stack.cf"].splitlines()
+    assert "smtp/unix/inet_protocols=ipv4" in master
 
 
 def test_outbound_defaults_reach_the_rendered_config(monkeypatch: pytest.MonkeyPatch) -> None:
     world, _ = build(monkeypatch)
     config = _deployed_config(world)
-    main = config["postfix/main.cf"].splitlines()
+    main = config["postfix/main-stack.cf"].splitlines()
     assert "smtp_address_preference = ipv4" in main
     assert "delay_warning_time = 4h" in main
     assert not [x for x in main if x.startswith("smtp_sasl")]
-    assert "inet_protocols=ipv4" not in config["postfix/master.cf"]
+    assert "inet_protocols=ipv4" not in config["postfix/master-stack.cf"]
