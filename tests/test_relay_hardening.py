@@ -520,6 +520,22 @@ def test_one_auth_budget_across_587_and_465(
         assert answered[False] + answered[True] == 4, answered
 
 
+# ------------------------------------------------------------------------ key cache
+def test_opendkim_parses_the_key_once(
+    relay: rs.RelaySpec, sink: rs.Sink, ctx: ssl.SSLContext, dns: dict[str, str]
+) -> None:
+    """libkeycache (relay/keycache) keeps the parsed key: after several signed messages
+    the log names one parse per OpenDKIM start (here one), and the signatures verify."""
+    for _ in range(3):
+        subj = subject()
+        msg = message(subj, from_headers=("alice@example.com",))
+        assert submit(relay, ctx, "alice", "alice@example.com", msg)[0] == 250
+        delivered_and_verified(sink, dns, subj)
+    log = rs.run("docker", "logs", relay.name).stdout.decode(errors="replace")
+    assert log.count("libkeycache: DKIM key 1 parsed and kept") == 1, log[-3000:]
+    assert "libkeycache: DKIM key 2" not in log
+
+
 # ------------------------------------------------------------------------ AUTH limits
 def test_a_burst_of_logins_is_never_throttled(
     net: rs.TestNetwork,
