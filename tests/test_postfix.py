@@ -563,6 +563,15 @@ def test_shared_values_match_the_module_constants() -> None:
     assert f"sasldb_path: {postfix.SASLDB_PATH}" in conf("postfix/sasl/smtpd.conf")
 
 
+def test_opendkim_signs_only_and_never_resolves() -> None:
+    """relay/preload/novbr.c gives OpenDKIM no VBR resolver: safe only while it signs only
+    and no setting hands that resolver work (a verify mode, VBR, resolver settings)."""
+    keys = {ln.split()[0] for ln in conf("opendkim/opendkim.conf").splitlines() if ln.strip()}
+    assert "Mode s" in conf("opendkim/opendkim.conf").splitlines()
+    used = {"Nameservers", "TrustAnchorFile", "ResolverConfiguration"} & keys
+    assert used == set() and not [k for k in keys if k.startswith("VBR-")], keys
+
+
 def luacheck(*files: Path) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("luacheck")
     assert tool, "luacheck missing: run scripts/setup.d/20-vps.sh (Debian's lua-check)"

@@ -524,8 +524,9 @@ def test_one_auth_budget_across_587_and_465(
 def test_opendkim_parses_the_key_once(
     relay: rs.RelaySpec, sink: rs.Sink, ctx: ssl.SSLContext, dns: dict[str, str]
 ) -> None:
-    """libkeycache (relay/keycache) keeps the parsed key: after several signed messages
-    the log names one parse per OpenDKIM start (here one), and the signatures verify."""
+    """relay/preload: libkeycache keeps the parsed key (after several signed messages the
+    log names one parse per OpenDKIM start, here one) and libnovbr skipped the VBR
+    resolver; the signatures verify."""
     for _ in range(3):
         subj = subject()
         msg = message(subj, from_headers=("alice@example.com",))
@@ -534,6 +535,7 @@ def test_opendkim_parses_the_key_once(
     log = rs.run("docker", "logs", relay.name).stdout.decode(errors="replace")
     assert log.count("libkeycache: DKIM key 1 parsed and kept") == 1, log[-3000:]
     assert "libkeycache: DKIM key 2" not in log
+    assert log.count("libnovbr: no VBR resolver (sign-only OpenDKIM)") == 1, log[-3000:]
 
 
 # ------------------------------------------------------------------------ AUTH limits
