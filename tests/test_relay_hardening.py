@@ -774,6 +774,40 @@ def test_repeated_opendkim_deaths_back_off(
         until_signing(spec, sink, ctx, dns, watch, time.monotonic())
 
 
+def test_postfix_master_killed_is_restarted_in_place(
+    net: rs.TestNetwork,
+    ca: rs.CertbotDir,
+    dkim_pem: str,
+    workdir: Path,
+    sink: rs.Sink,
+    ctx: ssl.SSLContext,
+    dns: dict[str, str],
+) -> None:
+    """s6 starts a killed Postfix master again inside the same container (no container
+    restart), mail is signed and delivered afterwards, and docker stop reaches it."""
+    with relay_running("dkimrelay-hard-master", net, ca, dkim_pem, workdir, octet=23) as spec:
+        started = rs.docker("inspect", "-f", "{{.State.StartedAt}}", spec.name)
+        pidfile = "/var/spool/postfix/pid/master.pid"
+        before = rs.docker("exec", spec.name, "sh", "-c", f"head -1 {pidfile}").strip()
+        rs.docker("exec", spec.name, "sh", "-c", f"kill -KILL {before}")
+
+        def new_master() -> bool:
+            now = rs.docker("exec", spec.name, "sh", "-c", f"head -1 {pidfile}", check=False)
+            return now.strip() not in ("", before)
+
+        rs.wait_for("a new Postfix master", new_master, 60)
+        until_signing(spec, sink, ctx, dns, HealthWatch(spec.name), time.monotonic())
+        assert rs.docker("inspect", "-f", "{{.State.StartedAt}}", spec.name) == started
+        assert rs.docker("inspect", "-f", "{{.RestartCount}}", spec.name) == "0"
+        log = rs.run("docker", "logs", spec.name).stdout.decode(errors="replace")
+        # s6 watched the master itself (not postfix-script): it saw the signal.
+        assert "postfix master exited (code 256, signal 9); s6 restarts it" in log, log[-3000:]
+        # docker stop: s6 hands the master its SIGTERM, and it shuts Postfix down itself.
+        rs.docker("stop", "-t", "30", spec.name)
+        log = rs.run("docker", "logs", spec.name).stdout.decode(errors="replace")
+        assert "postfix master stopped (code 256, signal 15)" in log, log[-3000:]
+
+
 def _restarted(container: str, n: int) -> bool:
     """The entrypoint logged restart n and OpenDKIM's socket came up after it."""
     _, found, after = rs.logs(container).partition(f"; restart {n} in ")
