@@ -6,13 +6,16 @@ real image.
 
 Contract with the image (``relay/entrypoint.sh``):
 
-* Non-secret config is delivered under ``CONFIG_DIR`` (``/etc/relay/config``) with the
-  relative paths returned by :func:`render_config`:
-  ``postfix/main.cf``, ``postfix/master.cf``, ``postfix/sender_login``,
-  ``postfix/sender_access``, ``postfix/long_lines``, ``postfix/milter_headers``,
-  ``postfix/sasl/smtpd.conf``, ``opendkim/opendkim.conf``, ``opendkim/KeyTable``,
-  ``opendkim/SigningTable``, ``opendkim/TrustedHosts``, ``opendkim/from_policy.lua``,
-  ``opendkim/from_refusal.lua``.
+* What every stack shares is in the image, as files a mail administrator reviews:
+  ``relay/conf/postfix/`` (``main.cf``, ``master.cf``, ``sender_access``,
+  ``long_lines``, ``sasl/smtpd.conf``) and ``relay/conf/opendkim/`` (``opendkim.conf``,
+  ``TrustedHosts``, ``from_policy.lua``, ``from_refusal.lua``; the Lua linted by
+  luacheck). This module renders only what a stack changes, delivered under
+  ``CONFIG_DIR`` (``/etc/relay/config``) with the relative paths returned by
+  :func:`render_config`: ``postfix/main-stack.cf`` (``postconf -e`` lines),
+  ``postfix/master-stack.cf`` (``postconf -P`` lines), ``postfix/sender_login``,
+  ``postfix/milter_headers``, ``opendkim/KeyTable``, ``opendkim/SigningTable`` and
+  ``opendkim/from_policy_values.lua`` (put in front of ``from_policy.lua``).
 * Secrets are delivered under ``SECRETS_DIR`` (``/run/relay-secrets``), either as
   container uploads or as a host directory bind-mounted read-only. Layout
   (rendered by :func:`render_secrets` for uploads; the host writes the same layout):
@@ -49,15 +52,16 @@ MAX_LINE = 998
 #: TLS suites no level may offer: anonymous, unencrypted, and the CBC suites with SHA-1 MACs.
 TLS_EXCLUDED_CIPHERS = "aNULL, eNULL, SHA1"
 NEXTHOP_AUTH_PATH = "/etc/postfix/nexthop_auth"
+#: smtpd_hard_error_limit: errors (a wrong password is one) before smtpd hangs up.
+AUTH_FAILURES_PER_SESSION = 3
 #: The From of Postfix's own notices (bounces, delay warnings): MAILER-DAEMON@$myhostname.
 MAILER_DAEMON = "MAILER-DAEMON"
 #: outboundIpv6 -> smtp_address_preference ("never" also limits the smtp services to IPv4).
 OUTBOUND_IPV6 = ("prefer-ipv4", "any", "never")
-#: reject_sender_login_mismatch lets ``MAIL FROM:<>`` through; a user never needs it.
-_NULL_SENDER_CHECK = "check_sender_access texthash:/etc/postfix/sender_access"
 OPENDKIM_DIR = "/etc/opendkim"
 DKIM_KEY_DIR = f"{OPENDKIM_DIR}/keys"
 
+#: The values below are what relay/conf/ holds (tests/test_postfix.py pins them there).
 #: The signed-header list of the original hand-made setup (panubo/postfix defaults),
 #: Resent-* expanded because OpenDKIM's SignHeaders takes names, not patterns.
 SIGNED_HEADERS: tuple[str, ...] = (
@@ -100,8 +104,12 @@ class SmtpUser:
 class RateLimits:
     """Anvil limits per client IP per ``time_unit`` (Postfix's anvil service)."""
 
-    auth_per_unit: int = 10
-    connections_per_unit: int = 30
+    #: Postfix's smtpd_client_auth_rate_limit: every AUTH counts, accepted or not, so a
+    #: burst of a user's own logins would be throttled. 0 (off) by default: wrong
+    #: passwords are bounded per session (``AUTH_FAILURES_PER_SESSION``) and per address
+    #: by the connection rate instead.
+    auth_per_unit: int = 0
+    connections_per_unit: int = 60
     concurrent_connections: int = 10
     messages_per_unit: int = 100
     time_unit: str = "60s"
@@ -164,124 +172,35 @@ def _lines(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def render_main_cf(s: PostfixSettings) -> str:
-    """Postfix main.cf: a submission-only relay that never delivers locally."""
+    """``postfix/main-stack.cf``: this stack's main.cf values, ``key = value`` lines the
+    entrypoint applies with ``postconf -e`` over the image's ``relay/conf/postfix/main.cf``
+    (which holds the policy every stack shares)."""
     privkey, fullchain = cert_paths(s)
     rl = s.rate_limits
     pairs: list[tuple[str, str]] = [
-        ("compatibility_level", "3.6"),
         ("myhostname", s.relay_host),
         ("mydomain", s.domain),
-        ("myorigin", "$myhostname"),
-        # No local delivery at all: nothing is "local", the local transport is an error.
-        ("mydestination", ""),
-        ("local_recipient_maps", ""),
-        ("local_transport", "error:5.1.1 local delivery is disabled"),
-        ("alias_maps", ""),
-        ("alias_database", ""),
-        ("relay_domains", ""),
         ("relayhost", relayhost(s.nexthop) if s.nexthop else ""),
-        # Loopback only; and the submission services never consult it.
-        ("mynetworks", "127.0.0.0/8 [::1]/128"),
-        ("inet_interfaces", "all"),
-        ("inet_protocols", "all"),
-        ("smtpd_banner", "$myhostname ESMTP"),
-        ("biff", "no"),
-        ("append_dot_mydomain", "no"),
-        ("readme_directory", "no"),
-        ("disable_vrfy_command", "yes"),
-        ("smtpd_helo_required", "yes"),
         ("message_size_limit", str(s.message_size_limit)),
-        ("maillog_file", "/dev/stdout"),
-        # Server TLS: 1.2 or newer only, cert+key loaded together (atomic on renewal).
         ("smtpd_tls_chain_files", f"{privkey}, {fullchain}"),
-        ("smtpd_tls_security_level", "encrypt"),
-        ("smtpd_tls_auth_only", "yes"),
-        ("smtpd_tls_protocols", ">=TLSv1.2"),
-        ("smtpd_tls_mandatory_protocols", ">=TLSv1.2"),
-        ("smtpd_tls_mandatory_ciphers", "high"),
-        ("smtpd_tls_ciphers", "high"),
-        # Both lists: the mandatory one applies at "encrypt" (587 and 465), the other at
-        # every level, so a later change of level cannot bring these suites back.
-        ("smtpd_tls_exclude_ciphers", TLS_EXCLUDED_CIPHERS),
-        ("smtpd_tls_mandatory_exclude_ciphers", TLS_EXCLUDED_CIPHERS),
-        ("smtpd_tls_loglevel", "1"),
-        ("smtpd_tls_received_header", "yes"),
-        ("smtpd_tls_session_cache_database", "btree:${data_directory}/smtpd_scache"),
         # Outbound. The HELO name is the relay's name, the one its PTR should give.
         ("smtp_helo_name", s.relay_host),
         # IPv6 only when asked: Gmail refuses IPv6 mail from an address without a PTR.
         ("smtp_address_preference", "any" if s.outbound_ipv6 == "any" else "ipv4"),
         # Opportunistic TLS to the recipient's MX; TLS required toward a smarthost login.
         ("smtp_tls_security_level", "encrypt" if s.nexthop_user else "may"),
-        # Outbound drops only anonymous and null suites: with opportunistic TLS a failed
-        # handshake falls back to plaintext, so refusing CBC-SHA1 to an old MX is worse.
-        ("smtp_tls_exclude_ciphers", "aNULL, eNULL"),
-        ("smtp_tls_loglevel", "1"),
-        ("smtp_tls_session_cache_database", "btree:${data_directory}/smtp_scache"),
         *_smarthost_auth(s),
-        # The relay's own notices (delays, bounces) go to the sender, through the milter,
-        # so they leave signed with the domain's key like the user's mail.
         ("delay_warning_time", s.delay_warning_time),
-        ("internal_mail_filter_classes", "bounce"),
-        # SASL (Cyrus, sasldb); config in $config_directory/sasl/smtpd.conf.
-        ("smtpd_sasl_type", "cyrus"),
-        ("smtpd_sasl_path", "smtpd"),
-        ("smtpd_sasl_auth_enable", "no"),
-        ("smtpd_sasl_security_options", "noanonymous"),
-        ("smtpd_sasl_tls_security_options", "noanonymous"),
-        ("smtpd_sasl_authenticated_header", "no"),
-        ("broken_sasl_auth_clients", "no"),
-        ("smtpd_sasl_local_domain", "$mydomain"),
-        ("smtpd_sender_login_maps", "texthash:/etc/postfix/sender_login"),
-        # Default restrictions: deny everything not authenticated (submission repeats it).
-        ("smtpd_client_restrictions", "permit_sasl_authenticated, reject"),
-        ("smtpd_helo_restrictions", ""),
-        (
-            "smtpd_sender_restrictions",
-            f"reject_non_fqdn_sender, reject_sender_login_mismatch, {_NULL_SENDER_CHECK}, "
-            "permit_sasl_authenticated, reject",
-        ),
-        ("smtpd_relay_restrictions", "permit_sasl_authenticated, reject"),
-        (
-            "smtpd_recipient_restrictions",
-            "reject_non_fqdn_recipient, permit_sasl_authenticated, reject",
-        ),
-        ("smtpd_data_restrictions", "reject_unauth_pipelining"),
-        ("allow_percent_hack", "no"),
-        ("swap_bangpath", "no"),
-        ("strict_rfc821_envelopes", "yes"),
-        # SMTP smuggling: a bare LF (or "<LF>.<LF>") must not end a message on one hop and
-        # not on the next. Reject ("yes" replies 521 and hangs up), with no exemption.
-        ("smtpd_forbid_bare_newline", "yes"),
-        ("smtpd_forbid_bare_newline_exclusions", ""),
-        # Lines over MAX_LINE bytes are refused at submission (5.6.0): Postfix's SMTP
-        # client would otherwise fold them after OpenDKIM signed, breaking the signature.
-        ("header_checks", "regexp:/etc/postfix/long_lines"),
-        ("body_checks", "regexp:/etc/postfix/long_lines"),
-        # OpenDKIM lets a message through unsigned, before any policy script runs, when it
-        # finds no From: or cannot parse it; in sign mode its only trace is the
-        # Authentication-Results header it adds then. Refuse such mail here.
-        ("milter_header_checks", "regexp:/etc/postfix/milter_headers"),
-        # Anvil: rate limits per client, mynetworks not exempt.
+        # Anvil: rate limits per client (relay/conf/postfix/main.cf: no exemption).
         ("anvil_rate_time_unit", rl.time_unit),
         ("smtpd_client_auth_rate_limit", str(rl.auth_per_unit)),
         ("smtpd_client_connection_rate_limit", str(rl.connections_per_unit)),
         ("smtpd_client_connection_count_limit", str(rl.concurrent_connections)),
         ("smtpd_client_message_rate_limit", str(rl.messages_per_unit)),
-        ("smtpd_client_event_limit_exceptions", ""),
-        ("smtpd_soft_error_limit", "3"),
-        ("smtpd_hard_error_limit", "10"),
-        # DKIM: OpenDKIM milter; with it down, clients get a temporary failure.
-        ("smtpd_milters", f"unix:{OPENDKIM_SOCKET}"),
-        ("non_smtpd_milters", "$smtpd_milters"),
-        ("milter_default_action", "tempfail"),
-        ("milter_protocol", "6"),
-        # A hung OpenDKIM holds each session this long before the 4xx (default 30 s); the
-        # entrypoint restarts it sooner than that.
-        ("milter_connect_timeout", "10s"),
-        ("milter_command_timeout", "10s"),
+        # master.cf has every submission service; each listens only when asked for.
+        ("master_service_disable", " ".join(disabled_services(s))),
     ]
-    return "# Rendered by dkim-relay pure/postfix.py; do not edit.\n" + _lines(pairs)
+    return "# dkim-relay: this stack's values over relay/conf/postfix/main.cf\n" + _lines(pairs)
 
 
 def _smarthost_auth(s: PostfixSettings) -> list[tuple[str, str]]:
@@ -294,45 +213,6 @@ def _smarthost_auth(s: PostfixSettings) -> list[tuple[str, str]]:
         ("smtp_sasl_security_options", "noanonymous"),
         ("smtp_sasl_tls_security_options", "noanonymous"),
     ]
-
-
-_SUBMISSION_OPTS: tuple[str, ...] = (
-    "smtpd_tls_security_level=encrypt",
-    "smtpd_tls_auth_only=yes",
-    "smtpd_sasl_auth_enable=yes",
-    "smtpd_client_restrictions=permit_sasl_authenticated,reject",
-    "smtpd_helo_restrictions=",
-    "smtpd_sender_restrictions=reject_non_fqdn_sender,reject_sender_login_mismatch,"
-    f"{_NULL_SENDER_CHECK.replace(' ', ',')},permit_sasl_authenticated,reject",
-    "smtpd_relay_restrictions=permit_sasl_authenticated,reject",
-    "smtpd_recipient_restrictions=reject_non_fqdn_recipient,permit_sasl_authenticated,reject",
-    "milter_macro_daemon_name=ORIGINATING",
-)
-
-# Postfix's internal services, chroot off (a chrooted smtpd cannot see the sasldb).
-_INTERNAL_SERVICES: tuple[tuple[str, str, str, str, str, str, str], ...] = (
-    ("pickup", "unix", "n", "-", "n", "60", "1 pickup"),
-    ("cleanup", "unix", "n", "-", "n", "-", "0 cleanup"),
-    ("qmgr", "unix", "n", "-", "n", "300", "1 qmgr"),
-    ("tlsmgr", "unix", "-", "-", "n", "1000?", "1 tlsmgr"),
-    ("rewrite", "unix", "-", "-", "n", "-", "- trivial-rewrite"),
-    ("bounce", "unix", "-", "-", "n", "-", "0 bounce"),
-    ("defer", "unix", "-", "-", "n", "-", "0 bounce"),
-    ("trace", "unix", "-", "-", "n", "-", "0 bounce"),
-    ("verify", "unix", "-", "-", "n", "-", "1 verify"),
-    ("flush", "unix", "n", "-", "n", "1000?", "0 flush"),
-    ("proxymap", "unix", "-", "-", "n", "-", "- proxymap"),
-    ("proxywrite", "unix", "-", "-", "n", "-", "1 proxymap"),
-    ("smtp", "unix", "-", "-", "n", "-", "- smtp"),
-    ("relay", "unix", "-", "-", "n", "-", "- smtp"),
-    ("showq", "unix", "n", "-", "n", "-", "- showq"),
-    ("error", "unix", "-", "-", "n", "-", "- error"),
-    ("retry", "unix", "-", "-", "n", "-", "- error"),
-    ("discard", "unix", "-", "-", "n", "-", "- discard"),
-    ("anvil", "unix", "-", "-", "n", "-", "1 anvil"),
-    ("scache", "unix", "-", "-", "n", "-", "1 scache"),
-    ("postlog", "unix-dgram", "n", "-", "n", "-", "1 postlogd"),
-)
 
 
 def auth_limit_per_service(s: PostfixSettings) -> int:
@@ -358,33 +238,28 @@ def auth_limit_per_service(s: PostfixSettings) -> int:
 IPV6_PORTS = {587: 1587, 465: 1465}
 
 
+def disabled_services(s: PostfixSettings) -> list[str]:
+    """The submission services of master.cf this stack does not listen on: 465 unless
+    asked for, the IPv6 ones (IPV6_PORTS) unless the host's IPv6 address is published."""
+    wanted = {("submission", True), ("submissions", s.submissions_465)}
+    wanted |= {(str(IPV6_PORTS[587]), s.ipv6_listeners)}
+    wanted |= {(str(IPV6_PORTS[465]), s.ipv6_listeners and s.submissions_465)}
+    return sorted(f"{name}/inet" for name, on in wanted if not on)
+
+
 def render_master_cf(s: PostfixSettings) -> str:
-    """master.cf: no port 25, submission on 587, optional implicit TLS on 465 (and the
-    same services on IPV6_PORTS with ``ipv6_listeners``)."""
-    out = ["# Rendered by dkim-relay pure/postfix.py; do not edit.\n"]
-    out.append("# service type  private unpriv  chroot  wakeup  maxproc command\n")
+    """``postfix/master-stack.cf``: this stack's service overrides over the image's
+    ``relay/conf/postfix/master.cf``, one ``service/type/parameter=value`` per line (what
+    ``postconf -P`` takes): each port's share of the AUTH budget when 465 is on, and the
+    smtp client held to IPv4 with ``outbound_ipv6="never"``."""
+    out = ["# dkim-relay: this stack's overrides over relay/conf/postfix/master.cf\n"]
     auth = auth_limit_per_service(s)
-    services: list[tuple[str, int, list[str]]] = [("submission", 587, [])]
-    if s.submissions_465:
-        services.append(("submissions", 465, ["smtpd_tls_wrappermode=yes"]))
-    for syslog, port, extra in services:
-        names = [syslog] + ([str(IPV6_PORTS[port])] if s.ipv6_listeners else [])
-        for name in names:
-            out.append(f"{name:<10} inet n       -       n       -       -       smtpd\n")
-            out.append(f"  -o syslog_name=postfix/{syslog}\n")
-            out.extend(f"  -o {opt}\n" for opt in extra)
-            out.extend(f"  -o {opt}\n" for opt in _SUBMISSION_OPTS)
-            if auth != s.rate_limits.auth_per_unit:
-                out.append(f"  -o smtpd_client_auth_rate_limit={auth}\n")
-    for name, typ, private, unpriv, chroot, wakeup, rest in _INTERNAL_SERVICES:
-        maxproc, command = rest.split(" ", 1)
-        out.append(
-            f"{name:<10} {typ:<5} {private:<7} {unpriv:<7} {chroot:<7} {wakeup:<7} "
-            f"{maxproc:<7} {command}\n"
-        )
-        if command == "smtp" and s.outbound_ipv6 == "never":
-            # The smtp client then neither looks up nor tries IPv6 addresses.
-            out.append("  -o inet_protocols=ipv4\n")
+    if auth != s.rate_limits.auth_per_unit:
+        for name in ("submission", "submissions", *map(str, IPV6_PORTS.values())):
+            out.append(f"{name}/inet/smtpd_client_auth_rate_limit={auth}\n")
+    if s.outbound_ipv6 == "never":
+        # The smtp client then neither looks up nor tries IPv6 addresses.
+        out.extend(f"{name}/unix/inet_protocols=ipv4\n" for name in ("smtp", "relay"))
     return "".join(out)
 
 
@@ -410,11 +285,6 @@ def render_sender_login_map(s: PostfixSettings) -> str:
     return "# envelope sender -> SASL logins allowed to use it\n" + body
 
 
-def render_sender_access() -> str:
-    """texthash access map for the sender check (``<>`` is Postfix's null-sender key)."""
-    return "<> REJECT 5.7.1 submitted mail needs a sender address, not the null sender\n"
-
-
 def render_milter_headers(s: PostfixSettings) -> str:
     """regexp table for milter_header_checks (headers OpenDKIM adds)."""
     return (
@@ -424,150 +294,17 @@ def render_milter_headers(s: PostfixSettings) -> str:
     )
 
 
-def render_long_lines() -> str:
-    """regexp table for header_checks and body_checks: refuse any line over MAX_LINE bytes.
-
-    ``m``: in a folded header, each physical line counts on its own.
-    """
-    return (
-        "# Rendered by dkim-relay pure/postfix.py; do not edit.\n"
-        f"/^.{{{MAX_LINE + 1}}}/m REJECT 5.6.0 line longer than {MAX_LINE} bytes; "
-        "wrap it or use quoted-printable or base64 with short lines\n"
-    )
-
-
-def render_sasl_smtpd_conf() -> str:
-    """Cyrus SASL config for Postfix's smtpd ($config_directory/sasl/smtpd.conf)."""
-    return (
-        "pwcheck_method: auxprop\n"
-        "auxprop_plugin: sasldb\n"
-        "mech_list: PLAIN LOGIN\n"
-        f"sasldb_path: {SASLDB_PATH}\n"
-    )
-
-
-def render_opendkim_conf(s: PostfixSettings) -> str:
-    """opendkim.conf: sign-only, relaxed/relaxed, the usual header list, From oversigned."""
-    pairs = [
-        ("Syslog", "no"),
-        ("LogWhy", "no"),
-        ("UMask", "007"),
-        ("Mode", "s"),
-        ("Canonicalization", "relaxed/relaxed"),
-        ("SignatureAlgorithm", "rsa-sha256"),
-        ("SignHeaders", ",".join(SIGNED_HEADERS)),
-        ("OversignHeaders", "From"),
-        ("KeyTable", "file:/etc/opendkim/KeyTable"),
-        ("SigningTable", "refile:/etc/opendkim/SigningTable"),
-        ("InternalHosts", "refile:/etc/opendkim/TrustedHosts"),
-        ("ExternalIgnoreList", "refile:/etc/opendkim/TrustedHosts"),
-        # Postfix's submission services tag their mail with this daemon name.
-        ("MTA", "ORIGINATING"),
-        ("Socket", f"local:{OPENDKIM_SOCKET}"),
-        ("PidFile", "/run/opendkim/opendkim.pid"),
-        ("UserID", "opendkim:opendkim"),
-        ("RequireSafeKeys", "yes"),
-        ("SoftwareHeader", "no"),
-        # Refuses, before signing, a header From that is not one address the login owns.
-        ("SetupPolicyScript", f"{OPENDKIM_DIR}/from_policy.lua"),
-        ("FinalPolicyScript", f"{OPENDKIM_DIR}/from_refusal.lua"),
-    ]
-    head = "# Rendered by dkim-relay pure/postfix.py; do not edit.\n"
-    return head + "".join(f"{k} {v}\n" for k, v in pairs)
-
-
 def _lua_str(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-_FROM_POLICY = r"""
--- Mail whose From is not ours would go out unsigned, or signed for a sender the login
--- does not own. Postfix checks only the envelope (reject_sender_login_mismatch).
--- OpenDKIM's setup hook has no set_reply, so the reason is handed to the final script
--- (from_refusal.lua), which refuses with it before the signature is made. The sign
--- request keeps OpenDKIM on the message until then: without one (a foreign From) it
--- would accept the message at the end of the headers and never run the final script.
-local function refuse(why)
-  odkim.export(ctx, "REFUSE", why)
-  odkim.sign(ctx, KEY)
-end
-
--- The addr-spec of a From value holding exactly one mailbox, else nil. Quoted strings
--- and comments are dropped first (a display name may hold "@", "," or "<").
-local function mailbox(value)
-  local out, quoted, depth, escaped = {}, false, 0, false
-  for c in value:gmatch(".") do
-    if escaped then
-      escaped = false
-    elseif c == "\\" and (quoted or depth > 0) then
-      escaped = true
-    elseif quoted then
-      if c == '"' then quoted = false end
-    elseif depth > 0 then
-      if c == "(" then depth = depth + 1 elseif c == ")" then depth = depth - 1 end
-    elseif c == '"' then
-      quoted = true
-    elseif c == "(" then
-      depth = 1
-    else
-      out[#out + 1] = c
-    end
-  end
-  if quoted or depth > 0 then return nil end
-  local rest = table.concat(out):gsub("%s+", " ")
-  if rest:find("[,;:]") then return nil end
-  local addr = rest:match("^[^<>]*<([^<>]*)>%s*$") or rest:match("^%s*([^%s<>]+)%s*$")
-  if addr == nil then return nil end
-  addr = addr:lower()
-  if addr:match("^[^@%s]+@[^@%s]+$") == nil then return nil end
-  return addr
-end
-
--- OpenDKIM also runs this once at start-up with a null ctx to check it, where the
--- odkim functions return their own names: stop there.
-if odkim.get_envfrom(ctx) == "dkimf_xs_getenvfrom"
-    and odkim.get_mtasymbol(ctx, "{auth_authen}") == "dkimf_xs_getmtasymbol" then
-  return
-end
-
-local from = odkim.get_header(ctx, "From", 0)
-if from == nil or odkim.get_header(ctx, "From", 1) ~= nil then
-  refuse("the message needs exactly one From: header")
-  return
-end
-local addr = mailbox(from)
-if addr == nil then
-  refuse("the From: header must hold exactly one address")
-  return
-end
-local login = (odkim.get_mtasymbol(ctx, "{auth_authen}") or ""):lower()
--- Postfix's own notices (bounces, delay warnings): no login, the null envelope sender,
--- From MAILER-DAEMON@<relay host>. They are signed (the signing table has the host).
--- Submitted mail always has a login, and the null sender is refused there.
-local envfrom = odkim.get_envfrom(ctx) or ""
-if login == "" and (envfrom == "<>" or envfrom == "") and addr == NOTICE_FROM then
-  return
-end
-local at_domain = addr:match("(@[^@]+)$")
-if at_domain ~= "@" .. DOMAIN then
-  refuse("From: " .. addr .. " is not at " .. DOMAIN)
-  return
-end
-for _, pattern in ipairs(MAY_SEND_AS[login] or {}) do
-  if pattern == addr or pattern == at_domain then
-    return
-  end
-end
-refuse("login " .. login .. " may not send with From: " .. addr)
-"""
-
-
 def render_from_policy(s: PostfixSettings) -> str:
-    """OpenDKIM setup script (Lua): one From, at the domain, owned by the SASL login.
-
-    The owner is a ``may_send_as`` entry (address or ``@domain``) of the login, or any
-    address at the domain for users without ``may_send_as``. OpenDKIM answers 550 at the
-    end of DATA (:func:`render_from_refusal`), before anything is queued or signed.
+    """``opendkim/from_policy_values.lua``: the values ``relay/conf/opendkim/from_policy.lua``
+    reads (the entrypoint puts them in front of it). That script lets a message through
+    only with one From at the domain that the SASL login owns: a ``may_send_as`` entry
+    (address or ``@domain``) of the login, or any address at the domain for users
+    without ``may_send_as``; else OpenDKIM answers 550 at the end of DATA
+    (``from_refusal.lua``), before anything is queued or signed.
     """
     domain = s.domain.lower()
     rows = []
@@ -576,22 +313,11 @@ def render_from_policy(s: PostfixSettings) -> str:
         items = ", ".join(_lua_str(p) for p in patterns)
         rows.append(f"  [{_lua_str(login_name(user, s.domain).lower())}] = {{{items}}},\n")
     return (
-        "-- Rendered by dkim-relay pure/postfix.py; do not edit.\n"
+        "-- dkim-relay: this stack's values for relay/conf/opendkim/from_policy.lua\n"
         f"local DOMAIN = {_lua_str(domain)}\n"
         f"local KEY = {_lua_str(f'{s.dkim_selector}._domainkey.{s.domain}')}\n"
         f"local NOTICE_FROM = {_lua_str(notice_from(s).lower())}\n"
-        "local MAY_SEND_AS = {\n" + "".join(rows) + "}\n" + _FROM_POLICY
-    )
-
-
-def render_from_refusal() -> str:
-    """OpenDKIM final script (Lua): refuse with the reason from_policy.lua exported."""
-    return (
-        "-- Rendered by dkim-relay pure/postfix.py; do not edit.\n"
-        "if REFUSE ~= nil then\n"
-        '  odkim.set_reply(ctx, "550", "5.7.1", REFUSE)\n'
-        "  odkim.set_result(ctx, SMFIS_REJECT)\n"
-        "end\n"
+        "local MAY_SEND_AS = {\n" + "".join(rows) + "}\n"
     )
 
 
@@ -619,26 +345,17 @@ def render_signing_table(s: PostfixSettings) -> str:
     return "".join(rows)
 
 
-def render_trusted_hosts() -> str:
-    return "127.0.0.1\n::1\n"
-
-
 def render_config(s: PostfixSettings) -> dict[str, str]:
-    """All non-secret files, relative to ``CONFIG_DIR``."""
+    """This stack's non-secret files, relative to ``CONFIG_DIR``. What every stack shares
+    is in the image (``relay/conf/``); the entrypoint combines the two."""
     return {
-        "postfix/main.cf": render_main_cf(s),
-        "postfix/master.cf": render_master_cf(s),
+        "postfix/main-stack.cf": render_main_cf(s),
+        "postfix/master-stack.cf": render_master_cf(s),
         "postfix/sender_login": render_sender_login_map(s),
-        "postfix/sender_access": render_sender_access(),
-        "postfix/long_lines": render_long_lines(),
         "postfix/milter_headers": render_milter_headers(s),
-        "postfix/sasl/smtpd.conf": render_sasl_smtpd_conf(),
-        "opendkim/opendkim.conf": render_opendkim_conf(s),
         "opendkim/KeyTable": render_key_table(s),
         "opendkim/SigningTable": render_signing_table(s),
-        "opendkim/TrustedHosts": render_trusted_hosts(),
-        "opendkim/from_policy.lua": render_from_policy(s),
-        "opendkim/from_refusal.lua": render_from_refusal(),
+        "opendkim/from_policy_values.lua": render_from_policy(s),
     }
 
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# relay-entrypoint: install the config and secrets the stack delivered, then run
-# OpenDKIM and Postfix and supervise both (tini is PID 1). Stops cleanly on SIGTERM.
-# Postfix gone: the container exits and `restart: always` brings it back. OpenDKIM dead
-# or hung (no milter answer): it is killed and restarted here with a back-off of 1 s
-# doubling to at most 30 s; meanwhile Postfix answers 4xx (milter_default_action).
+# relay-entrypoint: install the config and secrets the stack delivered (once, in the
+# order below), then exec s6-svscan as PID 1, which runs and supervises the services in
+# /run/service (from relay/s6/): OpenDKIM, Postfix, the hung-milter watchdog and the
+# certificate watcher. s6 restarts whatever exits; on SIGTERM (docker stop) it stops
+# every service and exits.
 #
 # Inputs (see pure/postfix.py for the full contract):
-#   /etc/relay/config/{postfix,opendkim}/...   rendered config (uploads, not secret)
+#   /etc/relay/config/{postfix,opendkim}/...   this stack's config (uploads, not secret)
+#   /usr/local/share/relay/conf/...            what every stack shares (relay/conf)
 #   /run/relay-secrets/dkim/<selector>.private DKIM private keys (PEM)
 #   /run/relay-secrets/smtp-users              "login:password" lines
 #   /run/relay-secrets/nexthop-auth            optional: "[host]:port user:password"
@@ -17,30 +18,42 @@ set -euo pipefail
 CONFIG_DIR=/etc/relay/config
 SECRETS_DIR=/run/relay-secrets
 POLL="${RELAY_CERT_POLL_SECONDS:-300}"
-OPENDKIM_SOCKET=/run/opendkim/opendkim.sock  # pure/postfix.py OPENDKIM_SOCKET
-# What the supervisor saw, for the health check (relay/healthcheck.sh reads it).
-STATUS=/run/relay-health/opendkim
-PROBE_EVERY=2        # seconds between milter probes
-PROBE_TIMEOUT=2      # seconds a probe may wait for an answer
-HUNG_AFTER=2         # failed probes in a row before OpenDKIM counts as hung
-BACKOFF_MAX=30       # seconds, the longest wait before a restart
-STABLE_AFTER=60      # seconds of answering after which the back-off starts again at 1 s
 
 log() { printf 'relay-entrypoint: %s\n' "$*"; }
 die() { log "FATAL: $*"; exit 1; }
 
-# 1. Config files, root-owned and back-dated: Postfix waits ~2 s on a main.cf that was
-#    modified in the last second (field notes).
+# 1. Config: the image's shared files (relay/conf, in /usr/local/share/relay/conf), then
+#    this stack's files over them, then this stack's values applied with postconf
+#    (main-stack.cf: `postconf -e` lines; master-stack.cf: `postconf -P` lines), and the
+#    From policy's values put in front of its script. All root-owned and back-dated:
+#    Postfix waits ~2 s on a main.cf that was modified in the last second (field notes).
 install_config() {
-  [[ -f "${CONFIG_DIR}/postfix/main.cf" ]] || die "no ${CONFIG_DIR}/postfix/main.cf"
-  [[ -f "${CONFIG_DIR}/opendkim/opendkim.conf" ]] || die "no opendkim.conf"
+  local base=/usr/local/share/relay/conf stack f rel
+  local -a lines
+  for f in postfix/main-stack.cf postfix/master-stack.cf opendkim/from_policy_values.lua; do
+    [[ -f "${CONFIG_DIR}/${f}" ]] || die "no ${CONFIG_DIR}/${f}"
+  done
   install -d -o root -g root -m 0755 /etc/postfix/sasl /etc/opendkim
-  local f rel
+  while IFS= read -r -d '' f; do
+    rel="${f#"${base}"/}"
+    install -D -o root -g root -m 0644 "${f}" "/etc/${rel}"
+  done < <(find "${base}" -type f ! -name '.*' -print0)
   while IFS= read -r -d '' f; do
     rel="${f#"${CONFIG_DIR}"/}"
-    install -D -o root -g root -m 0644 "${f}" "/etc/${rel}"
-    touch -d '-1 minute' "/etc/${rel}"
+    case "${rel}" in
+      postfix/main-stack.cf | postfix/master-stack.cf | opendkim/from_policy_values.lua) ;;
+      *) install -D -o root -g root -m 0644 "${f}" "/etc/${rel}" ;;
+    esac
   done < <(find "${CONFIG_DIR}/postfix" "${CONFIG_DIR}/opendkim" -type f -print0)
+  stack="${CONFIG_DIR}/postfix/main-stack.cf"
+  mapfile -t lines < <(grep -v -e '^#' -e '^[[:space:]]*$' "${stack}")
+  ((${#lines[@]} == 0)) || postconf -c /etc/postfix -e "${lines[@]}"
+  stack="${CONFIG_DIR}/postfix/master-stack.cf"
+  mapfile -t lines < <(grep -v -e '^#' -e '^[[:space:]]*$' "${stack}")
+  ((${#lines[@]} == 0)) || postconf -c /etc/postfix -P "${lines[@]}"
+  cat "${CONFIG_DIR}/opendkim/from_policy_values.lua" "${base}/opendkim/from_policy.lua" \
+    >/etc/opendkim/from_policy.lua
+  find /etc/postfix /etc/opendkim -type f -exec touch -d '-1 minute' {} +
 }
 
 # 2. DKIM keys: a tree only root can write (OpenDKIM refuses anything looser), files
@@ -108,189 +121,32 @@ prepare_spool() {
   chown postfix:postfix /var/lib/postfix
   # postfix is in the opendkim group (Dockerfile): it reaches the socket, nobody else.
   install -d -o opendkim -g opendkim -m 0750 /run/opendkim
-  rm -f /var/spool/postfix/pid/master.pid /run/opendkim/opendkim.pid "${OPENDKIM_SOCKET}"
+  rm -f /var/spool/postfix/pid/master.pid /run/opendkim/opendkim.pid /run/opendkim/opendkim.sock
   postfix -c /etc/postfix check
 }
 
-wait_socket() {
-  local path="${1:?socket path}" tries="${2:-100}" i
-  for ((i = 0; i < tries; i++)); do
-    if [[ -S "${path}" ]]; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  return 1
-}
-
-opendkim_pid=""
-postfix_pid=""
-watcher_pid=""
-
-stop_helpers() {
-  if [[ -n "${watcher_pid}" ]]; then
-    kill "${watcher_pid}" 2>/dev/null || true
-  fi
-  if [[ -n "${opendkim_pid}" ]]; then
-    kill -TERM "${opendkim_pid}" 2>/dev/null || true
-  fi
-}
-
-# shellcheck disable=SC2317  # invoked through the TERM/INT trap
-stop_all() {
-  log "stopping"
-  stop_helpers
-  postfix -c /etc/postfix stop 2>/dev/null || true
-  wait 2>/dev/null || true
-  log "stopped"
-  exit 0
-}
-
-# 6. OpenDKIM first: with milter_default_action=tempfail Postfix would answer 451
-#    until the milter is up.
-launch_opendkim() {
-  rm -f /run/opendkim/opendkim.pid "${OPENDKIM_SOCKET}"
-  opendkim -f -x /etc/opendkim/opendkim.conf &
-  opendkim_pid=$!
-  wait_socket "${OPENDKIM_SOCKET}"
-}
-
-start_opendkim() {
-  launch_opendkim || die "opendkim did not open its socket"
-  log "opendkim up (pid ${opendkim_pid})"
-}
-
-start_postfix() {
-  postfix -c /etc/postfix start-fg &
-  postfix_pid=$!
-  log "postfix started"
-}
-
-# 7. Renewed certificate: reload when the files' mtime changes (the certbot deploy
-#    hook's `relay-reload` does the same at once).
-cert_stamp() {
-  local chain f out=""
-  chain="$(postconf -c /etc/postfix -h smtpd_tls_chain_files)"
-  for f in ${chain//,/ }; do
-    out+="$(stat -L -c '%Y%s' "${f}" 2>/dev/null || echo missing) "
-  done
-  printf '%s' "${out}"
-}
-
-start_cert_watcher() {
+# 6. The services: a fresh copy of relay/s6 (s6 keeps its state beside each service),
+#    the certificate watcher only when polling is on. Must come last: s6 starts them all.
+install_services() {
   [[ "${POLL}" =~ ^[0-9]+$ ]] || die "RELAY_CERT_POLL_SECONDS must be a number"
-  ((POLL > 0)) || return 0
-  (
-    trap 'exit 0' TERM
-    last="$(cert_stamp)"
-    while true; do
-      # In the background and waited for, so that TERM ends the watcher at once (bash
-      # runs a trap only after a foreground child has exited: `docker stop` took 30 s).
-      sleep "${POLL}" &
-      wait "$!"
-      now="$(cert_stamp)"
-      if [[ "${now}" != "${last}" ]]; then
-        log "certificate files changed"
-        /usr/local/bin/relay-reload || true
-        last="${now}"
-      fi
-    done
-  ) &
-  watcher_pid=$!
-}
-
-# 8. Supervision. The status file holds one line the health check prints:
-#    "<state> <restarts> <epoch of last event> <reason>".
-restarts=0
-set_status() {
-  install -d -m 0755 "$(dirname "${STATUS}")"
-  printf '%s %s %s %s\n' "$1" "${restarts}" "$(date +%s)" "$2" >"${STATUS}.new"
-  mv "${STATUS}.new" "${STATUS}"
-}
-
-# Sleep in the background and wait for it: bash runs the TERM trap only between
-# foreground commands, so this keeps `docker stop` quick.
-nap() {
-  sleep "$1" &
-  wait "$!" || true
-}
-
-# OpenDKIM is gone (already reaped) or was just killed: wait out the back-off, start it
-# again, and leave the next back-off in ${delay}.
-delay=1
-restart_opendkim() {
-  local reason="$1"
-  restarts=$((restarts + 1))
-  log "opendkim ${reason}; restart ${restarts} in ${delay} s"
-  set_status down "${reason}"
-  nap "${delay}"
-  kill -0 "${postfix_pid}" 2>/dev/null || return 0
-  delay=$((delay * 2 > BACKOFF_MAX ? BACKOFF_MAX : delay * 2))
-  if launch_opendkim; then
-    log "opendkim up again (pid ${opendkim_pid})"
-    set_status up "${reason}"
-  else
-    log "opendkim did not open its socket"
-    set_status down "did not open its socket after: ${reason}"
-  fi
-  up_since="$(date +%s)"
-}
-
-supervise() {
-  local rc fails=0 now
-  up_since="$(date +%s)"
-  while kill -0 "${postfix_pid}" 2>/dev/null; do
-    if ! kill -0 "${opendkim_pid}" 2>/dev/null; then
-      rc=0
-      wait "${opendkim_pid}" 2>/dev/null || rc=$?
-      if ((rc > 128)); then
-        restart_opendkim "died (signal $((rc - 128)))"
-      else
-        restart_opendkim "died (exit ${rc})"
-      fi
-      fails=0
-      continue
-    fi
-    if relay-milter-probe "${OPENDKIM_SOCKET}" "${PROBE_TIMEOUT}" >/dev/null; then
-      fails=0
-      now="$(date +%s)"
-      if ((delay > 1 && now - up_since >= STABLE_AFTER)); then
-        delay=1
-      fi
-    else
-      fails=$((fails + 1))
-      if ((fails >= HUNG_AFTER)); then
-        kill -KILL "${opendkim_pid}" 2>/dev/null || true
-        wait "${opendkim_pid}" 2>/dev/null || true
-        restart_opendkim "hung (no milter answer to ${fails} probes of ${PROBE_TIMEOUT} s)"
-        fails=0
-        continue
-      fi
-    fi
-    nap "${PROBE_EVERY}"
-  done
+  export RELAY_CERT_POLL_SECONDS="${POLL}"
+  rm -rf /run/service /run/relay-health
+  install -d -m 0755 /run/relay-health
+  cp -a /etc/relay/s6 /run/service
+  ((POLL > 0)) || rm -rf /run/service/certwatch
+  printf 'up 0 %s started\n' "$(date +%s)" >/run/relay-health/opendkim
 }
 
 main() {
-  trap stop_all TERM INT
   install_config
   tighten_secrets
   install_dkim_keys
   build_sasldb
   install_nexthop_auth
   prepare_spool
-  start_opendkim
-  set_status up started
-  start_postfix
-  start_cert_watcher
-  supervise
-  # Postfix gone means the relay is gone: exit so `restart: always` brings it back.
-  local rc=0
-  wait "${postfix_pid}" || rc=$?
-  log "postfix exited (${rc})"
-  stop_helpers
-  wait 2>/dev/null || true
-  exit "${rc}"
+  install_services
+  log "starting the services under s6"
+  exec s6-svscan /run/service
 }
 
 main "$@"

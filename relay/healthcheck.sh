@@ -5,11 +5,11 @@
 # greeting (which logs a connect/disconnect pair) is checked on the first run and then at
 # most every 30 s, and again after any failure. A master that is alive while every smtpd
 # it starts dies on a config error is caught by the greeting.
-# The output ends with what the entrypoint's supervisor did: OpenDKIM restarts and why.
+# The output ends with what the supervision did (relay/s6): OpenDKIM restarts and why.
 set -euo pipefail
 
 STAMP=/run/relay-health/smtp
-STATUS=/run/relay-health/opendkim  # written by relay-entrypoint
+STATUS=/run/relay-health/opendkim  # written by relay/s6 (supervision.sh)
 PROBE_EVERY=30
 
 alive() {
@@ -20,14 +20,15 @@ alive() {
   kill -0 "${pid}" 2>/dev/null
 }
 
-# "; opendkim restarted N time(s), last <age> s ago: <reason>" (empty before any restart)
+# "; opendkim <state>, restarted N time(s), last <age> s ago: <reason>" (empty before any
+# restart). [state]: what this check just saw, else what the supervisor last recorded.
 history() {
   local state n at reason
   [[ -r "${STATUS}" ]] || return 0
   read -r state n at reason <"${STATUS}" || return 0
   [[ "${n}" =~ ^[0-9]+$ ]] && ((n > 0)) || return 0
   printf '; opendkim %s, restarted %s time(s), last %s s ago: %s' \
-    "${state}" "${n}" "$(($(date +%s) - at))" "${reason}"
+    "${1:-${state}}" "${n}" "$(($(date +%s) - at))" "${reason}"
 }
 
 unhealthy() {
@@ -59,4 +60,4 @@ if ((now - last >= PROBE_EVERY)); then
   mkdir -p "${STAMP%/*}"
   echo "${now}" >"${STAMP}"
 fi
-echo "ok$(history)"
+echo "ok$(history up)"

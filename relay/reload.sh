@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # relay-reload: pick up a renewed TLS certificate without touching the queue.
 # Run by the host's certbot deploy hook: `docker exec dkim-relay relay-reload`;
-# also run by the entrypoint's watcher when the certificate files change.
+# also run by the certwatch service (relay/s6/certwatch) when the certificate files change.
 # `postfix reload` makes new smtpd processes load the files; sessions in progress
 # finish on the old ones; queued mail stays where it is and keeps being delivered.
 set -euo pipefail

@@ -1,12 +1,18 @@
-"""The relay's config renderers, tested directly (pure functions, no Docker).
+"""The relay's config: the files every stack shares (relay/conf/) and the renderers of
+each stack's values (pure functions), tested directly, no Docker.
 
-The same files are run for real by tests/test_relay_e2e.py; here each policy
-is pinned to the exact lines that implement it.
+The same files are run for real by tests/test_relay_e2e.py; here each policy is pinned
+to the exact lines that implement it, in the config Postfix ends up with: the image's
+main.cf and master.cf with the stack's values applied over them, as the entrypoint does
+with postconf.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -27,17 +33,49 @@ def settings(**kw: object) -> PostfixSettings:
     return PostfixSettings(**base)  # type: ignore[arg-type]
 
 
-def main_cf(**kw: object) -> dict[str, str]:
+CONF = Path(__file__).resolve().parent.parent / "relay" / "conf"
+
+
+def conf(rel: str) -> str:
+    return (CONF / rel).read_text()
+
+
+def _pairs(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for line in postfix.render_main_cf(settings(**kw)).splitlines():
+    for line in text.splitlines():
         if line.startswith("#") or not line.strip():
             continue
+        assert not line[0].isspace(), f"continuation lines are not used: {line!r}"
         key, _, value = line.partition(" = ")
         if not _:
             key, value = line.rstrip(" ="), ""
         assert key not in out, f"{key} set twice"
         out[key] = value
     return out
+
+
+def main_cf(**kw: object) -> dict[str, str]:
+    """The effective main.cf: the image's, with the stack's values (postconf -e) over it."""
+    return {**_pairs(conf("postfix/main.cf")), **_pairs(postfix.render_main_cf(settings(**kw)))}
+
+
+def master(s: PostfixSettings) -> dict[str, list[str]]:
+    """The effective master.cf: the image's, with the stack's ``postconf -P`` lines
+    applied, and without the services main.cf's master_service_disable turns off."""
+    svc = services(conf("postfix/master.cf"))
+    for line in postfix.render_master_cf(s).splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, typ, assignment = line.split("/", 2)
+        assert svc[name][0].split()[1] == typ, line
+        param = assignment.split("=", 1)[0] + "="
+        svc[name] = [o for o in svc[name] if not o.startswith(param)] + [assignment]
+    cf = {**_pairs(conf("postfix/main.cf")), **_pairs(postfix.render_main_cf(s))}
+    for off in cf.get("master_service_disable", "").replace(",", " ").split():
+        name, typ = off.split("/")
+        if name in svc and svc[name][0].split()[1] == typ:
+            del svc[name]
+    return svc
 
 
 def services(master: str) -> dict[str, list[str]]:
@@ -76,7 +114,13 @@ def services(master: str) -> dict[str, list[str]]:
         ("smtpd_milters", "unix:/run/opendkim/opendkim.sock"),
         ("milter_default_action", "tempfail"),
         ("smtpd_client_event_limit_exceptions", ""),
-        ("smtpd_client_auth_rate_limit", "10"),
+        # Successful logins are never counted: a user's burst is never throttled.
+        ("smtpd_client_auth_rate_limit", "0"),
+        ("smtpd_client_connection_rate_limit", "60"),
+        # Wrong passwords: the third error in a session ends it; replies after the first wait.
+        ("smtpd_hard_error_limit", "3"),
+        ("smtpd_soft_error_limit", "1"),
+        ("smtpd_error_sleep_time", "1s"),
         ("anvil_rate_time_unit", "60s"),
         ("allow_percent_hack", "no"),
         ("relayhost", ""),
@@ -94,9 +138,8 @@ def test_main_cf_policy(key: str, value: str) -> None:
 
 
 def test_main_cf_never_permits_mynetworks() -> None:
-    text = postfix.render_main_cf(settings()) + postfix.render_master_cf(
-        settings(submissions_465=True)
-    )
+    text = conf("postfix/main.cf") + conf("postfix/master.cf")
+    text += postfix.render_main_cf(settings()) + postfix.render_master_cf(settings())
     assert "permit_mynetworks" not in text
 
 
@@ -119,7 +162,7 @@ def test_rate_limits_are_configurable() -> None:
 
 
 def test_master_cf_has_submission_only_by_default() -> None:
-    svc = services(postfix.render_master_cf(settings()))
+    svc = master(settings())
     inet = [n for n, lines in svc.items() if lines[0].split()[1] == "inet"]
     assert inet == ["submission"]
     assert "smtp" in svc and svc["smtp"][0].split()[1] == "unix"  # outbound client only
@@ -127,7 +170,7 @@ def test_master_cf_has_submission_only_by_default() -> None:
 
 
 def test_master_cf_submission_overrides() -> None:
-    svc = services(postfix.render_master_cf(settings(submissions_465=True)))
+    svc = master(settings(submissions_465=True))
     for name in ("submission", "submissions"):
         opts = svc[name][1:]
         assert "smtpd_tls_security_level=encrypt" in opts
@@ -142,7 +185,7 @@ def test_master_cf_submission_overrides() -> None:
 
 def test_no_service_is_chrooted() -> None:
     # a chrooted smtpd cannot read the sasldb (field notes): every chroot column is n
-    for line in postfix.render_master_cf(settings(submissions_465=True)).splitlines():
+    for line in conf("postfix/master.cf").splitlines():
         if line and not line.startswith(("#", " ")):
             assert line.split()[4] == "n", line
 
@@ -159,8 +202,7 @@ def test_sender_login_map() -> None:
 
 
 def test_opendkim_conf() -> None:
-    text = postfix.render_opendkim_conf(settings())
-    lines = set(text.splitlines())
+    lines = set(conf("opendkim/opendkim.conf").splitlines())
     assert "Canonicalization relaxed/relaxed" in lines
     assert "OversignHeaders From" in lines
     assert "Mode s" in lines
@@ -204,7 +246,7 @@ def test_key_and_signing_tables() -> None:
 
 
 def test_sasl_conf() -> None:
-    assert postfix.render_sasl_smtpd_conf().splitlines() == [
+    assert conf("postfix/sasl/smtpd.conf").splitlines() == [
         "pwcheck_method: auxprop",
         "auxprop_plugin: sasldb",
         "mech_list: PLAIN LOGIN",
@@ -213,21 +255,39 @@ def test_sasl_conf() -> None:
 
 
 def test_render_config_paths() -> None:
+    """Only what a stack changes is rendered; the rest is in the image (relay/conf)."""
     assert sorted(postfix.render_config(settings())) == [
         "opendkim/KeyTable",
         "opendkim/SigningTable",
-        "opendkim/TrustedHosts",
-        "opendkim/from_policy.lua",
-        "opendkim/from_refusal.lua",
-        "opendkim/opendkim.conf",
-        "postfix/long_lines",
-        "postfix/main.cf",
-        "postfix/master.cf",
+        "opendkim/from_policy_values.lua",
+        "postfix/main-stack.cf",
+        "postfix/master-stack.cf",
         "postfix/milter_headers",
-        "postfix/sasl/smtpd.conf",
-        "postfix/sender_access",
         "postfix/sender_login",
     ]
+
+
+def test_stack_values_are_only_what_varies() -> None:
+    """Two very different stacks differ in every rendered main.cf key or could: no
+    constant policy hides in the stack file (it belongs in relay/conf/postfix/main.cf)."""
+    a = _pairs(postfix.render_main_cf(settings()))
+    b = _pairs(
+        postfix.render_main_cf(
+            settings(
+                domain="other.test",
+                relay_host="mx.other.test",
+                nexthop="smart.other.test:587",
+                nexthop_user="u",
+                outbound_ipv6="any",
+                submissions_465=True,
+                delay_warning_time="1h",
+                message_size_limit=1000,
+                rate_limits=postfix.RateLimits(1, 2, 3, 4, "1h"),
+            )
+        )
+    )
+    same = {k for k in a if a[k] == b.get(k)}
+    assert same == set(), same
 
 
 def test_config_never_contains_secrets() -> None:
@@ -264,7 +324,8 @@ def test_login_name_is_full_address() -> None:
         ("smtpd_tls_ciphers", "high"),
         ("smtpd_tls_mandatory_ciphers", "high"),
         ("smtp_tls_exclude_ciphers", "aNULL, eNULL"),
-        ("smtpd_forbid_bare_newline", "yes"),
+        # "yes" is "normalize" (accepts and delivers); only "reject" refuses.
+        ("smtpd_forbid_bare_newline", "reject"),
         ("smtpd_forbid_bare_newline_exclusions", ""),
         ("header_checks", "regexp:/etc/postfix/long_lines"),
         ("body_checks", "regexp:/etc/postfix/long_lines"),
@@ -281,18 +342,19 @@ def test_null_sender_refused_before_permitting() -> None:
     check = "check_sender_access texthash:/etc/postfix/sender_access"
     main = main_cf()["smtpd_sender_restrictions"]
     assert main.index(check) < main.index("permit_sasl_authenticated")
-    svc = services(postfix.render_master_cf(settings(submissions_465=True)))
+    svc = master(settings(submissions_465=True))
     for name in ("submission", "submissions"):
         (opt,) = [o for o in svc[name] if o.startswith("smtpd_sender_restrictions=")]
         rules = opt.split("=", 1)[1].split(",")
         i = rules.index("check_sender_access")
         assert rules[i + 1] == "texthash:/etc/postfix/sender_access"
         assert i < rules.index("permit_sasl_authenticated")
-    assert postfix.render_sender_access().startswith("<> REJECT 5.7.1 ")
+    (rule,) = [ln for ln in conf("postfix/sender_access").splitlines() if ln.startswith("<>")]
+    assert rule.startswith("<> REJECT 5.7.1 ")
 
 
 def _long_line_pattern() -> re.Pattern[str]:
-    (rule,) = [ln for ln in postfix.render_long_lines().splitlines() if ln.startswith("/")]
+    (rule,) = [ln for ln in conf("postfix/long_lines").splitlines() if ln.startswith("/")]
     m = re.match(r"^/(.*)/(\w*) REJECT 5\.6\.0 ", rule)
     assert m, rule
     assert m.group(2) == "m"  # each physical line of a folded header on its own
@@ -328,7 +390,7 @@ def test_milter_headers_refuse_opendkim_malformed_marker() -> None:
 def test_auth_budget_split_across_587_and_465(auth: int, with_465: bool, per_service: int) -> None:
     s = settings(submissions_465=with_465, rate_limits=postfix.RateLimits(auth_per_unit=auth))
     assert postfix.auth_limit_per_service(s) == per_service
-    svc = services(postfix.render_master_cf(s))
+    svc = master(s)
     names = ("submission", "submissions") if with_465 else ("submission",)
     for name in names:
         opts = [o for o in svc[name] if o.startswith("smtpd_client_auth_rate_limit=")]
@@ -339,7 +401,7 @@ def test_auth_budget_split_across_587_and_465(auth: int, with_465: bool, per_ser
 
 
 def test_opendkim_runs_the_from_policy() -> None:
-    lines = set(postfix.render_opendkim_conf(settings()).splitlines())
+    lines = set(conf("opendkim/opendkim.conf").splitlines())
     assert "SetupPolicyScript /etc/opendkim/from_policy.lua" in lines
     assert "FinalPolicyScript /etc/opendkim/from_refusal.lua" in lines
 
@@ -351,7 +413,7 @@ def test_from_policy_tables() -> None:
     # no may_send_as: any address at the domain; otherwise exactly the listed ones
     assert '["gmail@example.com"] = {"@example.com"},' in lua
     assert '["bob@example.com"] = {"bob@example.com", "@bob.example"},' in lua
-    refusal = postfix.render_from_refusal()
+    refusal = conf("opendkim/from_refusal.lua")
     assert 'odkim.set_reply(ctx, "550", "5.7.1", REFUSE)' in refusal
     assert "odkim.set_result(ctx, SMFIS_REJECT)" in refusal
 
@@ -373,7 +435,7 @@ def test_outbound_ipv6_policy(policy: str, preference: str, v4_only: bool) -> No
     # The whole Postfix keeps both families (inbound 587 on IPv6 stays); only the
     # outbound services are limited.
     assert cf["inet_protocols"] == "all"
-    svc = services(postfix.render_master_cf(settings(outbound_ipv6=policy)))
+    svc = master(settings(outbound_ipv6=policy))
     for name in ("smtp", "relay"):
         assert ("inet_protocols=ipv4" in svc[name]) is v4_only, svc[name]
     for name in ("submission", "bounce", "cleanup"):
@@ -442,4 +504,58 @@ def test_notices_are_warned_filtered_and_signed() -> None:
     lua = postfix.render_from_policy(settings())
     assert 'local NOTICE_FROM = "mailer-daemon@smtp.example.com"' in lua
     # Only without a login and with the null envelope sender.
-    assert 'if login == "" and (envfrom == "<>" or envfrom == "") and addr == NOTICE_FROM' in lua
+    assert 'if login == "" and (envfrom == "<>" or envfrom == "") and addr == NOTICE_FROM' in conf(
+        "opendkim/from_policy.lua"
+    )
+
+
+# ------------------------------------------------------------------ files in the image
+def test_shared_values_match_the_module_constants() -> None:
+    cf = main_cf()
+    assert cf["smtpd_tls_exclude_ciphers"] == postfix.TLS_EXCLUDED_CIPHERS
+    assert cf["smtpd_milters"] == f"unix:{postfix.OPENDKIM_SOCKET}"
+    assert cf["smtpd_hard_error_limit"] == str(postfix.AUTH_FAILURES_PER_SESSION)
+    assert f"/^.{{{postfix.MAX_LINE + 1}}}/m REJECT" in conf("postfix/long_lines")
+    sign = next(
+        ln for ln in conf("opendkim/opendkim.conf").splitlines() if ln.startswith("SignHeaders ")
+    )
+    assert tuple(sign.split(" ", 1)[1].split(",")) == postfix.SIGNED_HEADERS
+    assert f"sasldb_path: {postfix.SASLDB_PATH}" in conf("postfix/sasl/smtpd.conf")
+
+
+def test_opendkim_signs_only_and_never_resolves() -> None:
+    """relay/preload/novbr.c gives OpenDKIM no VBR resolver: safe only while it signs only
+    and no setting hands that resolver work (a verify mode, VBR, resolver settings)."""
+    keys = {ln.split()[0] for ln in conf("opendkim/opendkim.conf").splitlines() if ln.strip()}
+    assert "Mode s" in conf("opendkim/opendkim.conf").splitlines()
+    used = {"Nameservers", "TrustAnchorFile", "ResolverConfiguration"} & keys
+    assert used == set() and not [k for k in keys if k.startswith("VBR-")], keys
+
+
+def luacheck(*files: Path) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("luacheck")
+    assert tool, "luacheck missing: run scripts/setup.d/20-vps.sh (Debian's lua-check)"
+    return subprocess.run(
+        [tool, "--no-color", "--config", str(CONF / "opendkim" / ".luacheckrc"), *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_lua_policy_scripts_lint_clean(tmp_path: Path) -> None:
+    """The scripts as files, and from_policy.lua as OpenDKIM gets it: behind the values."""
+    scripts = [CONF / "opendkim" / "from_policy.lua", CONF / "opendkim" / "from_refusal.lua"]
+    s = settings(users=(SmtpUser("Carol", ('"c\\x"@Example.com',)), SmtpUser("gmail")))
+    whole = tmp_path / "from_policy.lua"
+    whole.write_text(postfix.render_from_policy(s) + scripts[0].read_text())
+    res = luacheck(*scripts, whole)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_luacheck_reports_a_fault(tmp_path: Path) -> None:
+    """The lint above can fail: a misspelt OpenDKIM call (an unknown global) is reported."""
+    bad = tmp_path / "bad.lua"
+    bad.write_text('odkm.set_reply(ctx, "550", "5.7.1", "x")\n')
+    res = luacheck(bad)
+    assert res.returncode != 0 and "odkm" in res.stdout, res.stdout

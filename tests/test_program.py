@@ -333,7 +333,9 @@ def test_local_stack_has_a_sink_the_relay_sends_to(monkeypatch: pytest.MonkeyPat
     sink = _container(run, "sink-container")
     assert sink["networksAdvanced"] == [{"name": "relay-network-id", "ipv4Address": "172.30.87.25"}]
     main_cf = next(
-        u["content"] for u in _container(run)["uploads"] if u["file"].endswith("postfix/main.cf")
+        u["content"]
+        for u in _container(run)["uploads"]
+        if u["file"].endswith("postfix/main-stack.cf")
     )
     assert "relayhost = [172.30.87.25]:25" in main_cf.splitlines(), "the sink is the next hop"
     assert run.provider_of("sink-container") == "relay-engine"

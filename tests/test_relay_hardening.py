@@ -347,22 +347,49 @@ def test_line_over_998_bytes_refused_at_submission(
     assert b"5.6.0" in text, text
 
 
-def test_bare_newline_refused(relay: rs.RelaySpec, sink: rs.Sink, ctx: ssl.SSLContext) -> None:
-    """SMTP smuggling: a line ending in a bare LF is refused and the session ends."""
+BARE_LF = [
+    # Under "normalize" the LF would end the line, ".\r\n" the message, and it would go out
+    # (250). Under "reject" only <CR><LF>.<CR><LF> ends it, and then comes the 550.
+    # The session goes on.
+    ("in-body", b"smuggled\n.\r\nafter the smuggled end\r\n.\r\n", False),
+    # A command line ended by a bare LF: "normalize" would take it as a command. Postfix
+    # answers 550 and hangs up.
+    ("in-command", None, True),
+]
+
+
+@pytest.mark.parametrize(("case", "tail", "hangs_up"), BARE_LF, ids=[c[0] for c in BARE_LF])
+def test_bare_newline_refused(
+    relay: rs.RelaySpec,
+    sink: rs.Sink,
+    ctx: ssl.SSLContext,
+    case: str,
+    tail: bytes | None,
+    hangs_up: bool,
+) -> None:
+    """SMTP smuggling: a bare LF is refused with 550 5.5.2 (smtpd_forbid_bare_newline =
+    reject; "yes" would mean normalize: 250 and delivered)."""
     subj = subject()
     s = session(relay, ctx, "alice")
     try:
-        assert s.docmd("MAIL", "FROM:<alice@example.com>")[0] == 250
-        assert s.docmd("RCPT", f"TO:<{RCPT}>")[0] == 250
-        assert s.docmd("DATA")[0] == 354
-        s.send(message(subj, from_headers=("alice@example.com",)) + b"smuggled\n.\r\n")
+        if tail is None:
+            s.send(b"MAIL FROM:<alice@example.com>\n")
+        else:
+            assert s.docmd("MAIL", "FROM:<alice@example.com>")[0] == 250
+            assert s.docmd("RCPT", f"TO:<{RCPT}>")[0] == 250
+            assert s.docmd("DATA")[0] == 354
+            s.send(message(subj, from_headers=("alice@example.com",)) + tail)
         code, text = s.getreply()
-    except smtplib.SMTPServerDisconnected:
-        code, text = 421, b"disconnected"
+        assert (code, text.split(b" ", 1)[0]) == (550, b"5.5.2"), (code, text)
+        assert b"bare <LF>" in text, text
+        if hangs_up:
+            with pytest.raises(smtplib.SMTPServerDisconnected):
+                s.docmd("NOOP")
+        else:
+            assert s.docmd("NOOP")[0] == 250
     finally:
         s.close()
-    assert code >= 500 or text == b"disconnected", (code, text)
-    refused_and_not_delivered(relay, sink, (max(code, 500), text), subj)
+    refused_and_not_delivered(relay, sink, (code, text), subj)
 
 
 # ------------------------------------------------------------------------ TLS
@@ -491,6 +518,100 @@ def test_one_auth_budget_across_587_and_465(
                     refused[port465] = text
         assert all(b"too many AUTH" in t for t in refused.values()), refused
         assert answered[False] + answered[True] == 4, answered
+
+
+# ------------------------------------------------------------------------ key cache
+def test_opendkim_parses_the_key_once(
+    relay: rs.RelaySpec, sink: rs.Sink, ctx: ssl.SSLContext, dns: dict[str, str]
+) -> None:
+    """relay/preload: libkeycache keeps the parsed key (after several signed messages the
+    log names one parse per OpenDKIM start, here one) and libnovbr skipped the VBR
+    resolver; the signatures verify."""
+    for _ in range(3):
+        subj = subject()
+        msg = message(subj, from_headers=("alice@example.com",))
+        assert submit(relay, ctx, "alice", "alice@example.com", msg)[0] == 250
+        delivered_and_verified(sink, dns, subj)
+    log = rs.run("docker", "logs", relay.name).stdout.decode(errors="replace")
+    assert log.count("libkeycache: DKIM key 1 parsed and kept") == 1, log[-3000:]
+    assert "libkeycache: DKIM key 2" not in log
+    assert log.count("libnovbr: no VBR resolver (sign-only OpenDKIM)") == 1, log[-3000:]
+
+
+# ------------------------------------------------------------------------ AUTH limits
+def test_a_burst_of_logins_is_never_throttled(
+    net: rs.TestNetwork,
+    ca: rs.CertbotDir,
+    dkim_pem: str,
+    workdir: Path,
+    sink: rs.Sink,
+    ctx: ssl.SSLContext,
+    dns: dict[str, str],
+) -> None:
+    """30 messages in one minute from one address, each on its own connection with its
+    own AUTH (as Gmail submits), under the default limits: all accepted, signed, delivered.
+    (Postfix's smtpd_client_auth_rate_limit, 10 before, counted these logins.)"""
+    with relay_running(
+        "dkimrelay-hard-burst", net, ca, dkim_pem, workdir, octet=12, limits=postfix.RateLimits()
+    ) as spec:
+        start = time.monotonic()
+        subjects = []
+        for _ in range(30):
+            subj = subject()
+            subjects.append(subj)
+            msg = message(subj, from_headers=("alice@example.com",))
+            reply = submit(spec, ctx, "alice", "alice@example.com", msg)
+            assert reply[0] == 250, f"message {len(subjects)} of the burst: {reply}"
+        assert time.monotonic() - start < 60, "the burst must fit in one anvil time unit"
+        for subj in subjects:
+            delivered_and_verified(sink, dns, subj)
+
+
+def guess(port: int, ctx: ssl.SSLContext, host: str = "127.0.0.1") -> list[int]:
+    """One attacker connection: wrong passwords until the relay stops answering 535.
+    The codes it got (a 421 at connect means the address is out of connections)."""
+    codes: list[int] = []
+    try:
+        s = smtplib.SMTP(host, port, local_hostname="client.test", timeout=30)
+    except smtplib.SMTPConnectError as e:
+        return [e.smtp_code]
+    with contextlib.closing(s):
+        try:
+            s.starttls(context=ctx)
+            s.ehlo()
+            for i in range(10):
+                cred = base64.b64encode(f"\0alice@example.com\0wrong-{i}".encode()).decode()
+                code, _ = s.docmd("AUTH", f"PLAIN {cred}")
+                codes.append(code)
+                if code != 535:
+                    break
+        except smtplib.SMTPServerDisconnected:
+            codes.append(421)
+    return codes
+
+
+def test_wrong_passwords_bounded_per_session_and_address(
+    net: rs.TestNetwork, ca: rs.CertbotDir, dkim_pem: str, workdir: Path, ctx: ssl.SSLContext
+) -> None:
+    """Each connection gets AUTH_FAILURES_PER_SESSION wrong passwords, then 421; each
+    address gets connections_per_unit connections per time unit. The same user's right
+    password still works from another address (here [::1], seen as the v6 gateway)."""
+    limits = postfix.RateLimits(connections_per_unit=5)
+    with relay_running(
+        "dkimrelay-hard-guess", net, ca, dkim_pem, workdir, octet=13, limits=limits
+    ) as spec:
+        per_session = postfix.AUTH_FAILURES_PER_SESSION
+        sessions = [guess(spec.port_587, ctx) for _ in range(limits.connections_per_unit)]
+        for codes in sessions:
+            assert codes == [535] * per_session + [421], sessions
+        # The next connection from this address is refused before any AUTH.
+        assert guess(spec.port_587, ctx)[0] == 421
+        refused = rs.logs(spec.name)
+        assert "too many connections" in refused or "Connection rate limit" in refused, refused
+        # Another address is not affected: the user's own login works over IPv6.
+        with smtplib.SMTP("::1", spec.port_587, local_hostname="client.test", timeout=30) as s:
+            s.starttls(context=ctx)
+            assert s.login("alice@example.com", PASSWORDS["alice"])[0] == 235
 
 
 # ------------------------------------------------------------------------ OpenDKIM faults
@@ -651,6 +772,40 @@ def test_repeated_opendkim_deaths_back_off(
             assert f"opendkim died (signal 9); restart {n} in {delay} s" in log, log
         watch = HealthWatch(spec.name)
         until_signing(spec, sink, ctx, dns, watch, time.monotonic())
+
+
+def test_postfix_master_killed_is_restarted_in_place(
+    net: rs.TestNetwork,
+    ca: rs.CertbotDir,
+    dkim_pem: str,
+    workdir: Path,
+    sink: rs.Sink,
+    ctx: ssl.SSLContext,
+    dns: dict[str, str],
+) -> None:
+    """s6 starts a killed Postfix master again inside the same container (no container
+    restart), mail is signed and delivered afterwards, and docker stop reaches it."""
+    with relay_running("dkimrelay-hard-master", net, ca, dkim_pem, workdir, octet=23) as spec:
+        started = rs.docker("inspect", "-f", "{{.State.StartedAt}}", spec.name)
+        pidfile = "/var/spool/postfix/pid/master.pid"
+        before = rs.docker("exec", spec.name, "sh", "-c", f"head -1 {pidfile}").strip()
+        rs.docker("exec", spec.name, "sh", "-c", f"kill -KILL {before}")
+
+        def new_master() -> bool:
+            now = rs.docker("exec", spec.name, "sh", "-c", f"head -1 {pidfile}", check=False)
+            return now.strip() not in ("", before)
+
+        rs.wait_for("a new Postfix master", new_master, 60)
+        until_signing(spec, sink, ctx, dns, HealthWatch(spec.name), time.monotonic())
+        assert rs.docker("inspect", "-f", "{{.State.StartedAt}}", spec.name) == started
+        assert rs.docker("inspect", "-f", "{{.RestartCount}}", spec.name) == "0"
+        log = rs.run("docker", "logs", spec.name).stdout.decode(errors="replace")
+        # s6 watched the master itself (not postfix-script): it saw the signal.
+        assert "postfix master exited (code 256, signal 9); s6 restarts it" in log, log[-3000:]
+        # docker stop: s6 hands the master its SIGTERM, and it shuts Postfix down itself.
+        rs.docker("stop", "-t", "30", spec.name)
+        log = rs.run("docker", "logs", spec.name).stdout.decode(errors="replace")
+        assert "postfix master stopped (code 256, signal 15)" in log, log[-3000:]
 
 
 def _restarted(container: str, n: int) -> bool:

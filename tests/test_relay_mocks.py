@@ -394,11 +394,19 @@ def test_published_ports_ipv4_to_587_465_and_ipv6_to_its_listeners() -> None:
         {"ip": "2001:db8::25", "external": 1465, "internal": postfix.IPV6_PORTS[465]},
         {"ip": "2001:db8::25", "external": 2587, "internal": postfix.IPV6_PORTS[587]},
     ]
-    # Every published container port has its listener in the uploaded master.cf.
-    master = uploads(run)[f"{postfix.CONFIG_DIR}/postfix/master.cf"].splitlines()
-    services = {line.split()[0] for line in master if line and not line[0].isspace()}
-    assert {str(int(p["internal"])) for p in ports} <= services | {"587", "465"}
-    assert {"1587", "1465"} <= services
+    # Every published container port has a listener: a service of the image's master.cf
+    # that this stack's main-stack.cf does not disable.
+    assert {int(p["internal"]) for p in ports} == listening(run)
+
+
+def listening(run: Run) -> set[int]:
+    image_master = (rc.RELAY_DIR / "conf" / "postfix" / "master.cf").read_text().splitlines()
+    ports = {"submission": 587, "submissions": 465, "1587": 1587, "1465": 1465}
+    services = {line.split()[0] for line in image_master if line and line[0].isalnum()}
+    main = uploads(run)[f"{postfix.CONFIG_DIR}/postfix/main-stack.cf"]
+    disabled = re.search(r"^master_service_disable = (.*)$", main, re.M)
+    off = {d.split("/")[0] for d in (disabled.group(1).split() if disabled else [])}
+    return {ports[n] for n in services & set(ports) - off}
 
 
 def test_without_465_or_ipv6_fewer_ports_and_listeners() -> None:
@@ -406,8 +414,7 @@ def test_without_465_or_ipv6_fewer_ports_and_listeners() -> None:
     assert run.named("relay-container").inputs["ports"] == [
         {"ip": "203.0.113.25", "external": 587, "internal": 587}
     ]
-    master = uploads(run)[f"{postfix.CONFIG_DIR}/postfix/master.cf"]
-    assert not re.search(r"^1587\s", master, re.M)
+    assert listening(run) == {587}
 
 
 def test_config_files_uploaded_under_the_config_dir() -> None:
@@ -435,7 +442,7 @@ def test_outbound_settings_reach_the_uploaded_config() -> None:
         delay_warning_time="1m",
     )
     files = uploads(run)
-    main = files[f"{postfix.CONFIG_DIR}/postfix/main.cf"].splitlines()
+    main = files[f"{postfix.CONFIG_DIR}/postfix/main-stack.cf"].splitlines()
     for line in (
         "relayhost = [smart.example.net]:587",
         "smtp_sasl_auth_enable = yes",
@@ -445,9 +452,9 @@ def test_outbound_settings_reach_the_uploaded_config() -> None:
         "smtp_helo_name = relay.example.com",
     ):
         assert line in main, line
-    assert "  -o inet_protocols=ipv4" in files[f"{postfix.CONFIG_DIR}/postfix/master.cf"]
+    assert "smtp/unix/inet_protocols=ipv4" in files[f"{postfix.CONFIG_DIR}/postfix/master-stack.cf"]
     run, _ = build()
-    main = uploads(run)[f"{postfix.CONFIG_DIR}/postfix/main.cf"].splitlines()
+    main = uploads(run)[f"{postfix.CONFIG_DIR}/postfix/main-stack.cf"].splitlines()
     assert f"relayhost = [{SINK_IP}]:25" in main and "delay_warning_time = 4h" in main
     assert not [x for x in main if x.startswith("smtp_sasl")]
 

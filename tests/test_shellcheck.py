@@ -16,10 +16,10 @@ SKIP = {".git", "venv", ".local", "node_modules"}
 
 
 def shell_files() -> list[Path]:
+    scripts = [*REPO.rglob("*.sh"), *(REPO / "relay" / "s6").glob("*/run")]
+    scripts += (REPO / "relay" / "s6").glob("*/finish")  # the s6 services: no .sh suffix
     return sorted(
-        p
-        for p in REPO.rglob("*.sh")
-        if not SKIP.intersection(p.relative_to(REPO).parts) and p.is_file()
+        p for p in scripts if not SKIP.intersection(p.relative_to(REPO).parts) and p.is_file()
     )
 
 
@@ -44,6 +44,8 @@ def test_every_shell_file_is_clean() -> None:
         "target/host/hooks/deploy.sh",
         "target/docker/retire.sh",
         "relay/entrypoint.sh",
+        "relay/s6/opendkim/run",
+        "relay/s6/opendkim/finish",
         "scripts/test.sh",
         "scripts/setup.d/20-vps.sh",
     ):

@@ -2,11 +2,12 @@
 # Sourced by scripts/test.sh before pytest. Packages the local-VPS tests
 # (tests/test_host_vps.py) need: an SSH server, ufw, certbot, Let's Encrypt's
 # pebble test CA, iproute2 for the namespace, shellcheck for the rendered
-# scripts. Idempotent; starts no service. Runs in a subshell so its strict mode
-# stays contained; a failure still returns non-zero to the caller.
+# scripts, lua-check (luacheck) for the relay's OpenDKIM policy scripts. Idempotent;
+# starts no service. Runs in a subshell so its strict mode stays contained; a failure
+# still returns non-zero to the caller.
 (
   set -euo pipefail
-  pkgs=(openssh-server openssh-client ufw certbot pebble iproute2 iptables shellcheck
+  pkgs=(openssh-server openssh-client ufw certbot pebble iproute2 iptables shellcheck lua-check
     python3 openssl procps sudo)
   missing=()
   for p in "${pkgs[@]}"; do
