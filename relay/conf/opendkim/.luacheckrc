@@ -5,5 +5,5 @@ std = "lua51"
 -- of from_policy.lua at start) and the variable from_policy.lua exports.
 read_globals = {
   "odkim", "ctx", "SMFIS_REJECT",
-  "DOMAIN", "KEY", "NOTICE_FROM", "MAY_SEND_AS", "REFUSE",
+  "DOMAIN", "DOMAINS", "KEY", "NOTICE_FROM", "MAY_SEND_AS", "REFUSE",
 }

@@ -5,6 +5,7 @@
 --   local DOMAIN, KEY, NOTICE_FROM   -- "example.com", "<selector>._domainkey.<domain>",
 --                                    -- "mailer-daemon@<relay host>"
 --   local MAY_SEND_AS                -- login -> { "addr@domain" or "@domain", ... }
+--   local DOMAINS                    -- only with several domains: { ["@domain"] = true }
 -- Linted with luacheck (relay/conf/opendkim/.luacheckrc).
 -- Mail whose From is not ours would go out unsigned, or signed for a sender the login
 -- does not own. Postfix checks only the envelope (reject_sender_login_mismatch).
@@ -74,7 +75,7 @@ if login == "" and (envfrom == "<>" or envfrom == "") and addr == NOTICE_FROM th
   return
 end
 local at_domain = addr:match("(@[^@]+)$")
-if at_domain ~= "@" .. DOMAIN then
+if not (DOMAINS or { ["@" .. DOMAIN] = true })[at_domain] then
   refuse("From: " .. addr .. " is not at " .. DOMAIN)
   return
 end
