@@ -40,10 +40,17 @@ class MailDns(pulumi.ComponentResource):
         super().__init__("dkimrelay:index:MailDns", name, None, opts)
         cfg = args.cfg
         selectors = cfg.all_selectors
-        extra = {"relay_records": args.relay_records, "report_for": tuple(args.report_for)}
+        relay_records, report_for = args.relay_records, tuple(args.report_for)
         planned: pulumi.Output[list[Record]] = pulumi.Output.all(
             *[args.dkim_values[s] for s in selectors]
-        ).apply(lambda vals: build_records(cfg, dict(zip(selectors, vals, strict=True)), **extra))
+        ).apply(
+            lambda vals: build_records(
+                cfg,
+                dict(zip(selectors, vals, strict=True)),
+                relay_records=relay_records,
+                report_for=report_for,
+            )
+        )
         self.records = planned.apply(lambda rs: [r.public() for r in rs])
         self.zone_snippet = planned.apply(lambda rs: zone_snippet(cfg.domain, rs))
 

@@ -547,7 +547,7 @@ class RelayConfig(BaseModel):
 
     # The relay
     smtp_users: Annotated[list[SmtpUserEntry], Field(min_length=1)] = Field(
-        default_factory=lambda: ["gmail"],
+        default_factory=lambda: list[str | SmtpUserObject](["gmail"]),
         description=(
             "SMTP logins (<name>@<domain>), each with a generated password unless set in "
             "smtpPasswords: a name may send as any address of the stack's domains; an "
@@ -1039,7 +1039,7 @@ def _send_as_checks(users: Any, domains: list[str]) -> list[tuple[str, str]]:
                         "smtpUsers",
                         f"{entry!r} (sendAs of {user.get('name')!r}) is outside the stack's "
                         f"domains ({', '.join(domains)}): the relay signs only for those. Add "
-                        f"the domain to extraDomains, or fix it: pulumi config set --path "
+                        f"the domain to extraDomains, or Fix: pulumi config set --path "
                         f"'smtpUsers[{i}].sendAs[{j}]' @{domains[0]}",
                     )
                 )
