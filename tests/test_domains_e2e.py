@@ -226,7 +226,8 @@ def test_restricted_user_is_refused_for_the_other_domain(
     with pytest.raises(smtplib.SMTPDataError) as hdr_err:
         _send(relay, ctx, "alice", f"alice@{PRIMARY}", f"alice@{OTHER}")
     assert hdr_err.value.smtp_code == 550, hdr_err.value
-    reply = bytes(hdr_err.value.smtp_error)
+    raw = hdr_err.value.smtp_error
+    reply = raw if isinstance(raw, bytes) else raw.encode()
     assert reply.startswith(b"5.7.1"), reply
     assert f"may not send with From: alice@{OTHER}".encode() in reply
     rs.wait_for("relay queue empty", lambda: rs.queue_is_empty(relay.name), 30)
