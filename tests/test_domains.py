@@ -297,3 +297,26 @@ def test_relay_host_may_be_in_an_extra_domain(monkeypatch: pytest.MonkeyPatch) -
     block_b = snippet.split("$ORIGIN b.example.")[1]
     assert "smtp.b.example.\t3600\tIN\tA\t127.0.0.1" in block_b
     assert "\tA\t" not in snippet.split("$ORIGIN b.example.")[0]
+
+
+def test_readme_example_has_two_domains_and_a_restricted_user() -> None:
+    import re
+
+    import yaml
+
+    readme = (pulumi_harness.ROOT / "README.md").read_text()
+    section = readme.split("### Several domains, and who may send as what", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block, "the README's example"
+    raw = yaml.safe_load(block.group(1))["config"]
+    cfg = load_config(
+        {
+            **{k.split(":", 1)[1]: v for k, v in raw.items()},
+            "vpsIpv4": "203.0.113.25",
+            "deployTarget": "local",
+            "tlsCertDir": "le",
+        }
+    )
+    assert len(cfg.domains) == 2
+    assert cfg.send_as == {"alice": ["alice@example.org", "@example.com"]}
+    assert cfg.report_authorizations() == [("example.org", "example.com")]
