@@ -320,3 +320,33 @@ def test_readme_example_has_two_domains_and_a_restricted_user() -> None:
     assert len(cfg.domains) == 2
     assert cfg.send_as == {"alice": ["alice@example.org", "@example.com"]}
     assert cfg.report_authorizations() == [("example.org", "example.com")]
+
+
+def test_key_files_of_every_domain_in_one_flat_folder_the_entrypoint_reads() -> None:
+    from pure import postfix
+
+    pem = "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----\n"
+    files = postfix.render_secrets(
+        "a.example",
+        {"relay": pem},
+        {"gmail": "pw"},
+        extra_dkim_keys={"b.example": {"two": pem, "one": pem}},
+    )
+    dkim = sorted(f for f in files if f.startswith("dkim/"))
+    # relay/entrypoint.sh installs dkim/*.private (no sub-folders); the primary's name
+    # is the one it had before there were several domains.
+    assert dkim == [
+        "dkim/one._domainkey.b.example.private",
+        "dkim/relay.private",
+        "dkim/two._domainkey.b.example.private",
+    ]
+    settings = postfix.PostfixSettings(
+        domain="a.example",
+        relay_host="smtp.a.example",
+        dkim_selector="relay",
+        users=(postfix.SmtpUser("gmail"),),
+        extra_domains=(postfix.SigningDomain("b.example", "two", ("one",)),),
+    )
+    table = postfix.render_key_table(settings)
+    for f in dkim:
+        assert f"/etc/opendkim/keys/{f.removeprefix('dkim/')}\n" in table
