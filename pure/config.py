@@ -688,6 +688,7 @@ class RelayConfig(BaseModel):
     @property
     def all_selectors(self) -> list[str]:
         return [self.dkim_selector, *self.dkim_retired_selectors]
+
     @property
     def user_names(self) -> list[str]:
         """The SMTP user names, in the order given (the login is <name>@<domain>)."""
@@ -900,8 +901,10 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
         )
     if provider == "cloudflare":
         for i, item in enumerate(raw.get("extraDomains") or []):
-            if isinstance(item, Mapping) and item.get("domain") and not item.get(
-                "cloudflareZoneId"
+            if (
+                isinstance(item, Mapping)
+                and item.get("domain")
+                and not item.get("cloudflareZoneId")
             ):
                 problems.append(
                     (

@@ -630,7 +630,7 @@ def render_from_policy(s: PostfixSettings) -> str:
     # stay the same, so its container is not recreated).
     body = _FROM_POLICY
     if s.extra_domains:
-        body = body.replace(_ONE_DOMAIN_CHECK, 'if not DOMAINS[at_domain] then', 1)
+        body = body.replace(_ONE_DOMAIN_CHECK, "if not DOMAINS[at_domain] then", 1)
     rows = []
     for user in s.users:
         patterns = [p.lower() for p in user.may_send_as] or [f"@{d}" for d in s.domains]
