@@ -762,6 +762,7 @@ class RelayConfig(BaseModel):
         return self.model_copy(
             update={
                 "domain": m.domain,
+                "relay_host": self.relay_fqdn,  # not smtp.<this domain>
                 "dkim_selector": m.dkim_selector,
                 "dkim_retired_selectors": list(m.dkim_retired_selectors),
                 "dmarc_policy": m.dmarc_policy,
