@@ -2,7 +2,7 @@
 real Pulumi engine: a local stack deployed by the last single-domain program previews no
 change at all with this tree (no DKIM key, password, record or container replaced), and
 adding an extra domain afterwards adds its key and leaves the primary's key, records and
-passwords alone.
+passwords alone. And the CLI itself takes object items in smtpUsers and extraDomains.
 
 Both programs run from the same folder (the local stack's work dir is under it), the old
 one unpacked by `git archive` from the repository's history, the new one copied from
@@ -111,3 +111,31 @@ def test_adding_a_domain_later_keeps_the_primarys_key_records_and_passwords(
     kept = ("dkim-one", "mail-dns", "smtp-credentials")
     touched = [n for op, n in changed if op != "create" and n.startswith(kept)]
     assert not touched, changed
+
+
+def test_the_cli_takes_object_items_and_the_program_reads_them(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Pulumi.yaml declares smtpUsers and extraDomains without a type: `pulumi config set
+    --path` writes objects into them, and the preview sees both domains and the user."""
+    certs = tmp_path_factory.mktemp("certs-cli")
+    engine = Engine(tmp_path_factory.mktemp("cli"))
+    name = f"objects{uuid.uuid4().hex[:6]}"
+    stack = engine.stack(name, {**local_stack_config(name, certs, 94), "dnsProvider": "manual"})
+    for path, value in (
+        ("extraDomains[0].domain", "second.test"),
+        ("extraDomains[0].dmarcPolicy", "reject"),
+        ("smtpUsers[0]", "gmail"),
+        ("smtpUsers[1].name", "alice"),
+        ("smtpUsers[1].sendAs[0]", "@second.test"),
+    ):
+        stack.ok("config", "set", "--path", f"dkim-relay:{path}", value)
+    steps = stack.preview_steps()
+    created = {s["urn"].split("::")[-1] for s in steps if s["op"] == "create"}
+    assert {"dkim-second.test-one-key", "mail-dns-second.test", "smtp-credentials-alice"} <= (
+        created
+    ), created
+    stack.ok("config", "set", "--path", "dkim-relay:smtpUsers[1].sendAs[0]", "@elsewhere.test")
+    res = stack.run("preview")
+    assert res.returncode != 0
+    assert "'@elsewhere.test' (sendAs of 'alice') is outside" in res.stdout + res.stderr
