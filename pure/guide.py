@@ -120,6 +120,12 @@ def _report_authorization_lines(inp: GuideInput) -> list[str]:
     ]
 
 
+def _domain_list(inp: GuideInput) -> str:
+    """`a.example`, or `a.example` and `b.example` (each domain's records are below)."""
+    names = [f"`{d}`" for d in (inp.domains or [inp.domain])]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def _md_cell(value: object) -> str:
     """Escape a value for a Markdown table cell (pipes and newlines)."""
     text = str(value).replace("\r", " ").replace("\n", " ")
@@ -267,7 +273,7 @@ def render_guide(inp: GuideInput) -> str:
             f"## {step}. Add these DNS records at your DNS host",
             "",
             (
-                f"This stack does not manage DNS for `{inp.domain}` (dnsProvider: "
+                f"This stack does not manage DNS for {_domain_list(inp)} (dnsProvider: "
                 f"`{inp.dns_provider}`). Sign in where your domain's DNS is hosted "
                 "(registrar or DNS provider) and add exactly these records. Names are fully "
                 "qualified; some providers want only the part before the domain "
