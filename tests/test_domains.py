@@ -350,3 +350,13 @@ def test_key_files_of_every_domain_in_one_flat_folder_the_entrypoint_reads() -> 
     table = postfix.render_key_table(settings)
     for f in dkim:
         assert f"/etc/opendkim/keys/{f.removeprefix('dkim/')}\n" in table
+
+
+def test_host_layout_names_the_same_key_files_as_the_relay() -> None:
+    from pure import host_scripts as hs
+    from pure import postfix
+
+    assert hs.secret_file_path("dkim_key", "relay") == "dkim/" + postfix.key_file("a", "relay")
+    assert hs.secret_file_path(
+        "extra_domain_dkim_key", "two", "B.example"
+    ) == "dkim/" + postfix.key_file("B.example", "two", primary=False)
