@@ -20,7 +20,7 @@ LOCAL: dict[str, Any] = {
     "domain": "a.example",
     "vpsIpv4": "127.0.0.1",
     "deployTarget": "local",
-    "tlsCertDir": "/tmp/le",
+    "tlsCertDir": "le",
 }
 
 
@@ -360,3 +360,21 @@ def test_host_layout_names_the_same_key_files_as_the_relay() -> None:
     assert hs.secret_file_path(
         "extra_domain_dkim_key", "two", "B.example"
     ) == "dkim/" + postfix.key_file("B.example", "two", primary=False)
+
+
+def test_notices_are_signed_by_the_domain_that_holds_the_relays_name() -> None:
+    from pure import postfix
+
+    settings = postfix.PostfixSettings(
+        domain="a.example",
+        relay_host="smtp.b.example",
+        dkim_selector="relay",
+        users=(postfix.SmtpUser("gmail"),),
+        extra_domains=(postfix.SigningDomain("b.example", "two"),),
+    )
+    # MAILER-DAEMON@smtp.b.example aligns (relaxed) with d=b.example, not with a.example.
+    assert postfix.render_signing_table(settings).splitlines() == [
+        "*@a.example relay._domainkey.a.example",
+        "*@b.example two._domainkey.b.example",
+        "*@smtp.b.example two._domainkey.b.example",
+    ]
