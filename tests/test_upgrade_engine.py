@@ -86,6 +86,8 @@ def upgraded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield stack
     finally:
         stack.run("destroy", "--yes")
+        # `destroy` keeps the queue volume (mail not yet delivered): a test's has none.
+        subprocess.run(["docker", "volume", "rm", "-f", f"{name}-queue"], check=False)
 
 
 def test_upgrade_of_a_single_domain_stack_previews_no_change(upgraded: Stack) -> None:
