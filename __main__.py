@@ -46,6 +46,28 @@ def _lookup_zone(raw: dict[str, Any]) -> None:
         raw.setdefault("cloudflareAccountId", zone.account.id)
 
 
+def _lookup_extra_zones(raw: dict[str, Any]) -> None:
+    """Each extra domain's own Cloudflare zone, looked up by its name when not given."""
+    items = raw.get("extraDomains")
+    if raw.get("dnsProvider") != "cloudflare" or not isinstance(items, list):
+        return
+    import pulumi_cloudflare as cloudflare
+
+    looked_up = []
+    for item in items:
+        if isinstance(item, dict) and item.get("domain") and not item.get("cloudflareZoneId"):
+            try:
+                zone = cloudflare.get_zone(
+                    filter=cloudflare.GetZoneFilterArgs(name=str(item["domain"]), match="all")
+                )
+            except Exception as err:  # the provider's error says why
+                pulumi.log.warn(f"Cloudflare zone lookup for {item['domain']} failed: {err}")
+            else:
+                item = {**item, "cloudflareZoneId": zone.id}
+        looked_up.append(item)
+    raw["extraDomains"] = looked_up
+
+
 # Pulumi's getter for each JSON type the model declares (Pulumi.yaml declares the same).
 GETTERS: dict[str, Callable[[pulumi.Config, str], Any]] = {
     "string": pulumi.Config.get,
@@ -66,6 +88,7 @@ def read_config() -> tuple[RelayConfig, pulumi.Config]:
         if value not in (None, ""):  # "" is Pulumi.yaml's "not set"
             raw[key] = value
     _lookup_zone(raw)
+    _lookup_extra_zones(raw)
     secrets_set = {
         key
         for key in ("sshPrivateKey", "relayNexthopPassword")
@@ -80,28 +103,66 @@ def read_config() -> tuple[RelayConfig, pulumi.Config]:
 def main() -> None:
     cfg, config = read_config()
 
-    keys = {
-        s: DkimKey(f"dkim-{s}", DkimKeyArgs(selector=s, bits=cfg.dkim_key_bits))
-        for s in cfg.all_selectors
+    # The primary domain's keys keep the names they had before there were several domains
+    # (dkim-<selector>): an upgraded stack replaces nothing.
+    keys_by_domain = {
+        m.domain: {
+            s: DkimKey(
+                f"dkim-{s}" if m.primary else f"dkim-{m.domain}-{s}",
+                DkimKeyArgs(
+                    selector=s, bits=cfg.dkim_key_bits, domain=None if m.primary else m.domain
+                ),
+            )
+            for s in m.all_selectors
+        }
+        for m in cfg.mail_domains
     }
-    dns = MailDns(
-        "mail-dns",
-        MailDnsArgs(
-            cfg=cfg,
-            dkim_values={s: k.dns_value for s, k in keys.items()},
-            zone_id=cfg.cloudflare_zone_id,
-            account_id=cfg.cloudflare_account_id,
-        ),
-    )
+    keys = keys_by_domain[cfg.domain]
+    owned = {d.lower().rstrip("."): d for d in cfg.domains}
+    report_for: dict[str, list[str]] = {}
+    for reported, report_domain in cfg.report_authorizations():
+        holder = cfg.owned_domain_of(report_domain)
+        if holder is not None:
+            report_for.setdefault(holder, []).append(reported)
+    all_dns = [
+        MailDns(
+            "mail-dns" if m.primary else f"mail-dns-{m.domain}",
+            MailDnsArgs(
+                cfg=cfg.for_domain(m.domain),
+                dkim_values={s: k.dns_value for s, k in keys_by_domain[m.domain].items()},
+                zone_id=m.cloudflare_zone_id,
+                account_id=cfg.cloudflare_account_id if m.primary else None,
+                relay_records=m.domain == cfg.relay_domain,
+                report_for=report_for.get(m.domain, []),
+            ),
+        )
+        for m in cfg.mail_domains
+    ]
     credentials = SmtpCredentials(
         "smtp-credentials",
-        SmtpCredentialsArgs(users=cfg.smtp_users, given=config.get_secret_object("smtpPasswords")),
+        SmtpCredentialsArgs(users=cfg.user_names, given=config.get_secret_object("smtpPasswords")),
     )
 
-    logins = [f"{u}@{cfg.domain}" for u in cfg.smtp_users]
-    relay, outbound_smtp = deploy_relay(cfg, config, keys, credentials)
+    logins = [f"{u}@{cfg.domain}" for u in cfg.user_names]
+    relay, outbound_smtp = deploy_relay(cfg, config, keys_by_domain, credentials)
+    # Each login's sendAs entries; a login without any may send as every domain.
+    send_as = {
+        login: cfg.send_as.get(u) or [f"@{d}" for d in owned.values()]
+        for login, u in zip(logins, cfg.user_names, strict=True)
+    }
+    # Report addresses outside the stack's domains: their owner publishes the record.
+    foreign_reports = [
+        {"domain": d, "reportDomain": r, "name": f"{d}._report._dmarc.{r}", "value": "v=DMARC1"}
+        for d, r in cfg.report_authorizations()
+        if cfg.owned_domain_of(r) is None
+    ]
+    dns_records: pulumi.Output[list[dict[str, object]]] = pulumi.Output.all(
+        *[d.records for d in all_dns]
+    ).apply(lambda rss: [r for rs in rss for r in rs])
+    zone_snippet = pulumi.Output.all(*[d.zone_snippet for d in all_dns]).apply("\n".join)
 
     pulumi.export("domain", cfg.domain)
+    pulumi.export("domains", cfg.domains)
     pulumi.export("relayHost", cfg.relay_fqdn)
     pulumi.export("vpsIpv4", cfg.vps_ipv4)
     pulumi.export("vpsIpv6", cfg.vps_ipv6)
@@ -109,17 +170,25 @@ def main() -> None:
     pulumi.export("dkimSelector", cfg.dkim_selector)
     pulumi.export("dkimDnsValue", keys[cfg.dkim_selector].dns_value)
     pulumi.export("dkimDnsValues", {s: k.dns_value for s, k in keys.items()})
-    pulumi.export("dnsRecords", dns.records)
-    pulumi.export("zoneSnippet", dns.zone_snippet)
+    pulumi.export(
+        "dkimDnsValuesByDomain",
+        {d: {s: k.dns_value for s, k in ks.items()} for d, ks in keys_by_domain.items()},
+    )
+    pulumi.export("dkimSelectorsByDomain", {m.domain: m.dkim_selector for m in cfg.mail_domains})
+    pulumi.export("dnsRecords", dns_records)
+    pulumi.export("zoneSnippet", zone_snippet)
     pulumi.export("smtpServer", cfg.relay_fqdn)
     pulumi.export("smtpPort", cfg.smtp_port)
     pulumi.export("smtpUsername", logins[0])
     pulumi.export("smtpUsernames", logins)
-    pulumi.export("smtpPassword", credentials.passwords[cfg.smtp_users[0]])
+    pulumi.export("smtpSendAs", send_as)
+    pulumi.export("smtpPassword", credentials.passwords[cfg.user_names[0]])
     pulumi.export(
         "smtpPasswords",
-        {login: credentials.passwords[u] for login, u in zip(logins, cfg.smtp_users, strict=True)},
+        {login: credentials.passwords[u] for login, u in zip(logins, cfg.user_names, strict=True)},
     )
+    if foreign_reports:
+        pulumi.export("dmarcReportAuthorizations", foreign_reports)
     pulumi.export("relayContainer", relay.container_name)
     pulumi.export("queueVolume", relay.volume_name)
     pulumi.export(
@@ -136,10 +205,11 @@ def main() -> None:
     # The guide carries no secret: it says how to read the password instead.
     pulumi.export(
         "gmailGuide",
-        pulumi.Output.all(dns.records, outbound_smtp).apply(
+        pulumi.Output.all(dns_records, outbound_smtp).apply(
             lambda ro: render_from_outputs(
                 {
                     "domain": cfg.domain,
+                    "domains": cfg.domains,
                     "relayHost": cfg.relay_fqdn,
                     "vpsIpv4": cfg.vps_ipv4,
                     "vpsIpv6": cfg.vps_ipv6,
@@ -147,9 +217,11 @@ def main() -> None:
                     "smtpPort": cfg.smtp_port,
                     "smtpUsername": logins[0],
                     "smtpUsernames": logins,
+                    "smtpSendAs": send_as,
                     "smtpPasswords": dict.fromkeys(logins, ""),
                     "dnsProvider": cfg.dns_provider,
                     "dnsRecords": ro[0],
+                    "dmarcReportAuthorizations": foreign_reports,
                     "outboundSmtp": ro[1],
                     "outboundIpv6": cfg.outbound_ipv6,
                     "delayWarningTime": cfg.delay_warning_time,
@@ -164,23 +236,31 @@ def main() -> None:
 def deploy_relay(
     cfg: RelayConfig,
     config: pulumi.Config,
-    keys: dict[str, DkimKey],
+    keys_by_domain: dict[str, dict[str, DkimKey]],
     credentials: SmtpCredentials,
 ) -> tuple[SmtpRelay, pulumi.Output[Any] | None]:
     """The VPS (over SSH) or this machine's engine, and the relay container on it; with the
     outbound port 25 check of the VPS (none on this machine)."""
-    private_keys = {s: k.private_key_pem for s, k in keys.items()}
+    private_keys = {s: k.private_key_pem for s, k in keys_by_domain[cfg.domain].items()}
+    extra_keys = {
+        d: pulumi.Output.all(**{s: k.private_key_pem for s, k in ks.items()})
+        for d, ks in keys_by_domain.items()
+        if d != cfg.domain
+    }
     # The key files, in the layout the relay reads (pure/postfix.py).
     nexthop_password = config.get_secret("relayNexthopPassword") if cfg.relay_nexthop_user else None
     both: pulumi.Output[list[Any]] = pulumi.Output.all(
-        pulumi.Output.all(**private_keys), credentials.passwords_output, nexthop_password
+        pulumi.Output.all(**private_keys),
+        credentials.passwords_output,
+        nexthop_password,
+        pulumi.Output.all(**extra_keys),
     )
 
     def files(kpn: list[Any]) -> dict[str, str]:
         login = None
         if cfg.relay_nexthop and cfg.relay_nexthop_user and kpn[2] is not None:
             login = (cfg.relay_nexthop, cfg.relay_nexthop_user, kpn[2])
-        return postfix.render_secrets(cfg.domain, kpn[0], kpn[1], login)
+        return postfix.render_secrets(cfg.domain, kpn[0], kpn[1], login, extra_dkim_keys=kpn[3])
 
     secret_files: pulumi.Output[dict[str, str]] = pulumi.Output.secret(both.apply(files))
     common: dict[str, Any] = dict(
@@ -188,7 +268,12 @@ def deploy_relay(
         relay_host=cfg.relay_fqdn,
         dkim_selector=cfg.dkim_selector,
         dkim_selectors=cfg.all_selectors,
-        smtp_users=[SmtpUserSpec(u) for u in cfg.smtp_users],
+        extra_domains=[
+            postfix.SigningDomain(m.domain, m.dkim_selector, m.dkim_retired_selectors)
+            for m in cfg.mail_domains
+            if not m.primary
+        ],
+        smtp_users=[SmtpUserSpec(u, cfg.send_as.get(u, ())) for u in cfg.user_names],
         publish_ipv4=cfg.vps_ipv4,
         publish_ipv6=cfg.vps_ipv6,
         submission_host_port=cfg.smtp_port,

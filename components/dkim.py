@@ -50,18 +50,23 @@ class _DkimKeyProvider(pulumi.dynamic.ResourceProvider):
 
     def create(self, props: dict[str, Any]) -> pulumi.dynamic.CreateResult:
         pem = generate_private_key_pem(int(props["bits"]))
+        domain = props.get("domain")
         outs = {
+            **({"domain": domain} if domain else {}),
             "selector": props["selector"],
             "bits": int(props["bits"]),
             "private_key_pem": pem,
             "dns_value": dkim_txt_value(pem),
         }
-        return pulumi.dynamic.CreateResult(id_=f"dkim-{props['selector']}", outs=outs)
+        name = f"{domain}-{props['selector']}" if domain else props["selector"]
+        return pulumi.dynamic.CreateResult(id_=f"dkim-{name}", outs=outs)
 
     def diff(
         self, _id: str, olds: dict[str, Any], news: dict[str, Any]
     ) -> pulumi.dynamic.DiffResult:
-        changed = [k for k in ("selector", "bits") if str(olds.get(k)) != str(news.get(k))]
+        changed = [
+            k for k in ("selector", "bits", "domain") if str(olds.get(k)) != str(news.get(k))
+        ]
         return pulumi.dynamic.DiffResult(
             changes=bool(changed),
             replaces=changed,
@@ -76,16 +81,23 @@ class _DkimKeyResource(pulumi.dynamic.Resource):
     private_key_pem: pulumi.Output[str]
     dns_value: pulumi.Output[str]
 
-    def __init__(self, name: str, selector: str, bits: int, opts: pulumi.ResourceOptions):
+    def __init__(
+        self,
+        name: str,
+        selector: str,
+        bits: int,
+        opts: pulumi.ResourceOptions,
+        domain: str | None = None,
+    ):
+        # The primary domain's keys have no "domain" input (as before there were several
+        # domains), so that an upgrade changes nothing; another domain's key names it.
+        props: dict[str, Any] = {"selector": selector, "bits": bits}
+        if domain is not None:
+            props["domain"] = domain
         super().__init__(
             _DkimKeyProvider(),
             name,
-            {
-                "selector": selector,
-                "bits": bits,
-                "private_key_pem": None,
-                "dns_value": None,
-            },
+            {**props, "private_key_pem": None, "dns_value": None},
             pulumi.ResourceOptions.merge(
                 opts,
                 pulumi.ResourceOptions(additional_secret_outputs=["private_key_pem"]),
@@ -97,10 +109,12 @@ class _DkimKeyResource(pulumi.dynamic.Resource):
 class DkimKeyArgs:
     selector: str
     bits: int = 2048
+    # None for the primary domain (its keys predate several domains); else the domain.
+    domain: str | None = None
 
 
 class DkimKey(pulumi.ComponentResource):
-    """One DKIM key pair for one selector, kept in state."""
+    """One DKIM key pair for one selector (of one domain), kept in state."""
 
     private_key_pem: pulumi.Output[str]
     dns_value: pulumi.Output[str]
@@ -114,7 +128,11 @@ class DkimKey(pulumi.ComponentResource):
     ) -> None:
         super().__init__("dkimrelay:index:DkimKey", name, None, opts)
         key = _DkimKeyResource(
-            f"{name}-key", args.selector, args.bits, pulumi.ResourceOptions(parent=self)
+            f"{name}-key",
+            args.selector,
+            args.bits,
+            pulumi.ResourceOptions(parent=self),
+            domain=args.domain,
         )
         self.selector = args.selector
         self.private_key_pem = pulumi.Output.secret(key.private_key_pem)

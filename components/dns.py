@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -21,10 +21,15 @@ class MailDnsArgs:
     dkim_values: Mapping[str, pulumi.Input[str]]
     zone_id: str | None = None
     account_id: pulumi.Input[str] | None = None
+    # This domain holds the relay's A/AAAA records (one domain of the stack does).
+    relay_records: bool = True
+    # Domains whose DMARC reports come to an address at this domain (RFC 7489 7.1).
+    report_for: Sequence[str] = ()
 
 
 class MailDns(pulumi.ComponentResource):
-    """The records on Cloudflare (or, in manual mode, only as outputs to publish by hand)."""
+    """One domain's records on Cloudflare (or, in manual mode, only as outputs to publish by
+    hand). ``cfg`` is the view of that domain (``RelayConfig.for_domain``)."""
 
     records: pulumi.Output[list[dict[str, object]]]
     zone_snippet: pulumi.Output[str]
@@ -35,9 +40,17 @@ class MailDns(pulumi.ComponentResource):
         super().__init__("dkimrelay:index:MailDns", name, None, opts)
         cfg = args.cfg
         selectors = cfg.all_selectors
+        relay_records, report_for = args.relay_records, tuple(args.report_for)
         planned: pulumi.Output[list[Record]] = pulumi.Output.all(
             *[args.dkim_values[s] for s in selectors]
-        ).apply(lambda vals: build_records(cfg, dict(zip(selectors, vals, strict=True))))
+        ).apply(
+            lambda vals: build_records(
+                cfg,
+                dict(zip(selectors, vals, strict=True)),
+                relay_records=relay_records,
+                report_for=report_for,
+            )
+        )
         self.records = planned.apply(lambda rs: [r.public() for r in rs])
         self.zone_snippet = planned.apply(lambda rs: zone_snippet(cfg.domain, rs))
 
@@ -56,7 +69,12 @@ class MailDns(pulumi.ComponentResource):
 
         child = pulumi.ResourceOptions(parent=self)
         # The set of records is known from config; only DKIM content waits on the keys.
-        shape = build_records(cfg, {s: "" for s in cfg.all_selectors})
+        shape = build_records(
+            cfg,
+            {s: "" for s in cfg.all_selectors},
+            relay_records=args.relay_records,
+            report_for=args.report_for,
+        )
         for rec in shape:
             content: pulumi.Input[str] = rec.content
             if rec.role.startswith("dkim-"):

@@ -66,7 +66,7 @@ def read_tree(directory: Path) -> dict[str, tuple[bool, bytes]]:
 @dataclass
 class SmtpUserSpec:
     """An SMTP login ``<name>@<domain>``; ``may_send_as``: addresses or ``@domain``s
-    (empty: any address at the relay's domain)."""
+    (empty: any address at any of the relay's domains)."""
 
     name: str
     may_send_as: Sequence[str] = ()
@@ -121,6 +121,8 @@ class SmtpRelayArgs:
     engine: Engine
     # Selectors whose keys are in the secrets dir (the active one is added if missing).
     dkim_selectors: Sequence[str] = ()
+    # More domains signed for, their keys in the secrets dir too (postfix.key_file).
+    extra_domains: Sequence[postfix.SigningDomain] = ()
     # relative path -> content (postfix.render_secrets); a secret Output. SmtpRelay
     # writes them under <work_dir>/secrets on the engine's host.
     secret_files: pulumi.Input[Mapping[str, str]] | None = None
@@ -168,6 +170,7 @@ def settings_from_args(args: SmtpRelayArgs) -> postfix.PostfixSettings:
         delay_warning_time=args.delay_warning_time,
         rate_limits=args.rate_limits,
         ipv6_listeners=args.publish_ipv6 is not None,
+        extra_domains=tuple(args.extra_domains),
     )
 
 

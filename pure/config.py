@@ -16,6 +16,7 @@ import json
 import re
 import shlex
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Annotated, Any, Literal, get_args
 
@@ -23,8 +24,10 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictBool,
+    Tag,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
@@ -197,6 +200,108 @@ HostOrAddress = Annotated[
 ]
 
 
+# A sendAs entry: one address (alice@example.org) or a whole domain (@example.org).
+SEND_AS_PATTERN = rf"^(?:[^@\s]+)?@{HOSTNAME_PATTERN[1:]}"
+SendAs = Annotated[
+    str,
+    Field(pattern=SEND_AS_PATTERN),
+    _explained("is not an address (alice@example.org) or a whole domain (@example.org)"),
+]
+
+
+class _Item(BaseModel):
+    """An object inside a list key (camelCase in the stack file, like the top level)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        regex_engine="python-re",
+    )
+
+
+class SmtpUserObject(_Item):
+    """A login restricted to some senders: ``{name, sendAs}``."""
+
+    name: SmtpUser
+    send_as: Annotated[list[SendAs], Field(min_length=1)]
+
+
+def _user_kind(value: Any) -> str:
+    return "object" if isinstance(value, Mapping) else "name"
+
+
+SmtpUserEntry = Annotated[
+    Annotated[SmtpUser, Tag("name")] | Annotated[SmtpUserObject, Tag("object")],
+    Discriminator(_user_kind),
+]
+
+
+class ExtraDomain(_Item):
+    """Another domain the relay signs for; a field left out takes the primary's value
+    (dkimRetiredSelectors too, when dkimSelector is left out: the domain then rotates with
+    the primary)."""
+
+    domain: Hostname
+    dkim_selector: DnsLabel | None = None
+    dkim_retired_selectors: list[DnsLabel] | None = None
+    dmarc_policy: Annotated[Policy, _explained("is not one of none, quarantine, reject")] | None = (
+        None
+    )
+    dmarc_rua: list[MailtoUri] | None = None
+    dmarc_ruf: list[MailtoUri] | None = None
+    spf_extra: list[SpfTerm] | None = None
+    cloudflare_zone_id: str | None = None
+
+    @field_validator("dkim_retired_selectors")
+    @classmethod
+    def _retired_apart(cls, retired: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if retired is None:
+            return None
+        if info.data.get("dkim_selector") in retired:
+            raise _advice(
+                "retires the domain's own signing selector (dkimSelector). Remove it from "
+                "dkimRetiredSelectors, or pick a new dkimSelector"
+            )
+        if len(set(retired)) != len(retired):
+            raise _advice("lists a selector twice. Remove the duplicate")
+        return retired
+
+
+@dataclass(frozen=True)
+class MailDomain:
+    """One domain the relay signs for, every value resolved (the primary's where unset)."""
+
+    domain: str
+    dkim_selector: str
+    dkim_retired_selectors: tuple[str, ...]
+    dmarc_policy: str
+    dmarc_rua: tuple[str, ...]
+    dmarc_ruf: tuple[str, ...]
+    spf_extra: tuple[str, ...]
+    cloudflare_zone_id: str | None
+    primary: bool
+
+    @property
+    def all_selectors(self) -> list[str]:
+        return [self.dkim_selector, *self.dkim_retired_selectors]
+
+
+def _bare(domain: str) -> str:
+    return domain.lower().rstrip(".")
+
+
+def within(name: str, domain: str) -> bool:
+    """Whether ``name`` is ``domain`` or a name under it."""
+    name, domain = _bare(name), _bare(domain)
+    return name == domain or name.endswith("." + domain)
+
+
+def mailto_domain(uri: str) -> str:
+    """The domain of a ``mailto:`` URI (size limit dropped)."""
+    return _bare(uri.split("!", 1)[0].rpartition("@")[2])
+
+
 class ConfigError(Exception):
     """All problems of a stack config: each `(key, what is wrong and how to fix it)`."""
 
@@ -366,6 +471,17 @@ class RelayConfig(BaseModel):
         examples=[3600],
     )
 
+    extra_domains: list[ExtraDomain] = Field(
+        default_factory=list,
+        description=(
+            "More domains the relay signs for, each with its own DKIM key and SPF, DKIM and "
+            "DMARC records: objects {domain, dkimSelector, dkimRetiredSelectors, dmarcPolicy, "
+            "dmarcRua, dmarcRuf, spfExtra, cloudflareZoneId}, only domain required; a field "
+            "left out takes the primary domain's value"
+        ),
+        examples=[{"domain": "example.org"}],
+    )
+
     # Where the relay runs
     deploy_target: Annotated[Literal["vps", "local"], _explained("is not vps or local")] = Field(
         "vps",
@@ -438,9 +554,14 @@ class RelayConfig(BaseModel):
     )
 
     # The relay
-    smtp_users: Annotated[list[SmtpUser], Field(min_length=1)] = Field(
-        default_factory=lambda: ["gmail"],
-        description="SMTP user names; each gets a generated password unless set in smtpPasswords",
+    smtp_users: Annotated[list[SmtpUserEntry], Field(min_length=1)] = Field(
+        default_factory=lambda: list[str | SmtpUserObject](["gmail"]),
+        description=(
+            "SMTP logins (<name>@<domain>), each with a generated password unless set in "
+            "smtpPasswords: a name may send as any address of the stack's domains; an "
+            "object {name, sendAs} only as the addresses (alice@example.org) and whole "
+            "domains (@example.org) in sendAs"
+        ),
         examples=["gmail"],
     )
     smtp_port: Port = Field(
@@ -544,8 +665,9 @@ class RelayConfig(BaseModel):
 
     @field_validator("smtp_users")
     @classmethod
-    def _users_once(cls, users: list[str]) -> list[str]:
-        if len(set(users)) != len(users):
+    def _users_once(cls, users: list[str | SmtpUserObject]) -> list[str | SmtpUserObject]:
+        names = [u if isinstance(u, str) else u.name for u in users]
+        if len(set(names)) != len(names):
             raise _advice("lists a user twice. Remove the duplicate")
         return users
 
@@ -574,6 +696,110 @@ class RelayConfig(BaseModel):
     @property
     def all_selectors(self) -> list[str]:
         return [self.dkim_selector, *self.dkim_retired_selectors]
+
+    @property
+    def user_names(self) -> list[str]:
+        """The SMTP user names, in the order given (the login is <name>@<domain>)."""
+        return [u if isinstance(u, str) else u.name for u in self.smtp_users]
+
+    @property
+    def send_as(self) -> dict[str, list[str]]:
+        """user name -> its sendAs entries, lowercased; empty: any address of any domain."""
+        return {
+            u.name: [a.lower() for a in u.send_as]
+            for u in self.smtp_users
+            if isinstance(u, SmtpUserObject)
+        }
+
+    @property
+    def domains(self) -> list[str]:
+        """Every domain the relay signs for, the primary first."""
+        return [self.domain, *(e.domain for e in self.extra_domains)]
+
+    @property
+    def mail_domains(self) -> list[MailDomain]:
+        """Every domain with its values resolved, the primary first."""
+        out = [
+            MailDomain(
+                self.domain,
+                self.dkim_selector,
+                tuple(self.dkim_retired_selectors),
+                self.dmarc_policy,
+                tuple(self.dmarc_rua),
+                tuple(self.dmarc_ruf),
+                tuple(self.spf_extra),
+                self.cloudflare_zone_id,
+                primary=True,
+            )
+        ]
+        for e in self.extra_domains:
+            own_selector = e.dkim_selector is not None
+            retired = e.dkim_retired_selectors
+            if retired is None:
+                retired = [] if own_selector else self.dkim_retired_selectors
+            out.append(
+                MailDomain(
+                    e.domain,
+                    e.dkim_selector or self.dkim_selector,
+                    tuple(retired),
+                    e.dmarc_policy or self.dmarc_policy,
+                    tuple(self.dmarc_rua if e.dmarc_rua is None else e.dmarc_rua),
+                    tuple(self.dmarc_ruf if e.dmarc_ruf is None else e.dmarc_ruf),
+                    tuple(self.spf_extra if e.spf_extra is None else e.spf_extra),
+                    e.cloudflare_zone_id,
+                    primary=False,
+                )
+            )
+        return out
+
+    def mail_domain(self, domain: str) -> MailDomain:
+        return next(m for m in self.mail_domains if _bare(m.domain) == _bare(domain))
+
+    @property
+    def relay_domain(self) -> str:
+        """The domain whose records hold the relay's A/AAAA (the longest that holds it)."""
+        holders = [d for d in self.domains if within(self.relay_fqdn, d)]
+        return max(holders, key=len) if holders else self.domain
+
+    def for_domain(self, domain: str) -> RelayConfig:
+        """This config as if ``domain`` were the only one (the records builder's view):
+        its own selectors, DMARC and SPF values; forwarding stays with the primary."""
+        m = self.mail_domain(domain)
+        if m.primary:
+            return self
+        return self.model_copy(
+            update={
+                "domain": m.domain,
+                "relay_host": self.relay_fqdn,  # not smtp.<this domain>
+                "dkim_selector": m.dkim_selector,
+                "dkim_retired_selectors": list(m.dkim_retired_selectors),
+                "dmarc_policy": m.dmarc_policy,
+                "dmarc_rua": list(m.dmarc_rua),
+                "dmarc_ruf": list(m.dmarc_ruf),
+                "spf_extra": list(m.spf_extra),
+                "cloudflare_zone_id": m.cloudflare_zone_id,
+                "forward_to": None,
+                "extra_domains": [],
+            }
+        )
+
+    def report_authorizations(self) -> list[tuple[str, str]]:
+        """(reported domain, report domain) pairs that need RFC 7489 7.1's record
+        ``<reported>._report._dmarc.<report domain>``: a rua/ruf address outside the
+        reported domain (and not its parent or a name under it: the same organization)."""
+        pairs: list[tuple[str, str]] = []
+        for m in self.mail_domains:
+            for uri in (*m.dmarc_rua, *m.dmarc_ruf):
+                target = mailto_domain(uri)
+                same_org = within(target, m.domain) or within(m.domain, target)
+                if not same_org and (_bare(m.domain), target) not in pairs:
+                    pairs.append((_bare(m.domain), target))
+        return pairs
+
+    def owned_domain_of(self, name: str) -> str | None:
+        """The stack's domain (the longest) that ``name`` is in, if any."""
+        holders = [d for d in self.domains if within(name, d)]
+        return max(holders, key=len) if holders else None
 
     @property
     def spf_terms(self) -> list[str]:
@@ -626,6 +852,22 @@ def _explain(error: Mapping[str, Any]) -> tuple[str, str]:
     if index is None and "array" == config_types()[key]:
         index = 0
     kind, value = error["type"], error.get("input")
+    # smtpUsers' items carry the tag of their kind ("name" or "object") in the location.
+    inner = list(loc[3:] if key == "smtpUsers" and len(loc) > 2 else loc[2:])
+    if len(loc) > 2 and inner:
+        # Inside an object item: name the item's field, the fix sets that field.
+        path = f"{key}[{index}]" + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{p}" for p in inner
+        )
+        if kind == "extra_forbidden":
+            return key, f"{path} is not a field of this object (a typo?). Remove it: " + (
+                f"pulumi config rm --path '{path}'"
+            )
+        if kind == "missing":
+            return key, f"{path} is required. Fix: pulumi config set --path '{path}' <value>"
+        text = error["msg"] if kind in ("config_advice", "config_value") else error["msg"].lower()
+        shown = "" if kind == "config_advice" else f"{value!r} "
+        return key, f"{path}: {shown}{text}. Fix: pulumi config set --path '{path}' <value>"
     if kind == "missing":
         return key, f"is required: {field.description}. {_fix(key)}"
     if kind == "config_advice":
@@ -642,16 +884,20 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
     """Rules between keys, on the raw values so that they are found whatever else is wrong."""
     problems: list[tuple[str, str]] = []
     domain = str(raw.get("domain") or "").lower().rstrip(".")
+    extras = _extra_domain_names(raw)
+    domains = [d for d in (domain, *extras) if re.match(HOSTNAME_PATTERN, d)]
     relay = str(raw.get("relayHost") or "").lower().rstrip(".")
-    if relay and all(re.match(HOSTNAME_PATTERN, n) for n in (relay, domain)):
-        if relay != domain and not relay.endswith("." + domain):
+    if relay and re.match(HOSTNAME_PATTERN, relay) and domains:
+        if not any(within(relay, d) for d in domains):
             problems.append(
                 (
                     "relayHost",
-                    f"{raw['relayHost']!r} is outside {domain}, so this stack cannot publish its "
-                    f"address. Fix: pulumi config set relayHost smtp.{domain}",
+                    f"{raw['relayHost']!r} is outside {' and '.join(domains)}, so this stack "
+                    f"cannot publish its address. Fix: pulumi config set relayHost smtp.{domain}",
                 )
             )
+    problems += _domain_list_checks(domain, extras)
+    problems += _send_as_checks(raw.get("smtpUsers"), domains)
     provider = raw.get("dnsProvider", "manual")
     if provider == "cloudflare" and not raw.get("cloudflareZoneId"):
         problems.append(
@@ -662,6 +908,22 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                 "dashboard. Fix: pulumi config set cloudflareZoneId <zone id>",
             )
         )
+    if provider == "cloudflare":
+        for i, item in enumerate(raw.get("extraDomains") or []):
+            if (
+                isinstance(item, Mapping)
+                and item.get("domain")
+                and not item.get("cloudflareZoneId")
+            ):
+                problems.append(
+                    (
+                        "extraDomains",
+                        f"dnsProvider is cloudflare but no Cloudflare zone was found for "
+                        f"{item['domain']!r} (the API token must reach that zone too). Fix: "
+                        f"pulumi config set --path 'extraDomains[{i}].cloudflareZoneId' "
+                        "<zone id>",
+                    )
+                )
     if raw.get("forwardTo") and provider != "cloudflare":
         problems.append(
             (
@@ -670,16 +932,21 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                 "Routing). Set dnsProvider to cloudflare, or remove it: pulumi config rm forwardTo",
             )
         )
-    extra = raw.get("spfExtra") or []
-    if isinstance(extra, list):
+    spf_lists = [("spfExtra", raw.get("spfExtra") or [], bool(raw.get("forwardTo")))]
+    for item in raw.get("extraDomains") or []:
+        if isinstance(item, Mapping) and isinstance(item.get("spfExtra"), list):
+            spf_lists.append(("extraDomains", item["spfExtra"], False))
+    for key, extra, routing in spf_lists:
+        if not isinstance(extra, list):
+            continue
         terms = [str(t).lstrip("+-~?").lower() for t in extra]
-        if raw.get("forwardTo") and CLOUDFLARE_EMAIL_ROUTING_SPF not in terms:
+        if routing and CLOUDFLARE_EMAIL_ROUTING_SPF not in terms:
             terms.append(CLOUDFLARE_EMAIL_ROUTING_SPF)
         lookups = sum(1 for t in terms if t in ("a", "mx", "ptr") or t.startswith(SPF_LOOKUP_TERMS))
         if lookups > SPF_LOOKUP_LIMIT:
             problems.append(
                 (
-                    "spfExtra",
+                    key,
                     f"the SPF record would need {lookups} DNS lookups (include, a, mx, ptr, "
                     f"exists each cost one; Email Routing adds one); receivers stop at "
                     f"{SPF_LOOKUP_LIMIT} and fail SPF. Replace includes with ip4:/ip6: terms",
@@ -741,6 +1008,63 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                 "relay's certificate. Fix: run scripts/local-up.sh, which makes one",
             )
         )
+    return problems
+
+
+def _extra_domain_names(raw: Mapping[str, Any]) -> list[str]:
+    items = raw.get("extraDomains") or []
+    if not isinstance(items, list):
+        return []
+    return [
+        str(i["domain"]).lower().rstrip(".")
+        for i in items
+        if isinstance(i, Mapping) and isinstance(i.get("domain"), str)
+    ]
+
+
+def _domain_list_checks(primary: str, extras: list[str]) -> list[tuple[str, str]]:
+    problems = []
+    for i, name in enumerate(extras):
+        if name == primary:
+            problems.append(
+                (
+                    "extraDomains",
+                    f"{name!r} is the primary domain (domain); it is signed for already. "
+                    f"Remove it: pulumi config rm --path 'extraDomains[{i}]'",
+                )
+            )
+        elif name in extras[:i]:
+            problems.append(
+                (
+                    "extraDomains",
+                    f"lists {name!r} twice. Remove the second: pulumi config rm --path "
+                    f"'extraDomains[{i}]'",
+                )
+            )
+    return problems
+
+
+def _send_as_checks(users: Any, domains: list[str]) -> list[tuple[str, str]]:
+    """Each sendAs entry must be inside one of the stack's domains."""
+    problems: list[tuple[str, str]] = []
+    if not isinstance(users, list) or not domains:
+        return problems
+    for i, user in enumerate(users):
+        entries = user.get("sendAs") if isinstance(user, Mapping) else None
+        if not isinstance(entries, list):
+            continue
+        for j, entry in enumerate(entries):
+            at = str(entry).rpartition("@")[2].lower().rstrip(".")
+            if "@" in str(entry) and at and at not in domains:
+                problems.append(
+                    (
+                        "smtpUsers",
+                        f"{entry!r} (sendAs of {user.get('name')!r}) is outside the stack's "
+                        f"domains ({', '.join(domains)}): the relay signs only for those. Add "
+                        f"the domain to extraDomains, or Fix: pulumi config set --path "
+                        f"'smtpUsers[{i}].sendAs[{j}]' @{domains[0]}",
+                    )
+                )
     return problems
 
 

@@ -92,13 +92,29 @@ def pulumi_yaml_section() -> str:
     for key, field in _fields():
         if key in SECTIONS:
             out.append(f"  # --- {SECTIONS[key]} ---\n")
-        out.append(f"  {key}:\n    type: {types[key]}\n")
-        if types[key] == "array":
-            out.append("    items:\n      type: string\n")
+        out.append(f"  {key}:\n")
+        if types[key] != "array":
+            out.append(f"    type: {types[key]}\n")
+        elif _item_kind(key) == "strings":
+            out.append("    type: array\n    items:\n      type: string\n")
+        else:
+            # No type for a list that may hold objects: Pulumi.yaml's types cannot describe
+            # one (an array needs an item type, and with one the CLI refuses objects); the
+            # model checks the items.
+            out.append("    # a list of objects: no type here, the program checks it\n")
         if not field.is_required():
             out.append(f"    default: {_scalar(_default(field))}\n")
         out.append(f"    description: {_scalar(field.description)}\n")
     return "".join(out)
+
+
+def _item_kind(key: str) -> str:
+    """What a list key's items are: "strings", "objects", or "strings or objects"."""
+    schema = RelayConfig.model_json_schema(by_alias=True)
+    items = schema["properties"][key].get("items", {})
+    options = items.get("oneOf") or items.get("anyOf") or [items]
+    kinds = {"strings" if o.get("type") == "string" else "objects" for o in options}
+    return " or ".join(sorted(kinds, reverse=True))
 
 
 def _md(value: Any) -> str:
@@ -121,7 +137,7 @@ def config_reference() -> str:
         if key in SECTIONS:
             out += [f"\n## {SECTIONS[key][:1].upper()}{SECTIONS[key][1:]}\n\n"]
             out += ["| key | type | default | description |\n", "| --- | --- | --- | --- |\n"]
-        kind = "list of strings" if types[key] == "array" else types[key]
+        kind = f"list of {_item_kind(key)}" if types[key] == "array" else types[key]
         if field.is_required():
             default = "required"
         elif _default(field) == "":

@@ -25,6 +25,8 @@ class SendAs:
     display_name: str = ""
     # The key of this login in the smtpPasswords output, when it differs from username.
     password_key: str = ""
+    # What the login may send as (smtpSendAs): addresses and "@domain"s; empty: unknown.
+    may_send_as: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class GuideInput:
     outbound_ipv6: str = "prefer-ipv4"
     delay_warning_time: str = "4h"
     forward_to: str = ""
+    # Every domain of the stack (the primary first), and the DMARC report authorizations
+    # (RFC 7489 7.1) that the owner of a report address outside them must publish.
+    domains: Sequence[str] = ()
+    report_authorizations: Sequence[Mapping[str, str]] = ()
 
 
 def _port25_line(inp: GuideInput, stack: str) -> str:
@@ -70,6 +76,54 @@ def _port25_line(inp: GuideInput, stack: str) -> str:
             f"(`{SMARTHOST_FIX}`)."
         )
     return line
+
+
+def _send_as_lines(ident: SendAs) -> list[str]:
+    """What this login may add in "Send mail as" (the relay refuses any other sender)."""
+    if not ident.may_send_as:
+        return []
+    parts = [
+        f"any address at `{p[1:]}`" if p.startswith("@") else f"`{p}`" for p in ident.may_send_as
+    ]
+    return [
+        (
+            f"The login `{ident.username}` may send as {', '.join(parts)}: add each such "
+            "address in Gmail the same way, with the same SMTP settings. The relay refuses "
+            "any other sender (553 5.7.1 for the envelope sender, 550 5.7.1 for the From "
+            "header)."
+        ),
+        "",
+    ]
+
+
+def _report_authorization_lines(inp: GuideInput) -> list[str]:
+    if not inp.report_authorizations:
+        return []
+    rows = [
+        f"| TXT | {_md_cell(a.get('name', ''))} | `{_md_cell(a.get('value', 'v=DMARC1'))}` |"
+        for a in inp.report_authorizations
+    ]
+    return [
+        "### DMARC reports sent to another domain",
+        "",
+        (
+            "A DMARC report address (dmarcRua/dmarcRuf) in a domain this stack does not "
+            "manage is used by receivers only when that domain says it accepts the reports "
+            "(RFC 7489 section 7.1). Ask whoever runs that domain to publish (most report "
+            "services do it for you when you register the domain with them):"
+        ),
+        "",
+        "| Type | Name | Content |",
+        "| --- | --- | --- |",
+        *rows,
+        "",
+    ]
+
+
+def _domain_list(inp: GuideInput) -> str:
+    """`a.example`, or `a.example` and `b.example` (each domain's records are below)."""
+    names = [f"`{d}`" for d in (inp.domains or [inp.domain])]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _md_cell(value: object) -> str:
@@ -201,12 +255,15 @@ def render_guide(inp: GuideInput) -> str:
         if inp.smtp_port == 587
         else f'choose **"Secured connection using TLS"** (port {inp.smtp_port})'
     )
+    several = len(inp.domains) > 1
+    title = ", ".join(f"@{d}" for d in inp.domains) if several else f"@{inp.domain}"
+    key_of = "the sender's domain (each domain has its own key)" if several else f"`{inp.domain}`"
     out: list[str] = [
-        f"# Sending as @{inp.domain} from Gmail through your DKIM relay",
+        f"# Sending as {title} from Gmail through your DKIM relay",
         "",
         (
             "Gmail hands mail for your domain to your own relay, which signs it with the "
-            f"DKIM key of `{inp.domain}` and delivers it. Do the steps below once per address."
+            f"DKIM key of {key_of} and delivers it. Do the steps below once per address."
         ),
         "",
     ]
@@ -216,7 +273,7 @@ def render_guide(inp: GuideInput) -> str:
             f"## {step}. Add these DNS records at your DNS host",
             "",
             (
-                f"This stack does not manage DNS for `{inp.domain}` (dnsProvider: "
+                f"This stack does not manage DNS for {_domain_list(inp)} (dnsProvider: "
                 f"`{inp.dns_provider}`). Sign in where your domain's DNS is hosted "
                 "(registrar or DNS provider) and add exactly these records. Names are fully "
                 "qualified; some providers want only the part before the domain "
@@ -268,6 +325,7 @@ def render_guide(inp: GuideInput) -> str:
             f"   - **Username:** `{ident.username}`",
             _password_line(inp, ident, index),
             f"   - {tls_note}",
+            *(["", *_send_as_lines(ident)] if ident.may_send_as else []),
             (
                 "6. Click **Add Account**. Gmail sends a confirmation code to "
                 f"`{ident.address}`; open that mail (or its link) and enter the code."
@@ -279,6 +337,7 @@ def render_guide(inp: GuideInput) -> str:
             "",
         ]
     step += 1
+    out += _report_authorization_lines(inp)
     out += _notices_section(inp, step)
     step += 1
     out += [
@@ -351,6 +410,16 @@ def render_from_outputs(
         if outputs.get("smtpPassword") is not None:
             passwords.setdefault(keys[0], str(outputs["smtpPassword"]))
     addresses = [str(outputs[k]) for k in ("vpsIpv4", "vpsIpv6") if outputs.get(k)]
+    send_as_obj = outputs.get("smtpSendAs")
+    send_as = send_as_obj if isinstance(send_as_obj, Mapping) else {}
+    domains_obj = outputs.get("domains")
+    domains = [str(d) for d in domains_obj] if isinstance(domains_obj, (list, tuple)) else []
+    auth_obj = outputs.get("dmarcReportAuthorizations")
+    authorizations = (
+        [a for a in auth_obj or [] if isinstance(a, Mapping)]
+        if isinstance(auth_obj, (list, tuple))
+        else []
+    )
     outbound = outputs.get("outboundSmtp")
     records_obj = outputs.get("dnsRecords") or []
     if not isinstance(records_obj, (list, tuple)):
@@ -360,7 +429,7 @@ def render_from_outputs(
             smtp_server=str(outputs.get("smtpServer") or outputs["relayHost"]),
             smtp_port=int(str(outputs.get("smtpPort") or 587)),
             identities=[
-                SendAs(a, u, password_key=k)
+                SendAs(a, u, password_key=k, may_send_as=_restricted(send_as.get(u), domains))
                 for a, u, k in zip(from_addresses, usernames, keys, strict=True)
             ],
             domain=domain,
@@ -374,5 +443,16 @@ def render_from_outputs(
             outbound_ipv6=str(outputs.get("outboundIpv6") or "prefer-ipv4"),
             delay_warning_time=str(outputs.get("delayWarningTime") or "4h"),
             forward_to=str(outputs.get("forwardTo") or ""),
+            domains=domains,
+            report_authorizations=authorizations,
         )
     )
+
+
+def _restricted(entries: object, domains: Sequence[str]) -> list[str]:
+    """The login's sendAs entries worth listing: none when it is one domain's "anything"
+    (the guide's single-domain text already says so)."""
+    listed = [str(e) for e in entries] if isinstance(entries, (list, tuple)) else []
+    if len(domains) <= 1 and listed == [f"@{d}" for d in domains]:
+        return []
+    return listed

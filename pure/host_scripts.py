@@ -15,7 +15,8 @@ Key-material layout (relative to :data:`SECRETS_DIR`; the same layout as
 ``pure/postfix.py``'s ``render_secrets``, which the relay reads from
 ``/run/relay-secrets`` where this directory is bind-mounted read-only)::
 
-    dkim/<selector>.private   PEM private key, one per DKIM selector
+    dkim/<selector>.private   PEM private key, one per DKIM selector of the primary domain
+    dkim/<selector>._domainkey.<domain>.private   the same for each other domain
     smtp-users                 lines ``login:password`` (login = name@domain)
 """
 
@@ -33,6 +34,7 @@ STATE_DIR = "/etc/dkim-relay"
 SECRETS_DIR = STATE_DIR + "/secrets"
 SECRETS_LAYOUT = {
     "dkim_key": "dkim/{selector}.private",
+    "extra_domain_dkim_key": "dkim/{selector}._domainkey.{domain}.private",
     "smtp_users": "smtp-users",
 }
 LETSENCRYPT_DIR = "/etc/letsencrypt"
@@ -46,9 +48,9 @@ DEFAULT_DOCKER_RESTART = "systemctl restart docker"
 GENERATION_PREFIX = "dkim-relay[secrets]: generation "
 
 
-def secret_file_path(kind: str, selector: str = "") -> str:
+def secret_file_path(kind: str, selector: str = "", domain: str = "") -> str:
     """Path (relative to SECRETS_DIR) of one kind of key file in the layout."""
-    return SECRETS_LAYOUT[kind].format(selector=selector)
+    return SECRETS_LAYOUT[kind].format(selector=selector, domain=domain.lower())
 
 
 def cert_dir(relay_host: str) -> str:

@@ -20,7 +20,8 @@ Contract with the image (``relay/entrypoint.sh``):
   container uploads or as a host directory bind-mounted read-only. Layout
   (rendered by :func:`render_secrets` for uploads; the host writes the same layout):
 
-  - ``dkim/<selector>.private``: the PEM private key of each selector;
+  - ``dkim/<selector>.private``: the PEM private key of each selector of the primary
+    domain; ``dkim/<selector>._domainkey.<domain>.private`` of each other domain's;
   - ``smtp-users``: one ``login:password`` line per SMTP user, where ``login`` is the
     full login (``alice@example.com``); the password runs to the end of the line;
   - ``nexthop-auth`` (only with a smarthost login): Postfix's ``smtp_sasl_password_maps``
@@ -93,11 +94,32 @@ class SmtpUser:
 
     ``name`` is the local part (``alice``); the login is ``alice@<domain>``.
     ``may_send_as`` lists addresses (``alice@example.com``) or whole domains
-    (``@example.com``); empty means any address at the relay's domain.
+    (``@example.com``); empty means any address at any of the relay's domains.
     """
 
     name: str
     may_send_as: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SigningDomain:
+    """Another domain the relay signs for, with its own keys: ``dkim_selector`` signs,
+    ``dkim_selectors`` (retired ones) stay in the key table."""
+
+    domain: str
+    dkim_selector: str
+    dkim_selectors: tuple[str, ...] = ()
+
+    @property
+    def all_selectors(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.dkim_selector, *self.dkim_selectors)))
+
+
+def key_file(domain: str, selector: str, primary: bool = True) -> str:
+    """A key's file under ``dkim/``: ``<selector>.private`` for the primary domain (as
+    before there were several), ``<selector>._domainkey.<domain>.private`` for another.
+    One flat folder: the entrypoint installs every ``dkim/*.private``."""
+    return f"{selector}.private" if primary else f"{selector}._domainkey.{domain.lower()}.private"
 
 
 @dataclass(frozen=True)
@@ -138,10 +160,33 @@ class PostfixSettings:
     # Also listen on IPV6_PORTS: Docker publishes the host's IPv6 address to these (one
     # host binding per container port, see pure/relay_container.py).
     ipv6_listeners: bool = False
+    # More domains signed for, each with its own keys (``domain`` is the primary).
+    extra_domains: tuple[SigningDomain, ...] = ()
 
     @property
     def all_selectors(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys((self.dkim_selector, *self.dkim_selectors)))
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """Every domain signed for, lowercase, the primary first."""
+        return (self.domain.lower(), *(d.domain.lower() for d in self.extra_domains))
+
+    @property
+    def signing_domains(self) -> tuple[tuple[SigningDomain, bool], ...]:
+        """(domain, is the primary) for every domain signed for."""
+        primary = SigningDomain(self.domain.lower(), self.dkim_selector, self.all_selectors)
+        return ((primary, True), *((d, False) for d in self.extra_domains))
+
+    @property
+    def notice_domain(self) -> SigningDomain:
+        """The domain whose key signs the relay's own notices: the one holding relay_host
+        (DMARC alignment of MAILER-DAEMON@<relay_host>), else the primary."""
+        host = self.relay_host.lower()
+        holders = [
+            d for d, _ in self.signing_domains if host == d.domain or host.endswith("." + d.domain)
+        ]
+        return max(holders, key=lambda d: len(d.domain), default=self.signing_domains[0][0])
 
 
 def relayhost(nexthop: str) -> str:
@@ -272,7 +317,7 @@ def render_sender_login_map(s: PostfixSettings) -> str:
     owners: dict[str, list[str]] = {}
     for user in s.users:
         login = login_name(user, s.domain)
-        patterns = user.may_send_as or (f"@{s.domain}",)
+        patterns = user.may_send_as or tuple(f"@{d}" for d in s.domains)
         for pat in patterns:
             owners.setdefault(pat.lower(), [])
             if login not in owners[pat.lower()]:
@@ -290,12 +335,21 @@ def render_milter_headers(s: PostfixSettings) -> str:
     return (
         "# Rendered by dkim-relay pure/postfix.py; do not edit.\n"
         "/^Authentication-Results:/ REJECT 5.7.1 the message needs exactly one From: "
-        f"header with one address at {s.domain}\n"
+        f"header with one address at {_either((s.domain, *s.domains[1:]))}\n"
     )
 
 
 def _lua_str(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _domains_table(s: PostfixSettings) -> str:
+    """With several domains, DOMAINS: the "@domain" of each (from_policy.lua checks the
+    From against it; with one domain it checks DOMAIN, as before there were several)."""
+    if not s.extra_domains:
+        return ""
+    items = ", ".join(f"[{_lua_str('@' + d)}] = true" for d in s.domains)
+    return f"local DOMAINS = {{{items}}}\n"
 
 
 def render_from_policy(s: PostfixSettings) -> str:
@@ -306,26 +360,35 @@ def render_from_policy(s: PostfixSettings) -> str:
     without ``may_send_as``; else OpenDKIM answers 550 at the end of DATA
     (``from_refusal.lua``), before anything is queued or signed.
     """
-    domain = s.domain.lower()
+    # One domain renders as before there were several (an upgraded relay's config files
+    # stay the same, so its container is not recreated).
     rows = []
     for user in s.users:
-        patterns = [p.lower() for p in user.may_send_as] or [f"@{domain}"]
+        patterns = [p.lower() for p in user.may_send_as] or [f"@{d}" for d in s.domains]
         items = ", ".join(_lua_str(p) for p in patterns)
         rows.append(f"  [{_lua_str(login_name(user, s.domain).lower())}] = {{{items}}},\n")
     return (
         "-- dkim-relay: this stack's values for relay/conf/opendkim/from_policy.lua\n"
-        f"local DOMAIN = {_lua_str(domain)}\n"
+        f"local DOMAIN = {_lua_str(' or '.join(s.domains))}\n"
         f"local KEY = {_lua_str(f'{s.dkim_selector}._domainkey.{s.domain}')}\n"
         f"local NOTICE_FROM = {_lua_str(notice_from(s).lower())}\n"
-        "local MAY_SEND_AS = {\n" + "".join(rows) + "}\n"
+        "local MAY_SEND_AS = {\n" + "".join(rows) + "}\n" + _domains_table(s)
     )
+
+
+def _either(domains: Sequence[str]) -> str:
+    return " or ".join(domains)
 
 
 def render_key_table(s: PostfixSettings) -> str:
-    return "".join(
-        f"{sel}._domainkey.{s.domain} {s.domain}:{sel}:{DKIM_KEY_DIR}/{sel}.private\n"
-        for sel in s.all_selectors
-    )
+    """One row per key: the primary domain's as before, then each other domain's."""
+    rows = []
+    for d, primary in s.signing_domains:
+        name = s.domain if primary else d.domain
+        for sel in d.all_selectors:
+            path = f"{DKIM_KEY_DIR}/{key_file(name, sel, primary)}"
+            rows.append(f"{sel}._domainkey.{name} {name}:{sel}:{path}\n")
+    return "".join(rows)
 
 
 def notice_from(s: PostfixSettings) -> str:
@@ -334,14 +397,19 @@ def notice_from(s: PostfixSettings) -> str:
 
 
 def render_signing_table(s: PostfixSettings) -> str:
-    """Every sender address at the domain is signed with the active selector, and so are
-    the relay's own notices (d= the domain: relaxed DMARC alignment holds)."""
-    key = f"{s.dkim_selector}._domainkey.{s.domain}"
-    rows = [f"*@{s.domain} {key}\n"]
-    if s.relay_host.lower() != s.domain.lower():
+    """Every sender address at each domain is signed with that domain's active selector,
+    and the relay's own notices with the key of the domain holding the relay's name
+    (d= that domain: relaxed DMARC alignment holds)."""
+    rows = []
+    for d, primary in s.signing_domains:
+        name = s.domain if primary else d.domain
+        rows.append(f"*@{name} {d.dkim_selector}._domainkey.{name}\n")
+    notice = s.notice_domain
+    notice_name = s.domain if notice.domain == s.domain.lower() else notice.domain
+    if s.relay_host.lower() not in s.domains:
         # The whole host: refile's case handling varies, and from_policy.lua refuses
         # submitted mail at the host anyway.
-        rows.append(f"*@{s.relay_host} {key}\n")
+        rows.append(f"*@{s.relay_host} {notice.dkim_selector}._domainkey.{notice_name}\n")
     return "".join(rows)
 
 
@@ -385,10 +453,14 @@ def render_secrets(
     dkim_keys: Mapping[str, str],
     passwords: Mapping[str, str],
     nexthop_auth: tuple[str, str, str] | None = None,
+    *,
+    extra_dkim_keys: Mapping[str, Mapping[str, str]] | None = None,
 ) -> dict[str, str]:
     """All secret files, relative to ``SECRETS_DIR`` (the layout the host also writes).
 
-    ``nexthop_auth``: (nexthop, user, password) of a smarthost login.
+    ``dkim_keys``: the primary domain's keys by selector; ``extra_dkim_keys``: each other
+    domain's (``key_file`` names the files). ``nexthop_auth``: (nexthop, user, password)
+    of a smarthost login.
     """
     files = {"smtp-users": render_smtp_users(domain, passwords)}
     if nexthop_auth is not None:
@@ -397,4 +469,10 @@ def render_secrets(
         if "PRIVATE KEY-----" not in pem:
             raise ValueError(f"DKIM key for selector {sel!r} is not a PEM private key")
         files[f"dkim/{sel}.private"] = pem if pem.endswith("\n") else pem + "\n"
+    for other, keys in (extra_dkim_keys or {}).items():
+        for sel, pem in keys.items():
+            if "PRIVATE KEY-----" not in pem:
+                raise ValueError(f"DKIM key for {sel!r} of {other} is not a PEM private key")
+            path = f"dkim/{key_file(other, sel, primary=False)}"
+            files[path] = pem if pem.endswith("\n") else pem + "\n"
     return files

@@ -49,16 +49,27 @@ def dmarc_value(cfg: RelayConfig) -> str:
     return "; ".join(f"{k}={v}" for k, v in tags)
 
 
-def build_records(cfg: RelayConfig, dkim_values: Mapping[str, str]) -> list[Record]:
-    """Every record the relay needs, given each selector's DKIM TXT value."""
+def build_records(
+    cfg: RelayConfig,
+    dkim_values: Mapping[str, str],
+    *,
+    relay_records: bool = True,
+    report_for: Sequence[str] = (),
+) -> list[Record]:
+    """Every record of ``cfg.domain`` (a view of one domain: ``RelayConfig.for_domain``),
+    given each selector's DKIM TXT value. ``relay_records``: this domain holds the relay's
+    A/AAAA. ``report_for``: domains whose DMARC reports go to an address here (RFC 7489
+    7.1: this domain says it accepts them)."""
     domain = cfg.domain.lower().rstrip(".")
     relay = cfg.relay_fqdn.lower().rstrip(".")
     ttl = cfg.dns_ttl
-    records = [Record("a-relay", "A", relay, cfg.vps_ipv4, ttl, "the relay's IPv4 address")]
-    if cfg.vps_ipv6:
-        records.append(
-            Record("aaaa-relay", "AAAA", relay, cfg.vps_ipv6, ttl, "the relay's IPv6 address")
-        )
+    records = []
+    if relay_records:
+        records.append(Record("a-relay", "A", relay, cfg.vps_ipv4, ttl, "the relay's IPv4 address"))
+        if cfg.vps_ipv6:
+            records.append(
+                Record("aaaa-relay", "AAAA", relay, cfg.vps_ipv6, ttl, "the relay's IPv6 address")
+            )
     records.append(
         Record(
             "spf",
@@ -91,7 +102,22 @@ def build_records(cfg: RelayConfig, dkim_values: Mapping[str, str]) -> list[Reco
             "DMARC policy",
         )
     )
+    for reported in report_for:
+        records.append(report_authorization(reported, domain, ttl))
     return records
+
+
+def report_authorization(reported: str, report_domain: str, ttl: int) -> Record:
+    """RFC 7489 7.1: ``report_domain`` accepts DMARC reports about ``reported``."""
+    reported = reported.lower().rstrip(".")
+    return Record(
+        f"dmarc-report-{reported}",
+        "TXT",
+        f"{reported}._report._dmarc.{report_domain.lower().rstrip('.')}",
+        txt_content("v=DMARC1"),
+        ttl,
+        f"DMARC reports about {reported} may come here (RFC 7489 7.1)",
+    )
 
 
 def zone_snippet(domain: str, records: Sequence[Record]) -> str:

@@ -5,7 +5,9 @@
 
 Submits with STARTTLS + AUTH using the stack's own smtpUsername/smtpPassword, waits for
 the message to arrive in the sink folder, and verifies its DKIM signature with dkimpy
-against the stack's dkimDnsValue output. Exits non-zero if any step fails.
+against the value the stack publishes for the sender's domain (dkimDnsValue; with
+--from at another of the stack's domains, that domain's in dkimDnsValuesByDomain).
+Exits non-zero if any step fails.
 """
 
 from __future__ import annotations
@@ -30,13 +32,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cafile", required=True, help="CA that issued the relay's certificate")
     ap.add_argument("--sink-dir", required=True, type=Path, help="where the sink keeps mail")
     ap.add_argument("--to", default="someone@example.net")
+    ap.add_argument(
+        "--from",
+        dest="sender",
+        help="the sender (envelope and From), e.g. at another of the stack's domains "
+        "(default: the login itself)",
+    )
     ap.add_argument("--timeout", type=float, default=60)
     args = ap.parse_args(argv)
     out = json.load(sys.stdin)
 
     token = uuid.uuid4().hex
     msg = EmailMessage()
-    msg["From"] = out["smtpUsername"]
+    sender = args.sender or out["smtpUsername"]
+    domain = sender.rpartition("@")[2].lower()
+    selector = (out.get("dkimSelectorsByDomain") or {}).get(domain, out["dkimSelector"])
+    value = (out.get("dkimDnsValuesByDomain") or {}).get(domain, {}).get(selector)
+    value = value or out["dkimDnsValue"]
+    msg["From"] = sender
     msg["To"] = args.to
     msg["Subject"] = f"dkim-relay test {token}"
     msg["Date"] = formatdate(localtime=False)
@@ -50,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         smtp.ehlo("local-up")
         smtp.starttls(context=ctx)
         smtp.login(out["smtpUsername"], out["smtpPassword"])
-        smtp.send_message(msg)
+        smtp.send_message(msg, from_addr=sender)
     print(f"sent: {msg['Subject']} via {out['smtpServer']}:{out['smtpPort']}")
 
     deadline = time.monotonic() + args.timeout
@@ -59,14 +72,17 @@ def main(argv: list[str] | None = None) -> int:
             data = path.read_bytes()
             if token.encode() not in data:
                 continue
-            record = f"{out['dkimSelector']}._domainkey.{out['domain']}".encode()
+            record = f"{selector}._domainkey.{domain}".encode()
 
             def lookup(name: bytes, timeout: int = 5, record: bytes = record) -> bytes | None:
-                return out["dkimDnsValue"].encode() if name.rstrip(b".") == record else None
+                return value.encode() if name.rstrip(b".") == record else None
 
             ok = dkim.verify(data, dnsfunc=lookup)
             print(f"received: {path}")
-            print(f"DKIM signature: {'PASS' if ok else 'FAIL'} (dkimpy, against dkimDnsValue)")
+            print(
+                f"DKIM signature: {'PASS' if ok else 'FAIL'} (dkimpy, against the value "
+                f"published at {record.decode()})"
+            )
             return 0 if ok else 1
         time.sleep(0.5)
     print(f"no message with {token} reached {args.sink_dir} within {args.timeout:.0f} s")

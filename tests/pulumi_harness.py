@@ -128,7 +128,9 @@ class Mocks(pulumi.runtime.Mocks):
         if args.typ == "pulumi-python:dynamic:Resource":
             if "bits" in outs:  # a DKIM key
                 outs["private_key_pem"] = PRIVATE_MARKER
-                outs["dns_value"] = f"v=DKIM1; k=rsa; p=MOCK{outs['selector']}"
+                # Another domain's key says whose it is (the primary's is MOCK<selector>).
+                whose = f"-{outs['domain']}" if outs.get("domain") else ""
+                outs["dns_value"] = f"v=DKIM1; k=rsa; p=MOCK{outs['selector']}{whose}"
             if "length" in outs:  # a password
                 outs["password"] = f"generated-{outs['user']}"
         if args.typ.startswith("command:") and self.command_stdout is not None:

@@ -278,6 +278,8 @@ class RelaySpec:
     # test network, so the production's fixed host number would collide).
     ip4: str | None = None
     ip6: str | None = None
+    # Each other domain's keys (settings.extra_domains): domain -> selector -> PEM.
+    extra_dkim_keys: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
     def container(self) -> rc.RelayContainerSpec:
         return rc.RelayContainerSpec(
@@ -317,7 +319,13 @@ def start_relay(spec: RelaySpec, tmp: Path) -> str:
     login = None
     if spec.settings.nexthop and spec.settings.nexthop_user and spec.nexthop_password:
         login = (spec.settings.nexthop, spec.settings.nexthop_user, spec.nexthop_password)
-    files = postfix.render_secrets(spec.settings.domain, spec.dkim_keys, spec.passwords, login)
+    files = postfix.render_secrets(
+        spec.settings.domain,
+        spec.dkim_keys,
+        spec.passwords,
+        login,
+        extra_dkim_keys=spec.extra_dkim_keys,
+    )
     run_script(hs.render_secrets(str(secrets_dir)), hs.secrets_stdin(files))
     c = spec.container()
     args = ["create", "--name", spec.name, "--hostname", spec.settings.relay_host]

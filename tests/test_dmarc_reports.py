@@ -351,3 +351,27 @@ def test_missing_file_is_a_clear_refusal(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "REFUSED" in res.stderr and "cannot read" in res.stderr
     assert os.path.basename("nope.xml") in res.stderr
+
+
+def test_reports_for_several_domains_are_summarised_per_domain(tmp_path: Path) -> None:
+    other = report("google.com", "444", [SPOOF]).replace(
+        b"<domain>example.com</domain>\n    <adkim>", b"<domain>example.org</domain>\n    <adkim>"
+    )
+    assert b"<domain>example.org</domain>" in other
+    (tmp_path / "a.xml").write_bytes(report("google.com", "9", [GOOD_RELAY_V4]))
+    (tmp_path / "b.xml").write_bytes(other)
+    (tmp_path / "c.xml").write_bytes(
+        report("google.com", "5", [SPOOF]).replace(
+            b"example.com</domain>\n    <adkim>", b"elsewhere.net</domain>\n    <adkim>"
+        )
+    )
+    res = run_cli(
+        "--relay-ip", RELAY_V4, "--domain", "example.com", "--domain", "example.org", str(tmp_path)
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "SKIPPED report google.com id=5: about elsewhere.net" in res.stdout
+    assert "2 report(s) from 3 file(s), 0 refused" in res.stdout
+    assert "domain example.com: 1 report(s)" in res.stdout
+    assert "domain example.org: 1 report(s)" in res.stdout
+    assert f"  FLAG {SPOOFER} count=5" in res.stdout.split("domain example.org")[1]
+    assert f"example.com: none; example.org: {SPOOFER}" in res.stdout

@@ -320,6 +320,14 @@ def summarise(reports: Iterable[Report]) -> dict[str, SourceSummary]:
     return dict(sorted(by_ip.items(), key=lambda kv: (-kv[1].count, kv[0])))
 
 
+def by_domain(reports: Iterable[Report]) -> dict[str, list[Report]]:
+    """The reports grouped by the domain they are about (policy_published), sorted."""
+    out: dict[str, list[Report]] = {}
+    for report in reports:
+        out.setdefault(report.domain.lower().rstrip("."), []).append(report)
+    return dict(sorted(out.items()))
+
+
 def is_relay(ip: str, relay_ips: Sequence[str]) -> bool:
     addr = ipaddress.ip_address(ip)
     for r in relay_ips:
@@ -405,6 +413,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
         help="the relay's address or network (repeatable); failing sources not listed are flagged",
     )
     ap.add_argument(
+        "--domain",
+        action="append",
+        default=[],
+        help="a domain of the stack (repeatable; the stack output `domains`): reports about "
+        "other domains are skipped; every domain gets a summary of its own",
+    )
+    ap.add_argument(
         "--max-bytes",
         type=int,
         default=MAX_REPORT_BYTES,
@@ -431,6 +446,15 @@ def run(args: argparse.Namespace) -> int:
         except ReportRefused as exc:
             refused += 1
             print(f"REFUSED {exc}", file=sys.stderr)
+    wanted = {d.lower().rstrip(".") for d in getattr(args, "domain", []) or []}
+    if wanted:
+        for r in reports:
+            if r.domain.lower().rstrip(".") not in wanted:
+                print(
+                    f"SKIPPED report {r.org_name} id={r.report_id}: about {r.domain}, "
+                    f"not {' or '.join(sorted(wanted))}"
+                )
+        reports = [r for r in reports if r.domain.lower().rstrip(".") in wanted]
     summary = summarise(reports)
     print(f"{len(reports)} report(s) from {files} file(s), {refused} refused")
     for r in reports:
@@ -438,6 +462,15 @@ def run(args: argparse.Namespace) -> int:
             f"report {r.org_name} id={r.report_id} domain={r.domain} p={r.policy} "
             f"records={len(r.records)}"
         )
+    groups = by_domain(reports)
+    if len(groups) > 1:
+        # Several domains (one relay signs for all): each domain's sources on their own.
+        for domain, its in groups.items():
+            its_summary = summarise(its)
+            print(f"domain {domain}: {len(its)} report(s)")
+            for line in format_summary(its_summary, args.relay_ip):
+                print(f"  {line}")
+        print("all domains:")
     for line in format_summary(summary, args.relay_ip):
         print(line)
     flagged = flagged_sources(summary, args.relay_ip)
@@ -445,6 +478,15 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{len(flagged)} source(s) fail DMARC and are not the relay: {', '.join(flagged)}"
             " (someone else sends as your domain, or a sender you use is not set up)"
+            + (
+                "; per domain: "
+                + "; ".join(
+                    f"{d}: {', '.join(flagged_sources(summarise(rs), args.relay_ip)) or 'none'}"
+                    for d, rs in groups.items()
+                )
+                if len(groups) > 1
+                else ""
+            )
         )
     if refused:
         return 2

@@ -277,10 +277,55 @@ def dns_checks(t: Target, res: Any, timeout: float) -> Iterator[Result]:
         yield evaluate_dkim(name, txts, t.dkim_value)
 
     yield dmarc_check(t.domain, res, timeout)
+    yield from other_selectors_and_domains(t, res, timeout)
 
     for ip in (t.ipv4, t.ipv6):
         if ip:
             yield ptr_check(ip, t.relay_host, res)
+
+
+def _named(result: Result, suffix: str) -> Result:
+    return Result(result.status, f"{result.check}[{suffix}]", result.detail, result.fix)
+
+
+def other_selectors_and_domains(t: Target, res: Any, timeout: float) -> Iterator[Result]:
+    """Every published selector besides the primary's signing one, and each other domain's
+    SPF and DMARC; their checks are named with the domain (``dns.spf[b.example/<ip>]``,
+    ``dns.dkim[<selector>._domainkey.<domain>]``, ``dns.dmarc[b.example]``)."""
+    import spf
+
+    for domain, selectors in t.dkim_by_domain:
+        primary = domain == t.domain
+        if not primary:
+            with spf_dns_through(res):
+                for ip in (t.ipv4, t.ipv6):
+                    if not ip:
+                        continue
+                    try:
+                        q = spf.query(
+                            i=ip,
+                            s=f"postmaster@{domain}",
+                            h=t.relay_host,
+                            timeout=timeout,
+                            querytime=0,
+                        )
+                        result, _code, expl = q.check()
+                    except Exception as exc:  # noqa: BLE001 - pyspf raises assorted errors
+                        result, expl = "temperror", f"{type(exc).__name__}: {exc}"
+                    got = evaluate_spf(ip, domain, str(result), str(expl))
+                    yield Result(got.status, f"dns.spf[{domain}/{ip}]", got.detail, got.fix)
+        for selector, value in selectors:
+            if primary and selector == t.selector:
+                continue  # dns.dkim above
+            name = f"{selector}._domainkey.{domain}"
+            answers, err = resolve(res, name, "TXT")
+            if err and not answers and ("timeout" in err or err.startswith("no nameserver")):
+                yield Result(FAIL, f"dns.dkim[{name}]", f"{name}: {err}", "check --nameserver")
+                continue
+            txts = [b"".join(a.strings).decode("utf-8", "replace") for a in answers]
+            yield _named(evaluate_dkim(name, txts, value), name)
+        if not primary:
+            yield _named(dmarc_check(domain, res, timeout), domain)
 
 
 def ptr_check(ip: str, relay_host: str, res: Any) -> Result:

@@ -24,6 +24,9 @@ class Target:
     usernames: tuple[str, ...] = ()
     connect_ipv4: str | None = None  # where to connect (--ipv4/--ipv6, else the VPS's)
     connect_ipv6: str | None = None
+    # Every domain with each published selector's DKIM value (dkimDnsValuesByDomain), the
+    # primary first; empty for outputs from before there were several domains.
+    dkim_by_domain: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     def secrets(self) -> list[str]:
         return [password for _user, password in self.credentials]
@@ -97,7 +100,17 @@ def target_from_outputs(
                 raise InputError(f"{a} is not an IPv{fam} address")
         except ValueError:
             raise InputError(f"{a!r} is not an IP address") from None
+    by_domain: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    values = outputs.get("dkimDnsValuesByDomain")
+    if isinstance(values, Mapping):
+        for d, sels in values.items():
+            if isinstance(sels, Mapping):
+                by_domain.append(
+                    (str(d).rstrip("."), tuple((str(k), str(v)) for k, v in sels.items()))
+                )
+    by_domain.sort(key=lambda item: item[0] != domain)  # the primary first
     return Target(
+        dkim_by_domain=tuple(by_domain),
         domain=domain,
         relay_host=relay_host.rstrip("."),
         ipv4=str(v4) if v4 else None,
