@@ -25,6 +25,7 @@ def names(path: Path) -> dict[str, str]:
     for line in path.read_text().splitlines():
         m = re.match(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==(\S+)", line.strip())
         if m:
+            assert m.group(1).lower() not in pins, f"{path.name} pins {m.group(1)} twice"
             pins[m.group(1).lower()] = m.group(2)
         else:
             assert not line.strip() or line.startswith(("#", "-r ")), f"{path.name}: {line!r}"

@@ -155,9 +155,14 @@ def test_upgrade_from_the_command_based_main_in_one_up(
     (project / "venv").symlink_to(REPO / "venv")
     assert (project / "pure" / "relay_deploy.py").is_file(), "the command-based main"
     old_tag = old_image_tag(project)
-    new_image, _ = preload_relay_image(
-        vdocker, CONTAINER, context=project / "relay", also=[old_tag]
+    # Two images, as on a VPS that ran the old deploy: the old tree's under the old
+    # deploy's tag (its container runs it), and this tree's as the stack will name it (the
+    # namespace reaches no package mirror, so the build there takes every step from it).
+    old_image, _ = preload_relay_image(
+        vdocker, f"{CONTAINER}-old", context=project / "relay", also=[old_tag]
     )
+    vdocker.docker("image", "rm", old_image)  # only the old tag stays
+    new_image, _ = preload_relay_image(vdocker, CONTAINER)
     (tmp_path / "engine").mkdir()
     engine = Engine(tmp_path / "engine", project=project, ambient_plugins=True)
     with ssh_agent(vps.private_key) as agent:
