@@ -1,4 +1,4 @@
-"""Upgrade in place of a local stack (issue 16, item 6), under the real engine and the real
+"""Upgrade in place of a local stack from the docker-CLI deploy, under the real engine and the real
 Docker engine: a stack deployed by the previous main (45ba3a9, the relay and the sink as
 docker-CLI scripts run by pulumi-command) takes one ``pulumi up`` of the current tree in
 the same project folder, as after a ``git pull``.
