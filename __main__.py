@@ -8,6 +8,7 @@ from typing import Any
 
 import pulumi
 
+from components.cloud_server import HetznerServer, HetznerServerArgs
 from components.credentials import SmtpCredentials, SmtpCredentialsArgs
 from components.dkim import DkimKey, DkimKeyArgs
 from components.dns import MailDns, MailDnsArgs
@@ -15,6 +16,8 @@ from components.host import RelayHost, RelayHostArgs, agent_problem
 from components.relay import LocalEngine, RemoteEngine, SmtpRelay, SmtpRelayArgs, SmtpUserSpec
 from components.sink import LocalSink, LocalSinkArgs
 from pure import postfix
+from pure.cloud_server import METADATA_ADDRESS
+from pure.cloud_server import labels as cloud_labels
 from pure.config import ConfigError, RelayConfig, config_types, load_config
 from pure.guide import render_from_outputs
 from pure.relay_container import LOCAL_DOCKER_HOST, SINK_HOST_NUMBER, host_address
@@ -94,14 +97,71 @@ def read_config() -> tuple[RelayConfig, pulumi.Config]:
         for key in ("sshPrivateKey", "relayNexthopPassword")
         if config.get_secret(key) is not None
     }
+    if pulumi.Config("hcloud").get_secret("token") is not None:
+        secrets_set.add("hcloud:token")
     try:
-        return load_config(raw, secrets_set), config
+        cfg = load_config(raw, secrets_set)
     except ConfigError as err:
         raise pulumi.RunError(str(err)) from None
+    if cfg.cloud_server:
+        check_hetzner_account(cfg)
+    return cfg, config
+
+
+def check_hetzner_account(cfg: RelayConfig) -> None:
+    """Asks the Hetzner Cloud API for the location and server type before any resource is
+    made: a refused token or an unknown name stops here, naming the key to fix."""
+    import pulumi_hcloud as hcloud
+
+    for key, value, lookup in (
+        ("hetznerLocation", cfg.hetzner_location, hcloud.get_location),
+        ("hetznerServerType", cfg.hetzner_server_type, hcloud.get_server_type),
+    ):
+        try:
+            lookup(name=value)
+        except Exception as err:  # the provider's text says why
+            text = str(err)
+            if any(w in text.lower() for w in ("unauthorized", "unable to authenticate", "401")):
+                raise pulumi.RunError(
+                    "hcloud:token was refused by the Hetzner Cloud API (unauthorized); "
+                    "nothing was created or changed. Create a Read & Write API token in the "
+                    "Hetzner Cloud Console (project > Security > API tokens). Fix: pulumi "
+                    "config set --secret hcloud:token"
+                ) from None
+            raise pulumi.RunError(
+                f"{key} {value!r}: the Hetzner Cloud API did not find it ({text.strip()[-300:]}); "
+                f"nothing was created or changed. Fix: pulumi config set {key} <name>"
+            ) from None
+
+
+def create_server(cfg: RelayConfig, config: pulumi.Config) -> HetznerServer:
+    """vpsProvider hetzner: the VPS, its PTRs and its cloud firewall, made by the stack."""
+    return HetznerServer(
+        "vps",
+        HetznerServerArgs(
+            name=cfg.relay_fqdn,
+            location=cfg.hetzner_location,
+            server_type=cfg.hetzner_server_type,
+            image=cfg.hetzner_image,
+            ssh_private_key=config.require_secret("sshPrivateKey"),
+            ssh_allow_from=cfg.ssh_allow_from,
+            submission_ports=[
+                cfg.smtp_port,
+                *([cfg.submissions_port] if cfg.submissions465 else []),
+            ],
+            labels=cloud_labels(pulumi.get_stack(), pulumi.get_project()),
+            ssh_port=cfg.ssh_port,
+        ),
+    )
 
 
 def main() -> None:
     cfg, config = read_config()
+    server = create_server(cfg, config) if cfg.cloud_server else None
+    # The VPS's addresses: config for an existing VPS, the created server's otherwise.
+    vps_ipv4: pulumi.Input[str | None] = server.ipv4 if server else cfg.vps_ipv4
+    vps_ipv6: pulumi.Input[str | None] = server.ipv6 if server else cfg.vps_ipv6
+    addresses = pulumi.Output.all(server.ipv4, server.ipv6) if server else None
 
     # The primary domain's keys keep the names they had before there were several domains
     # (dkim-<selector>): an upgraded stack replaces nothing.
@@ -134,6 +194,7 @@ def main() -> None:
                 account_id=cfg.cloudflare_account_id if m.primary else None,
                 relay_records=m.domain == cfg.relay_domain,
                 report_for=report_for.get(m.domain, []),
+                addresses=addresses,
             ),
         )
         for m in cfg.mail_domains
@@ -144,7 +205,7 @@ def main() -> None:
     )
 
     logins = [f"{u}@{cfg.domain}" for u in cfg.user_names]
-    relay, outbound_smtp = deploy_relay(cfg, config, keys_by_domain, credentials)
+    relay, outbound_smtp = deploy_relay(cfg, config, keys_by_domain, credentials, server)
     # Each login's sendAs entries; a login without any may send as every domain.
     send_as = {
         login: cfg.send_as.get(u) or [f"@{d}" for d in owned.values()]
@@ -164,8 +225,12 @@ def main() -> None:
     pulumi.export("domain", cfg.domain)
     pulumi.export("domains", cfg.domains)
     pulumi.export("relayHost", cfg.relay_fqdn)
-    pulumi.export("vpsIpv4", cfg.vps_ipv4)
-    pulumi.export("vpsIpv6", cfg.vps_ipv6)
+    pulumi.export("vpsIpv4", vps_ipv4)
+    pulumi.export("vpsIpv6", vps_ipv6)
+    if server is not None:
+        pulumi.export("vpsProvider", cfg.vps_provider)
+        pulumi.export("serverId", server.server_id)
+        pulumi.export("sshHostKey", server.host_key)
     pulumi.export("dnsProvider", cfg.dns_provider)
     pulumi.export("dkimSelector", cfg.dkim_selector)
     pulumi.export("dkimDnsValue", keys[cfg.dkim_selector].dns_value)
@@ -205,14 +270,15 @@ def main() -> None:
     # The guide carries no secret: it says how to read the password instead.
     pulumi.export(
         "gmailGuide",
-        pulumi.Output.all(dns_records, outbound_smtp).apply(
+        pulumi.Output.all(dns_records, outbound_smtp, vps_ipv4, vps_ipv6).apply(
             lambda ro: render_from_outputs(
                 {
                     "domain": cfg.domain,
                     "domains": cfg.domains,
                     "relayHost": cfg.relay_fqdn,
-                    "vpsIpv4": cfg.vps_ipv4,
-                    "vpsIpv6": cfg.vps_ipv6,
+                    "vpsIpv4": ro[2],
+                    "vpsIpv6": ro[3],
+                    "vpsProvider": cfg.vps_provider if server else None,
                     "smtpServer": cfg.relay_fqdn,
                     "smtpPort": cfg.smtp_port,
                     "smtpUsername": logins[0],
@@ -238,6 +304,7 @@ def deploy_relay(
     config: pulumi.Config,
     keys_by_domain: dict[str, dict[str, DkimKey]],
     credentials: SmtpCredentials,
+    server: HetznerServer | None = None,
 ) -> tuple[SmtpRelay, pulumi.Output[Any] | None]:
     """The VPS (over SSH) or this machine's engine, and the relay container on it; with the
     outbound port 25 check of the VPS (none on this machine)."""
@@ -274,8 +341,8 @@ def deploy_relay(
             if not m.primary
         ],
         smtp_users=[SmtpUserSpec(u, cfg.send_as.get(u, ())) for u in cfg.user_names],
-        publish_ipv4=cfg.vps_ipv4,
-        publish_ipv6=cfg.vps_ipv6,
+        publish_ipv4=server.ipv4 if server else cfg.vps_ipv4,
+        publish_ipv6=server.ipv6 if server else cfg.vps_ipv6,
         submission_host_port=cfg.smtp_port,
         submissions_465=cfg.submissions465,
         submissions_host_port=cfg.submissions_port,
@@ -296,16 +363,18 @@ def deploy_relay(
         return "ok"
 
     config.require_secret("sshPrivateKey").apply(check_agent)
+    ssh_host: pulumi.Input[str] = server.ipv4 if server else cfg.ssh_target or ""
+    host_key: pulumi.Input[str] = server.host_key if server else cfg.ssh_host_key or ""
     host = RelayHost(
         "relay-host",
         RelayHostArgs(
-            ssh_host=cfg.ssh_target,
+            ssh_host=ssh_host,
             ssh_private_key=config.require_secret("sshPrivateKey"),
             relay_host=cfg.relay_fqdn,
             acme_email=cfg.acme_email or "",
             ssh_user=cfg.ssh_user,
             ssh_port=cfg.ssh_port,
-            ssh_host_key=cfg.ssh_host_key,
+            ssh_host_key=host_key,
             acme_server=cfg.acme_server,
             acme_extra_names=cfg.acme_extra_names,
             acme_ca_bundle=cfg.acme_ca_bundle,
@@ -322,11 +391,15 @@ def deploy_relay(
             container_name=cfg.relay_container_name,
             secret_files=secret_files,
             port25_probe=cfg.port25_probe,
-            vps_ipv6=cfg.vps_ipv6,
+            vps_ipv6=server.ipv6 if server else cfg.vps_ipv6,
+            boot_wait=cfg.server_boot_timeout if server else 0,
+            metadata_address=METADATA_ADDRESS if server else None,
         ),
     )
     # The relay waits for Docker, the certificate and the key files.
     steps = [host.docker_step, host.certificate_step]
+    if host.metadata_step is not None:
+        steps.append(host.metadata_step)
     if host.secrets_step is not None:
         steps.append(host.secrets_step)
     relay = SmtpRelay(
@@ -336,8 +409,8 @@ def deploy_relay(
             engine=RemoteEngine(
                 connection=host.connection,
                 docker_host=cfg.docker_host
-                or f"ssh://{cfg.ssh_user}@{cfg.ssh_target}:{cfg.ssh_port}",
-                host_key=cfg.ssh_host_key or "",
+                or pulumi.Output.concat(f"ssh://{cfg.ssh_user}@", ssh_host, f":{cfg.ssh_port}"),
+                host_key=host_key,
                 sudo=cfg.ssh_user != "root",
             ),
             secrets_dir=host.secrets_dir,

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 
@@ -25,6 +27,8 @@ class MailDnsArgs:
     relay_records: bool = True
     # Domains whose DMARC reports come to an address at this domain (RFC 7489 7.1).
     report_for: Sequence[str] = ()
+    # The VPS's (IPv4, IPv6) when the stack creates it, instead of cfg's vpsIpv4/vpsIpv6.
+    addresses: pulumi.Input[Sequence[str | None]] | None = None
 
 
 class MailDns(pulumi.ComponentResource):
@@ -41,16 +45,22 @@ class MailDns(pulumi.ComponentResource):
         cfg = args.cfg
         selectors = cfg.all_selectors
         relay_records, report_for = args.relay_records, tuple(args.report_for)
-        planned: pulumi.Output[list[Record]] = pulumi.Output.all(
-            *[args.dkim_values[s] for s in selectors]
-        ).apply(
-            lambda vals: build_records(
-                cfg,
-                dict(zip(selectors, vals, strict=True)),
+        addresses = pulumi.Output.from_input(args.addresses)
+
+        def build(values: list[Any]) -> list[Record]:
+            ips, dkim = values[0], values[1:]
+            view = cfg if ips is None else cfg.with_addresses(ips[0], ips[1])
+            return build_records(
+                view,
+                dict(zip(selectors, dkim, strict=True)),
                 relay_records=relay_records,
                 report_for=report_for,
             )
-        )
+
+        planned: pulumi.Output[list[Record]] = pulumi.Output.all(
+            addresses, *[args.dkim_values[s] for s in selectors]
+        ).apply(build)
+        self._planned = planned
         self.records = planned.apply(lambda rs: [r.public() for r in rs])
         self.zone_snippet = planned.apply(lambda rs: zone_snippet(cfg.domain, rs))
 
@@ -69,8 +79,10 @@ class MailDns(pulumi.ComponentResource):
 
         child = pulumi.ResourceOptions(parent=self)
         # The set of records is known from config; only DKIM content waits on the keys.
+        # A created server's addresses are not known yet: stand-ins give the same shape.
+        shape_cfg = cfg if args.addresses is None else cfg.with_addresses("0.0.0.0", "::")
         shape = build_records(
-            cfg,
+            shape_cfg,
             {s: "" for s in cfg.all_selectors},
             relay_records=args.relay_records,
             report_for=args.report_for,
@@ -80,6 +92,8 @@ class MailDns(pulumi.ComponentResource):
             if rec.role.startswith("dkim-"):
                 selector = rec.role.removeprefix("dkim-")
                 content = pulumi.Output.from_input(args.dkim_values[selector]).apply(txt_content)
+            elif args.addresses is not None and rec.role in ("a-relay", "aaaa-relay", "spf"):
+                content = self._planned.apply(functools.partial(_content_of, rec.role))
             cloudflare.DnsRecord(
                 f"{name}-{rec.role}",
                 zone_id=args.zone_id,
@@ -119,3 +133,7 @@ class MailDns(pulumi.ComponentResource):
                 ],
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[routing]),
             )
+
+
+def _content_of(role: str, records: Sequence[Record]) -> str:
+    return next(r.content for r in records if r.role == role)

@@ -43,6 +43,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -210,6 +211,28 @@ def agent_problem(private_key: str, env: Mapping[str, str] | None = None) -> str
     return None
 
 
+def wait_for_boot(target: SshTarget, timeout: float, interval: float = 3) -> None:
+    """Waits until a server the stack just created answers on its SSH port (its first
+    boot); raises HostPreflightError naming serverBootTimeout when it never does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((target.host, target.port), timeout=interval) as s:
+                s.settimeout(interval)
+                if s.recv(4).startswith(b"SSH-"):
+                    return
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            raise HostPreflightError(
+                f"the server at {target.host} did not answer SSH on port {target.port} within "
+                f"{timeout:g} s (serverBootTimeout) after it was created: it may still be "
+                "booting, or failed to boot (see its console in the Hetzner Cloud Console). "
+                "Run pulumi up again to go on, or pulumi config set serverBootTimeout 600"
+            )
+        time.sleep(interval)
+
+
 def preflight_check(target: SshTarget, private_key: str, timeout: float = 10) -> str:
     """Connects once and raises HostPreflightError naming the config key at fault.
 
@@ -282,7 +305,7 @@ class RelayHostArgs:
     acme_email: str
     ssh_user: str = "root"
     ssh_port: int = 22
-    ssh_host_key: str | None = None
+    ssh_host_key: pulumi.Input[str] | None = None
     acme_server: str = DEFAULT_ACME_SERVER
     acme_extra_names: Sequence[str] = ()
     acme_ca_bundle: str | None = None  # path on the host; test CAs only
@@ -300,7 +323,12 @@ class RelayHostArgs:
     secret_file_mode: int = 0o600
     secret_owner: tuple[int, int] = (0, 0)
     port25_probe: str = DEFAULT_PORT25_PROBE
-    vps_ipv6: str | None = None  # also probe IPv6, and expect mail to leave from it
+    vps_ipv6: pulumi.Input[str] | None = None  # also probe IPv6, and expect mail from it
+    # A server the stack created: wait this long for its first SSH answer (0: no wait).
+    boot_wait: float = 0
+    # The cloud's metadata service (it serves the host key's private half): the relay's
+    # containers are kept from it.
+    metadata_address: str | None = None
 
 
 class RelayHost(pulumi.ComponentResource):
@@ -325,8 +353,9 @@ class RelayHost(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("dkimrelay:index:RelayHost", name, None, opts)
-        if args.ssh_host_key:
+        if isinstance(args.ssh_host_key, str):
             parse_host_key(args.ssh_host_key)
+        host_key = pulumi.Output.from_input(args.ssh_host_key)
 
         private_key = pulumi.Output.secret(args.ssh_private_key)
         connection = remote.ConnectionArgs(
@@ -348,15 +377,18 @@ class RelayHost(pulumi.ComponentResource):
             def _check(values: list[Any]) -> str:
                 if pulumi.runtime.is_dry_run():
                     return "ok"
-                host, key = values
-                preflight_check(
-                    SshTarget(host, args.ssh_port, args.ssh_user, args.ssh_host_key), key
-                )
+                host, key, pinned = values
+                target = SshTarget(host, args.ssh_port, args.ssh_user, pinned)
+                if args.boot_wait:
+                    wait_for_boot(target, args.boot_wait)
+                preflight_check(target, key)
                 return "ok"
 
             # "ok" carries no secret; unsecret it so the trigger reads plainly.
             triggers.append(
-                pulumi.Output.unsecret(pulumi.Output.all(target_host, private_key).apply(_check))
+                pulumi.Output.unsecret(
+                    pulumi.Output.all(target_host, private_key, host_key).apply(_check)
+                )
             )
 
         def child(extra: list[pulumi.Resource] | None = None, **kw: Any) -> pulumi.ResourceOptions:
@@ -382,6 +414,14 @@ class RelayHost(pulumi.ComponentResource):
             scripts["certificate"].create,
             child([self.firewall_step, self.docker_step]),
         )
+        self.metadata_step: local.Command | remote.Command | None = None
+        if "metadata" in scripts:
+            self.metadata_step = target.step(
+                f"{name}-metadata",
+                scripts["metadata"].create,
+                child([self.firewall_step, self.docker_step]),
+                delete=scripts["metadata"].delete,
+            )
         self.secrets_step: local.Command | remote.Command | None = None
         generation: pulumi.Output[str] = pulumi.Output.from_input("none")
         if args.secret_files is not None:
@@ -402,9 +442,9 @@ class RelayHost(pulumi.ComponentResource):
         def probe(values: list[Any]) -> dict[str, dict[str, str]] | None:
             if pulumi.runtime.is_dry_run():
                 return None
-            host, key = values
+            host, key, pinned, vps_ipv6 = values
             res = run_over_ssh(
-                SshTarget(host, args.ssh_port, args.ssh_user, args.ssh_host_key),
+                SshTarget(host, args.ssh_port, args.ssh_user, pinned),
                 key,
                 probe_line,
                 timeout=hs.PORT25_TIMEOUT * 2 + 40,
@@ -416,12 +456,17 @@ class RelayHost(pulumi.ComponentResource):
                     f"{res.returncode}): {res.stderr.strip()[-300:]}",
                     resource=self,
                 )
-            for warning in hs.port25_warnings(results, args.vps_ipv6):
+            for warning in hs.port25_warnings(results, vps_ipv6):
                 pulumi.log.warn(warning, resource=self)
             return results
 
         self.outbound_smtp = pulumi.Output.unsecret(
-            pulumi.Output.all(pulumi.Output.from_input(args.ssh_host), private_key).apply(probe)
+            pulumi.Output.all(
+                pulumi.Output.from_input(args.ssh_host),
+                private_key,
+                host_key,
+                pulumi.Output.from_input(args.vps_ipv6),
+            ).apply(probe)
         )
 
         live = hs.cert_dir(args.relay_host)
@@ -496,7 +541,17 @@ def step_scripts(args: RelayHostArgs) -> dict[str, StepScripts]:
             hs.render_secrets(hs.SECRETS_DIR, args.secret_file_mode, uid, gid),
             hs.render_secrets_delete(hs.SECRETS_DIR),
         ),
-        "port25": StepScripts(hs.render_port25(args.port25_probe, bool(args.vps_ipv6))),
+        "port25": StepScripts(hs.render_port25(args.port25_probe, args.vps_ipv6 is not None)),
+        **(
+            {
+                "metadata": StepScripts(
+                    hs.render_metadata(args.metadata_address),
+                    hs.render_metadata_delete(args.metadata_address),
+                )
+            }
+            if args.metadata_address
+            else {}
+        ),
     }
 
 

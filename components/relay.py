@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pulumi
@@ -131,8 +131,9 @@ class SmtpRelayArgs:
     # Optional, with secrets_dir: a value that changes when the key files change.
     secrets_revision: pulumi.Input[str] | None = None
     cert_dir: pulumi.Input[str] = "/etc/letsencrypt"
-    publish_ipv4: str = "0.0.0.0"
-    publish_ipv6: str | None = "::"
+    # Outputs when the stack creates the VPS; None: no IPv6 listeners.
+    publish_ipv4: pulumi.Input[str] = "0.0.0.0"
+    publish_ipv6: pulumi.Input[str] | None = "::"
     submission_host_port: int = DEFAULT_SMTP_PORT
     submissions_465: bool = False
     submissions_host_port: int = 465
@@ -292,8 +293,6 @@ class SmtpRelay(pulumi.ComponentResource):
         spec = rc.RelayContainerSpec(
             relay_host=args.relay_host,
             container_name=args.container_name,
-            publish_ipv4=args.publish_ipv4,
-            publish_ipv6=args.publish_ipv6,
             submission_host_port=args.submission_host_port,
             submissions_465=args.submissions_465,
             submissions_host_port=args.submissions_host_port,
@@ -342,6 +341,12 @@ class SmtpRelay(pulumi.ComponentResource):
             pulumi.Output.from_input(args.cert_dir), pulumi.Output.from_input(secrets_dir)
         ).apply(lambda cs: volume_args(spec.mounts(cs[0], cs[1])))
         uploads = spec.uploads(postfix.render_config(settings))
+        ports = pulumi.Output.all(args.publish_ipv4, args.publish_ipv6).apply(
+            lambda ips: [
+                docker.ContainerPortArgs(internal=p.internal, external=p.external, ip=p.ip)
+                for p in replace(spec, publish_ipv4=ips[0], publish_ipv6=ips[1]).ports()
+            ]
+        )
         self.container = docker.Container(
             f"{name}-container",
             name=spec.container_name,
@@ -364,10 +369,7 @@ class SmtpRelay(pulumi.ComponentResource):
                     ipv6_address=spec.ipv6_address,
                 )
             ],
-            ports=[
-                docker.ContainerPortArgs(internal=p.internal, external=p.external, ip=p.ip)
-                for p in spec.ports()
-            ],
+            ports=ports,
             volumes=mounts,
             uploads=[docker.ContainerUploadArgs(file=f, content=c) for f, c in uploads.items()],
             opts=child(

@@ -340,12 +340,19 @@ class RelayConfig(BaseModel):
         ),
         examples=["smtp.example.com"],
     )
-    vps_ipv4: Annotated[
-        str,
-        _valid_as(IPv4Address),
-        _explained("is not an IPv4 address (an IPv6 address goes in vpsIpv6)"),
-    ] = Field(
-        description="Public IPv4 address of the VPS (SPF ip4, A record, published port)",
+    vps_ipv4: (
+        Annotated[
+            str,
+            _valid_as(IPv4Address),
+            _explained("is not an IPv4 address (an IPv6 address goes in vpsIpv6)"),
+        ]
+        | None
+    ) = Field(
+        None,
+        description=(
+            "Public IPv4 address of the VPS (SPF ip4, A record, published port); "
+            "required for an existing VPS, left empty with vpsProvider hetzner"
+        ),
         examples=["203.0.113.25"],
     )
     vps_ipv6: (
@@ -487,6 +494,58 @@ class RelayConfig(BaseModel):
         "vps",
         description="vps: a server reached over SSH; local: this machine's Docker engine (trials)",
         examples=["vps"],
+    )
+    vps_provider: Annotated[
+        Literal["existing", "hetzner"], _explained("is not existing or hetzner")
+    ] = Field(
+        "existing",
+        description=(
+            "existing: a VPS you made (vpsIpv4, sshHostKey); hetzner: the stack creates a "
+            "Hetzner Cloud server with its reverse DNS and firewall (needs the secret "
+            "hcloud:token)"
+        ),
+        examples=["hetzner"],
+    )
+    hetzner_location: DnsLabel = Field(
+        "fsn1",
+        description="Hetzner Cloud location of the server (fsn1, nbg1, hel1, ash, hil, sin)",
+        examples=["fsn1"],
+    )
+    hetzner_server_type: DnsLabel = Field(
+        "cx22",
+        description="Hetzner Cloud server type (the smallest is plenty for a relay)",
+        examples=["cx22"],
+    )
+    hetzner_image: DnsLabel = Field(
+        "debian-12",
+        description="Hetzner Cloud image of the server (the host steps expect Debian or Ubuntu)",
+        examples=["debian-12"],
+    )
+    ssh_allow_from: Annotated[
+        list[
+            Annotated[
+                str,
+                _valid_as(IPv4Network | IPv6Network),
+                _explained("is not a network in CIDR form (203.0.113.0/24, 2001:db8::/32)"),
+            ]
+        ],
+        Field(min_length=1),
+    ] = Field(
+        default_factory=lambda: ["0.0.0.0/0", "::/0"],
+        description=(
+            "vpsProvider hetzner: networks the cloud firewall lets reach SSH (default any: "
+            "pull-request previews connect from CI runners)"
+        ),
+        examples=["203.0.113.0/24"],
+    )
+    server_boot_timeout: Annotated[
+        int, Field(strict=True, ge=10, le=3600), _explained("is outside 10-3600 seconds")
+    ] = Field(
+        300,
+        description=(
+            "vpsProvider hetzner: how long a new server may take to answer SSH, in seconds"
+        ),
+        examples=[300],
     )
     docker_host: str | None = Field(
         None,
@@ -690,8 +749,18 @@ class RelayConfig(BaseModel):
         return self.relay_host or f"smtp.{self.domain}"
 
     @property
-    def ssh_target(self) -> str:
+    def ssh_target(self) -> str | None:
+        """Where SSH goes (None with vpsProvider hetzner: the server's address)."""
         return self.ssh_host or self.vps_ipv4
+
+    @property
+    def cloud_server(self) -> bool:
+        """The stack creates the VPS; its addresses are outputs, not config."""
+        return self.deploy_target == "vps" and self.vps_provider == "hetzner"
+
+    def with_addresses(self, ipv4: str, ipv6: str | None) -> RelayConfig:
+        """This config with the VPS's addresses, once the created server has them."""
+        return self.model_copy(update={"vps_ipv4": ipv4, "vps_ipv6": ipv6})
 
     @property
     def all_selectors(self) -> list[str]:
@@ -963,6 +1032,17 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                 "pulumi config set submissionsPort 465",
             )
         )
+    if raw.get("vpsProvider") == "hetzner":
+        problems += _cloud_server_checks(raw, secrets_set)
+    elif not raw.get("vpsIpv4"):
+        problems.append(
+            (
+                "vpsIpv4",
+                "is required: the public IPv4 address of the VPS (SPF ip4, A record, "
+                "published port). Fix: pulumi config set vpsIpv4 203.0.113.25 (or let the "
+                "stack create a server: pulumi config set vpsProvider hetzner)",
+            )
+        )
     if raw.get("deployTarget", "vps") == "vps":
         if not raw.get("acmeEmail"):
             problems.append(
@@ -982,7 +1062,7 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                     "config set sshHostKey 'ssh-ed25519 AAAA...'",
                 )
             )
-        if not raw.get("sshHostKey"):
+        if not raw.get("sshHostKey") and raw.get("vpsProvider") != "hetzner":
             problems.append(
                 (
                     "sshHostKey",
@@ -1006,6 +1086,62 @@ def _cross_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[s
                 "tlsCertDir",
                 "a local stack needs a folder laid out like /etc/letsencrypt holding the "
                 "relay's certificate. Fix: run scripts/local-up.sh, which makes one",
+            )
+        )
+    return problems
+
+
+# Keys an existing VPS is described by; a created server makes them outputs.
+_SERVER_GIVES = {
+    "vpsIpv4": "its IPv4 address",
+    "vpsIpv6": "its IPv6 address",
+    "sshHostKey": "its SSH host key (generated by the stack and handed to it at creation)",
+    "sshHost": "the address SSH goes to",
+}
+
+
+def _cloud_server_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tuple[str, str]]:
+    """vpsProvider hetzner: the server's addresses and host key come from the server."""
+    problems: list[tuple[str, str]] = []
+    for key, what in _SERVER_GIVES.items():
+        if raw.get(key):
+            problems.append(
+                (
+                    key,
+                    f"is set, but with vpsProvider hetzner the stack creates the server and "
+                    f"takes {what} from it (stack output). Remove it: pulumi config rm {key}",
+                )
+            )
+    if raw.get("deployTarget", "vps") != "vps":
+        problems.append(
+            (
+                "vpsProvider",
+                "hetzner creates a VPS, but deployTarget is local. Fix: pulumi config set "
+                "deployTarget vps (or pulumi config set vpsProvider existing)",
+            )
+        )
+    if raw.get("sshUser", "root") != "root":
+        problems.append(
+            (
+                "sshUser",
+                "a new Hetzner Cloud server lets only root in with the stack's SSH key. "
+                "Fix: pulumi config rm sshUser",
+            )
+        )
+    if raw.get("sshPort", 22) != 22:
+        problems.append(
+            (
+                "sshPort",
+                "a new Hetzner Cloud server's sshd listens on 22. Fix: pulumi config rm sshPort",
+            )
+        )
+    if "hcloud:token" not in secrets_set:
+        problems.append(
+            (
+                "hcloud:token",
+                "is needed to create the server (a Hetzner Cloud API token with Read & "
+                "Write, from the project's Security > API tokens page). Fix: pulumi config "
+                "set --secret hcloud:token",
             )
         )
     return problems

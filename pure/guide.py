@@ -54,6 +54,17 @@ class GuideInput:
     # (RFC 7489 7.1) that the owner of a report address outside them must publish.
     domains: Sequence[str] = ()
     report_authorizations: Sequence[Mapping[str, str]] = ()
+    # The vpsProvider output: "hetzner" when the stack created the server (and its PTRs).
+    vps_provider: str = ""
+
+
+HETZNER_PORT25 = (
+    "Hetzner Cloud blocks outbound ports 25 and 465 on new accounts. Once the account's "
+    "first invoice is paid, ask for them to be opened: in the Hetzner Cloud Console, "
+    'Support > Limits > "Request to unblock port 25/465" (say it is a relay for your '
+    "own domain's mail, with SPF, DKIM and DMARC). Meanwhile a smarthost on port 587 "
+    f"works: `{SMARTHOST_FIX}`."
+)
 
 
 def _port25_line(inp: GuideInput, stack: str) -> str:
@@ -63,13 +74,15 @@ def _port25_line(inp: GuideInput, stack: str) -> str:
             "**Outbound port 25:** the relay delivers to receivers' mail servers on port 25, "
             "which many VPS providers block for new accounts. `pulumi up` checks it from the "
             f"VPS and reports it in `pulumi stack output{stack} outboundSmtp`."
-        )
+        ) + (" " + HETZNER_PORT25 if inp.vps_provider == "hetzner" else "")
     probe = next(iter(results.values())).get("probe", "")
     line = (
         f"**Outbound port 25** (checked from the VPS toward `{probe}` at the last "
         f"`pulumi up`): {port25_summary(results)}."
     )
-    if any(r.get("status") != "open" for r in results.values()):
+    if any(r.get("status") != "open" for r in results.values()) and inp.vps_provider == "hetzner":
+        line += " " + HETZNER_PORT25
+    elif any(r.get("status") != "open" for r in results.values()):
         line += (
             " Until it is open, mail waits in the relay's queue: ask your VPS provider to "
             "open outbound port 25 (SMTP), or send through a smarthost on port 587 "
@@ -166,6 +179,28 @@ def _reverse_dns_section(inp: GuideInput, step: int, stack: str) -> list[str]:
     host = inp.relay_host or inp.smtp_server
     rows = [f"| `{_md_cell(a)}` | `{_md_cell(host)}` |" for a in inp.vps_addresses]
     passes = " and ".join(f"`PASS dns.ptr[{a}]`" for a in inp.vps_addresses)
+    if inp.vps_provider == "hetzner":
+        return [
+            f"## {step}. Reverse DNS: set by the stack",
+            "",
+            (
+                "The stack created the server and set the reverse DNS (PTR) of both its "
+                f"addresses to `{host}`, the name the relay greets receivers with; Gmail "
+                "rejects mail from an address without one that resolves back."
+            ),
+            "",
+            "| VPS address | Reverse DNS (PTR) |",
+            "| --- | --- |",
+            *rows,
+            "",
+            (
+                f"Once the A/AAAA records of `{host}` are visible, check it with "
+                f"`pulumi stack output{stack} --json --show-secrets | bin/dkim-relay verify`: "
+                f"it should print {passes}."
+            ),
+            "",
+            *_ipv6_sending_note(inp, host),
+        ]
     return [
         f"## {step}. Reverse DNS: set the PTR of each VPS address at your VPS provider",
         "",
@@ -445,6 +480,7 @@ def render_from_outputs(
             forward_to=str(outputs.get("forwardTo") or ""),
             domains=domains,
             report_authorizations=authorizations,
+            vps_provider=str(outputs.get("vpsProvider") or ""),
         )
     )
 

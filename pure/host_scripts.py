@@ -131,6 +131,15 @@ def render_firewall_delete() -> str:
     return _step("firewall-delete")
 
 
+def render_metadata(address: str) -> str:
+    """Docker's containers may not reach the cloud's metadata service at ``address``."""
+    return _step("metadata", {"METADATA": address})
+
+
+def render_metadata_delete(address: str) -> str:
+    return _step("metadata-delete", {"METADATA": address})
+
+
 # --- certificate -----------------------------------------------------------------
 def render_hook(
     kind: str, relay_host: str = "", container_name: str = "", reload_command: str | None = None

@@ -65,6 +65,7 @@ def build_records(
     ttl = cfg.dns_ttl
     records = []
     if relay_records:
+        assert cfg.vps_ipv4, "validated by load_config, or the created server's address"
         records.append(Record("a-relay", "A", relay, cfg.vps_ipv4, ttl, "the relay's IPv4 address"))
         if cfg.vps_ipv6:
             records.append(

@@ -20,6 +20,12 @@ from pulumi.runtime.stack import wait_for_rpcs
 
 ROOT = Path(__file__).resolve().parent.parent
 PRIVATE_MARKER = "-----BEGIN PRIVATE KEY-----mock-----END PRIVATE KEY-----"
+HOST_PRIVATE_MARKER = (
+    "-----BEGIN OPENSSH PRIVATE KEY-----mock-host-----END OPENSSH PRIVATE KEY-----"
+)
+MOCK_SERVER_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMockServerHostKeyMockServerHostKey"
+MOCK_SERVER_IPV4 = "198.51.100.7"
+MOCK_SERVER_IPV6 = "2001:db8:7::1"
 
 
 @dataclass
@@ -115,6 +121,10 @@ class Mocks(pulumi.runtime.Mocks):
         command_stdout: Callable[[str], str] | None = None,
     ) -> None:
         self.resources, self.calls, self.command_stdout = resources, calls, command_stdout
+        # Hetzner Cloud, as the tests want it: an API error for every look-up, a server
+        # given no IPv6 address.
+        self.hcloud_error: str | None = None
+        self.server_without_ipv6 = False
         self.last = threading.local()  # the registration `Monitor` completes
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
@@ -133,6 +143,16 @@ class Mocks(pulumi.runtime.Mocks):
                 outs["dns_value"] = f"v=DKIM1; k=rsa; p=MOCK{outs['selector']}{whose}"
             if "length" in outs:  # a password
                 outs["password"] = f"generated-{outs['user']}"
+        if args.typ == "pulumi-python:dynamic:Resource" and "server" in outs:  # a host key
+            outs["private_key"] = HOST_PRIVATE_MARKER
+            outs["public_key"] = MOCK_SERVER_HOST_KEY
+        if args.typ == "hcloud:index/server:Server":  # what Hetzner assigns
+            outs.update(ipv4Address=MOCK_SERVER_IPV4, ipv6Address=MOCK_SERVER_IPV6)
+            if self.server_without_ipv6:
+                outs["ipv6Address"] = ""
+            return "4711", outs
+        if args.typ.startswith("hcloud:"):
+            return str(100 + len(self.resources)), outs
         if args.typ.startswith("command:") and self.command_stdout is not None:
             outs.setdefault("stdout", self.command_stdout(args.name))
             outs.setdefault("stderr", "")
@@ -143,6 +163,10 @@ class Mocks(pulumi.runtime.Mocks):
             self.calls.append((args.token, dict(args.args)))
         if args.token == "cloudflare:index/getZone:getZone":
             return {"id": "zone-from-lookup", "account": {"id": "account-from-lookup"}}, []
+        if args.token.startswith("hcloud:"):
+            if self.hcloud_error:
+                raise Exception(self.hcloud_error)
+            return {"id": 1, "name": args.args.get("name")}, []
         return {}, []
 
 
@@ -199,6 +223,7 @@ def run_program(
     config: Mapping[str, Any],
     secrets: Mapping[str, Any] | None = None,
     preview: bool = False,
+    mocks: Callable[[Mocks], None] | None = None,
 ) -> Run:
     """Run __main__.py with `config` (keys without namespace go to dkim-relay:)."""
     run = Run()
@@ -210,7 +235,10 @@ def run_program(
     pulumi.runtime.set_all_config(all_config, secret_keys)
     # On `up` (preview=False) a VPS stack's program connects to the VPS (the SSH preflight
     # and port 25 checks, components/host.py): tests of it replace those calls.
-    set_mocks(Mocks(run.resources, run.calls), preview)
+    the_mocks = Mocks(run.resources, run.calls)
+    if mocks is not None:
+        mocks(the_mocks)  # the test's changes to what the mocks answer
+    set_mocks(the_mocks, preview)
     loop = asyncio.get_event_loop()
     outputs: dict[str, Any] = {}
     monkeypatch.setattr(pulumi, "export", lambda k, v: outputs.__setitem__(k, v))
