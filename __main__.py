@@ -260,7 +260,11 @@ def main() -> None:
         "keptOnDestroy",
         relay.volume_name.apply(
             lambda v: (
-                f"pulumi destroy keeps the queue volume {v} (mail not yet delivered); "
+                f"pulumi destroy deletes the server, its disk and the queue volume {v} on it "
+                "(with any mail not yet delivered: check `docker exec <relayContainer> "
+                "mailq` first)"
+                if server is not None
+                else f"pulumi destroy keeps the queue volume {v} (mail not yet delivered); "
                 f"remove it with: docker volume rm {v}"
             )
         ),
