@@ -1,7 +1,7 @@
 """A Docker engine inside the local VPS (tests/vps_support.py), for whole-stack runs.
 
 :func:`vps_docker` starts a second ``dockerd`` in the VPS's network *and* mount
-namespace (entered with ``nsenter`` through the VPS's sshd process), so that
+namespace (entered with ``nsenter`` through the process holding them), so that
 everything the relay's scripts do with ``docker`` over SSH happens "on the VPS":
 
 * ports are published on the VPS's own addresses, its iptables/ip6tables (the
@@ -71,7 +71,7 @@ from pure.shell import command_line
 from tests.common import docker
 from tests.engine_support import Stack
 from tests.relay_support import Sink, dnsfunc_for, ensure_engine, make_message
-from tests.vps_support import PROBE_HOST, RELAY_HOST, SSH_PORT, LocalVps, nxdomain_dns
+from tests.vps_support import PROBE_HOST, RELAY_HOST, LocalVps, nxdomain_dns
 
 SOCKET = "/run/docker.sock"
 EXEC_ROOT = "/run/docker"
@@ -118,7 +118,7 @@ class VpsDocker:
     log_path: str
 
     def _enter(self) -> list[str]:
-        return ["nsenter", "-t", str(self.vps.sshd_pid), "-n", "-m"]
+        return self.vps.enter()
 
     def docker(
         self, *args: str, input: bytes | None = None, check: bool = True, timeout: float = 300
@@ -197,11 +197,13 @@ def _vps_docker(vps: LocalVps, start_timeout: float) -> Iterator[VpsDocker]:
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} missing: run scripts/docker-engine.sh")
     # 1. daemon.json as RelayHost's docker step leaves it (restart: nothing runs yet).
-    res = vps.ssh(command_line(hs.render_docker(restart_command="true")))
+    # Run in the namespaces, not over SSH: a VPS booted by a fake cloud API has only
+    # the keys the stack handed over.
+    res = vps.run_inside(command_line(hs.render_docker(restart_command="true")))
     if "dkim-relay[docker]" not in res.stdout:
         raise AssertionError(f"the docker step did not run: {res.stdout}\n{res.stderr}")
     # 2. cgroups in the namespace's fresh /sys.
-    enter = ["nsenter", "-t", str(vps.sshd_pid), "-n", "-m"]
+    enter = vps.enter()
     subprocess.run(
         [*enter, "sh", "-c", _cgroup_script()], check=True, capture_output=True, timeout=30
     )
@@ -311,7 +313,7 @@ def vps_stack_config(vps: LocalVps, sink: Sink, container: str, **over: Any) -> 
         "vpsIpv4": vps.ip4,
         "vpsIpv6": vps.ip6,
         "sshHost": vps.ip4,
-        "sshPort": SSH_PORT,
+        "sshPort": vps.ssh_port,
         "sshHostKey": vps.host_key,
         "acmeEmail": f"postmaster@{STACK_DOMAIN}",
         "acmeServer": vps.acme_server,

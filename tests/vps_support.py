@@ -4,14 +4,21 @@ Layout (all made and removed by :func:`local_vps`):
 
 * network namespace ``dkrvps<id>`` joined to the machine by a veth pair:
   machine side 10.254.<n>.1/29 + fd42:6b72:7634:<n>::1/64, VPS side .2 and ::2
-  (a free <n> is picked per VPS; addresses used only for this namespace);
+  (a free <n> is picked per VPS; addresses used only for this namespace). With
+  ``ipv6_vps_host=1`` the VPS side is ``::1`` and the machine side ``::2``, as a
+  cloud server whose provider reports the first address of its /64;
 * inside it, in its own mount namespace, overlays on ``/etc`` and ``/var`` and a
   fresh tmpfs on ``/run`` (upper layers on a tmpfs), so ufw's files,
   ``/etc/letsencrypt``, ``/etc/docker``, ``/etc/dkim-relay`` and certbot's state
-  are the namespace's own: the machine's ``/etc`` is never written. Debian's
-  ``openssh-server`` runs there on port 2222 with its own host key and a test
-  client key; everything the tests do on the VPS goes through that sshd,
-  exactly as on a real VPS;
+  are the namespace's own: the machine's ``/etc`` is never written. A process
+  that only sleeps (:attr:`LocalVps.ns_pid`) holds these namespaces: everything
+  started "on the VPS" enters them through it (``nsenter -t <ns_pid> -n -m``);
+* Debian's ``openssh-server`` runs there, started by :meth:`LocalVps.boot`: by
+  default at once on port 2222 with a generated host key and a test client key
+  (everything the tests do on the VPS goes through that sshd, exactly as on a real
+  VPS); with ``local_vps(boot=False)`` later, with the keys a test (or a fake cloud
+  API, tests/cloud_vps_support.py) hands over, and stopped again by
+  :meth:`LocalVps.halt`;
 * the VPS's own ``/etc/hosts`` names the machine side of the veth :data:`PROBE_HOST`
   (both families) and :data:`PROBE_HOST4` (IPv4 only): the port 25 probe of the host
   tests, answered by :func:`port25_listener`;
@@ -37,7 +44,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -46,12 +53,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from components.host import SshTarget, run_over_ssh
+from components.host import SshTarget, public_key_line, run_over_ssh
 
 # Addresses: 10.254.<n>.0/29 and fd42:6b72:7634:<n>::/64, <n> picked per VPS
 # among subnets no interface uses (concurrent runs do not collide).
 SSH_PORT = 2222
 PEBBLE_PORT = 14000
+# PATH of a root login on Debian (sshd's default): commands run in the namespaces
+# without sshd get the environment they would get over SSH.
+ROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RELAY_HOST = "relay.dkim-relay.test"
 EXTRA_NAME = "smtp.dkim-relay.test"
 # Names the VPS resolves (its /etc/hosts) to the machine side of its veth.
@@ -145,18 +155,34 @@ def _write_pebble_tls(d: str, host_ip4: str) -> tuple[str, str, str]:
 class LocalVps:
     netns: str
     workdir: str
-    private_key: str
-    host_key: str  # "ssh-ed25519 AAAA..." of the VPS's sshd
     acme_server: str
     acme_ca_bundle: str  # path valid on the VPS too (shared filesystem)
-    sshd_pid: int
+    ns_pid: int  # the process holding the VPS's network and mount namespaces
     ip4: str
     ip6: str
     host_ip4: str
     host_ip6: str
     unused_ip4: str  # inside the VPS's /29, never assigned: an unreachable host
+    ssh_port: int = SSH_PORT
+    # The client key the tests log in with: generated when local_vps() boots the VPS
+    # itself; with boot=False the test sets the one whose public half it hands over.
+    private_key: str = ""
+    host_key: str = ""  # "ssh-ed25519 AAAA..." of the VPS's sshd; "" while not booted
+    sshd_pid: int = 0  # 0 while not booted
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     veth_host: str = ""  # the machine side of the veth
+    log_paths: list[str] = field(default_factory=list)  # printed when a test fails
+    _sshd: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _before_boot: frozenset[int] = field(default=frozenset(), repr=False)
+
+    @property
+    def ip6_network(self) -> str:
+        """The VPS's /64, as a cloud provider reports it (``fd42:6b72:7634:1f::/64``)."""
+        return str(ipaddress.ip_network(f"{self.ip6}/64", strict=False))
+
+    @property
+    def booted(self) -> bool:
+        return self._sshd is not None
 
     def client_addresses(self, count: int) -> list[str]:
         """``count`` more IPv6 addresses of the machine side of the veth (in the VPS's
@@ -170,7 +196,11 @@ class LocalVps:
 
     @property
     def target(self) -> SshTarget:
-        return SshTarget(self.ip4, SSH_PORT, "root", self.host_key)
+        return SshTarget(self.ip4, self.ssh_port, "root", self.host_key)
+
+    def enter(self) -> list[str]:
+        """The argv prefix that runs a command in the VPS's network and mount namespaces."""
+        return ["nsenter", "-t", str(self.ns_pid), "-n", "-m"]
 
     def ssh(
         self, command: str, stdin: str | None = None, check: bool = True, timeout: float = 600
@@ -183,11 +213,145 @@ class LocalVps:
             )
         return res
 
+    def run_inside(
+        self, command: str, stdin: str | None = None, check: bool = True, timeout: float = 600
+    ) -> subprocess.CompletedProcess[str]:
+        """``command`` through ``bash -c`` as root on the VPS, with a root login's
+        environment, without sshd: for the test's own setup, whether or not the VPS is
+        booted and whoever holds the client key."""
+        res = subprocess.run(
+            [*self.enter(), "env", "-i", f"PATH={ROOT_PATH}", "HOME=/root", "LANG=C.UTF-8"]
+            + ["bash", "-c", command],
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"command in {self.netns} failed (rc={res.returncode}): {command[:200]!r}\n"
+                f"stdout:\n{res.stdout[-4000:]}\nstderr:\n{res.stderr[-4000:]}"
+            )
+        return res
+
     def pebble_root_pem(self) -> str:
         """The root of pebble's (random per run) issuing hierarchy."""
         ctx = ssl.create_default_context(cafile=self.acme_ca_bundle)
         with urllib.request.urlopen(f"https://{self.host_ip4}:15000/roots/0", context=ctx) as r:
             return str(r.read().decode())
+
+    def _netns_pids(self) -> set[int]:
+        res = _run("ip", "netns", "pids", self.netns, check=False)
+        return {int(p) for p in res.stdout.split() if p.isdigit()}
+
+    def boot(
+        self,
+        host_private_key: str,
+        authorized_keys: Sequence[str],
+        more_host_keys: Sequence[str] = (),
+        root_only: bool = True,
+        timeout: float = 30,
+    ) -> None:
+        """Starts sshd on :attr:`ssh_port` of :attr:`ip4` and :attr:`ip6` with
+        ``host_private_key`` (OpenSSH private key text, e.g. ed25519) as its host key
+        (``more_host_keys`` offered too, as a server offers several types) and
+        ``authorized_keys`` (public key lines) for root, or with ``root_only=False`` for
+        every user (what local_vps() has always done); returns once sshd accepts
+        connections, :attr:`host_key` set to the public line of ``host_private_key``."""
+        if self._sshd is not None:
+            raise RuntimeError(f"the VPS {self.netns} is already booted: halt() it first")
+        host_key = public_key_line(host_private_key)
+        if host_key is None:
+            raise ValueError("host_private_key is not an OpenSSH or PEM private key")
+        for other in more_host_keys:
+            if public_key_line(other) is None:
+                raise ValueError("a key of more_host_keys is not an OpenSSH or PEM private key")
+        sshdir = os.path.join(self.workdir, "sshd")
+        shutil.rmtree(sshdir, ignore_errors=True)  # nothing of an earlier boot stays
+        os.makedirs(sshdir)
+        # 0755/0644: sshd reads authorized_keys as the logging-in user (also "deploy").
+        os.chmod(sshdir, 0o755)
+        key_paths = []
+        for i, key in enumerate([host_private_key, *more_host_keys]):
+            path = os.path.join(sshdir, f"ssh_host_key_{i}")
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(key if key.endswith("\n") else key + "\n")
+            key_paths.append(path)
+        ak_path = os.path.join(sshdir, "authorized_keys")
+        with open(ak_path, "w") as f:
+            f.write("".join(k.strip() + "\n" for k in authorized_keys))
+        os.chmod(ak_path, 0o644)
+        lines = [
+            f"Port {self.ssh_port}",
+            f"ListenAddress {self.ip4}",
+            f"ListenAddress {self.ip6}",
+            *(f"HostKey {p}" for p in key_paths),
+            f"PidFile {sshdir}/sshd.pid",
+            f"AuthorizedKeysFile {'.ssh/authorized_keys' if root_only else ak_path}",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "UsePAM no",
+            "StrictModes no",
+            "X11Forwarding no",
+            "AcceptEnv none",
+        ]
+        if root_only:
+            # Root's keys outside /root: the machine's home directories are not
+            # overlaid, the namespace must not write them.
+            lines += ["Match User root", f"    AuthorizedKeysFile {ak_path}"]
+        cfg = os.path.join(sshdir, "sshd_config")
+        with open(cfg, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        log = os.path.join(self.workdir, "sshd.log")
+        if log not in self.log_paths:
+            self.log_paths.append(log)
+        self._before_boot = frozenset(self._netns_pids())
+        with open(log, "ab") as lf:
+            sshd = subprocess.Popen(
+                [*self.enter(), "/usr/sbin/sshd", "-D", "-e", "-f", cfg],
+                stdout=lf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self._sshd, self.sshd_pid = sshd, sshd.pid
+        deadline = time.monotonic() + timeout
+        while True:
+            if sshd.poll() is not None:
+                self.halt()
+                with open(log, errors="replace") as f:
+                    tail = f.read()[-2000:]
+                raise RuntimeError(f"sshd in {self.netns} exited at boot:\n{tail}")
+            try:
+                with socket.create_connection((self.ip4, self.ssh_port), timeout=1):
+                    break
+            except OSError as e:
+                if time.monotonic() > deadline:
+                    self.halt()
+                    raise TimeoutError(f"sshd in {self.netns} not listening: {e}") from e
+                time.sleep(0.1)
+        self.host_key = host_key
+
+    def halt(self) -> None:
+        """Stops sshd and every process that joined the VPS's network namespace since
+        :meth:`boot` (sessions, daemons started later), with their descendants (a
+        container's processes live in namespaces of their own). What ran before boot
+        stays: the namespace holder (pebble runs on the machine side anyway). A daemon
+        that should stop cleanly (dockerd) is stopped by its owner first."""
+        sshd, self._sshd = self._sshd, None
+        if sshd is None:
+            return
+        _kill(sshd)
+        later = self._netns_pids() - self._before_boot
+        doomed = later | _descendants(later)
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_gone(doomed)
+        self.sshd_pid, self.host_key = 0, ""
 
 
 def _kill(p: subprocess.Popen[bytes]) -> None:
@@ -200,6 +364,43 @@ def _kill(p: subprocess.Popen[bytes]) -> None:
             p.wait(timeout=10)
 
 
+def _descendants(roots: set[int]) -> set[int]:
+    """Every process below ``roots`` (from /proc's parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def _wait_gone(pids: set[int], timeout: float = 10) -> None:
+    """Until each of ``pids`` has exited (a zombie counts: it runs nothing)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        break
+            except (OSError, IndexError):
+                break
+            time.sleep(0.02)
+
+
 def _free_subnet() -> int:
     used = _run("ip", "-o", "addr").stdout + _run("ip", "route").stdout
     for _ in range(100):
@@ -210,17 +411,28 @@ def _free_subnet() -> int:
 
 
 @contextmanager
-def local_vps() -> Iterator[LocalVps]:
-    """Builds the namespace VPS and pebble; tears everything down afterwards."""
+def local_vps(
+    boot: bool = True, ssh_port: int = SSH_PORT, ipv6_vps_host: int = 2
+) -> Iterator[LocalVps]:
+    """Builds the namespace VPS and pebble; tears everything down afterwards.
+
+    ``boot``: start sshd at once with a generated host key and client key (in
+    :attr:`LocalVps.private_key`); ``False``: yield the VPS with no sshd, for the test
+    to :meth:`LocalVps.boot` with keys of its own. ``ssh_port``: sshd's port.
+    ``ipv6_vps_host``: the VPS's address in its /64 (``::2`` by default, the machine
+    side ``::1``; with 1 the VPS has ``::1`` and the machine side ``::2``)."""
     if os.geteuid() != 0:
         raise RuntimeError("the local VPS needs root (network namespaces, mounts)")
     for tool in ("ip", "sshd", "ufw", "certbot", "pebble", "pebble-challtestsrv", "ssh"):
         if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
             raise RuntimeError(f"{tool} missing: run scripts/setup.d/20-vps.sh")
+    if not 1 <= ipv6_vps_host <= 0xFFFF:
+        raise ValueError(f"ipv6_vps_host: {ipv6_vps_host} is not a host number of the /64")
     suffix = secrets.token_hex(3)
     n = _free_subnet()
     host_ip4, vps_ip4, unused_ip4 = f"10.254.{n}.1", f"10.254.{n}.2", f"10.254.{n}.5"
-    host_ip6, vps_ip6 = f"fd42:6b72:7634:{n:x}::1", f"fd42:6b72:7634:{n:x}::2"
+    host_ip6 = f"fd42:6b72:7634:{n:x}::{2 if ipv6_vps_host == 1 else 1:x}"
+    vps_ip6 = f"fd42:6b72:7634:{n:x}::{ipv6_vps_host:x}"
     netns = f"dkrvps{suffix}"
     veth_host, veth_vps = f"dkrh{suffix}", f"dkrv{suffix}"
     work = tempfile.mkdtemp(prefix="dkim-relay-vps-")
@@ -228,6 +440,7 @@ def local_vps() -> Iterator[LocalVps]:
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[str] = []
     ns_made = False
+    vps: LocalVps | None = None
     try:
         # --- network ---------------------------------------------------------
         _run("ip", "netns", "add", netns)
@@ -243,36 +456,7 @@ def local_vps() -> Iterator[LocalVps]:
         _run(*ns, "ip", "-6", "addr", "add", f"{vps_ip6}/64", "dev", veth_vps, "nodad")
         _run(*ns, "ip", "link", "set", veth_vps, "up")
 
-        # --- sshd ----------------------------------------------------------------
-        hk = ed25519.Ed25519PrivateKey.generate()
-        ck = ed25519.Ed25519PrivateKey.generate()
-        sshdir = os.path.join(work, "sshd")
-        # 0755/0644: sshd reads authorized_keys as the logging-in user (also "deploy").
-        os.makedirs(sshdir, mode=0o755)
-        hk_path = os.path.join(sshdir, "ssh_host_ed25519_key")
-        with open(os.open(hk_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-            f.write(openssh_private_key(hk))
-        ak_path = os.path.join(sshdir, "authorized_keys")
-        with open(ak_path, "w") as f:
-            f.write(openssh_public_key(ck) + " dkim-relay-test\n")
-        os.chmod(ak_path, 0o644)
-        cfg = os.path.join(sshdir, "sshd_config")
-        with open(cfg, "w") as f:
-            f.write(
-                f"Port {SSH_PORT}\n"
-                f"ListenAddress {vps_ip4}\n"
-                f"ListenAddress {vps_ip6}\n"
-                f"HostKey {hk_path}\n"
-                f"PidFile {sshdir}/sshd.pid\n"
-                f"AuthorizedKeysFile {ak_path}\n"
-                "PermitRootLogin prohibit-password\n"
-                "PasswordAuthentication no\n"
-                "KbdInteractiveAuthentication no\n"
-                "UsePAM no\n"
-                "StrictModes no\n"
-                "X11Forwarding no\n"
-                "AcceptEnv none\n"
-            )
+        # --- the VPS's file system, held by a process that only sleeps ------------
         # A pre-existing daemon.json (with a key of the admin's own) in the
         # VPS's /etc: the docker step must merge, not overwrite.
         preset_etc = os.path.join(work, "preset-etc")
@@ -287,6 +471,7 @@ def local_vps() -> Iterator[LocalVps]:
         os.chmod(os.path.join(preset_etc, "hosts"), 0o644)
         ov = os.path.join(work, "overlay")
         os.makedirs(ov)
+        ready = os.path.join(work, "ns-ready")
         launcher = f"""set -eu
 mount -t tmpfs -o mode=0755 dkrvps-ov {ov}
 for d in etc var; do mkdir -p {ov}/$d/upper {ov}/$d/work; done
@@ -297,15 +482,16 @@ mount -t overlay dkrvps-etc -o lowerdir=/etc,upperdir={ov}/etc/upper,workdir={ov
 mount -t overlay dkrvps-var -o lowerdir=/var,upperdir={ov}/var/upper,workdir={ov}/var/work /var
 mount -t tmpfs -o mode=0755 dkrvps-run /run
 mkdir -p /run/sshd /run/lock
-exec /usr/sbin/sshd -D -e -f {cfg}
+: >{ready}
+exec sleep infinity
 """
-        sshd_log = os.path.join(work, "sshd.log")
-        logs.append(sshd_log)
-        with open(sshd_log, "wb") as lf:
-            sshd = subprocess.Popen(
+        holder_log = os.path.join(work, "holder.log")
+        logs.append(holder_log)
+        with open(holder_log, "wb") as lf:
+            holder = subprocess.Popen(
                 [*ns, "sh", "-c", launcher], stdout=lf, stderr=subprocess.STDOUT
             )
-        procs.append(sshd)
+        procs.append(holder)
 
         # --- pebble + its DNS ----------------------------------------------------------
         pdir = os.path.join(work, "pebble")
@@ -366,25 +552,38 @@ exec /usr/sbin/sshd -D -e -f {cfg}
                 env=env,
             )
         procs.append(pebble)
-        _wait_tcp(vps_ip4, SSH_PORT)
+        deadline = time.monotonic() + 30
+        while not os.path.exists(ready):
+            if holder.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the VPS's mounts in {netns} failed (see {holder_log})")
+            time.sleep(0.05)
         _wait_tcp(host_ip4, PEBBLE_PORT)
         vps = LocalVps(
             netns=netns,
             workdir=work,
-            private_key=openssh_private_key(ck),
-            host_key=openssh_public_key(hk),
             acme_server=f"https://{host_ip4}:{PEBBLE_PORT}/dir",
             acme_ca_bundle=ca_pem,
-            sshd_pid=sshd.pid,
+            ns_pid=holder.pid,
             ip4=vps_ip4,
             ip6=vps_ip6,
             host_ip4=host_ip4,
             host_ip6=host_ip6,
             unused_ip4=unused_ip4,
+            ssh_port=ssh_port,
             procs=procs,
             veth_host=veth_host,
+            log_paths=logs,
         )
-        vps.ssh("true")
+        if boot:
+            hk = ed25519.Ed25519PrivateKey.generate()
+            ck = ed25519.Ed25519PrivateKey.generate()
+            vps.private_key = openssh_private_key(ck)
+            vps.boot(
+                openssh_private_key(hk),
+                [openssh_public_key(ck) + " dkim-relay-test"],
+                root_only=False,
+            )
+            vps.ssh("true")
         yield vps
     except BaseException:
         for lp in logs:
@@ -395,6 +594,8 @@ exec /usr/sbin/sshd -D -e -f {cfg}
                 pass
         raise
     finally:
+        if vps is not None:
+            vps.halt()
         for p in reversed(procs):
             _kill(p)
         if ns_made:
@@ -505,7 +706,9 @@ def nxdomain_dns(vps: LocalVps) -> Iterator[str]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        vps.ssh(f"rm -f /etc/resolv.conf && echo 'nameserver {vps.host_ip4}' >/etc/resolv.conf")
+        vps.run_inside(
+            f"rm -f /etc/resolv.conf && echo 'nameserver {vps.host_ip4}' >/etc/resolv.conf"
+        )
         yield vps.host_ip4
     finally:
         stop.set()
