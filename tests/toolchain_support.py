@@ -28,6 +28,7 @@ def toolchain(
     cache: pathlib.Path,
     path_dirs: list[pathlib.Path],
     plugins: tuple[str, ...] = (),
+    /,
     **env: str,
 ) -> subprocess.CompletedProcess[str]:
     """Run the script on CACHE with only PATH_DIRS and the system folders on PATH; PLUGINS
