@@ -8,8 +8,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 scripts/bootstrap.sh                      # venv with the pinned requirements
 bash scripts/docker-engine.sh             # Debian's docker.io, dockerd, offline base image
-rc=0; bash scripts/pulumi-toolchain.sh || rc=$?   # the official CLI, or one built once
-if ((rc != 0 && rc != 3)); then exit "${rc}"; fi  # 3: a plugin the local stack does not use
+# The official CLI, or one built once, with only the plugins the local stack uses: any
+# failure (3 included: one of these two cannot be built) stops here.
+bash scripts/pulumi-toolchain.sh command docker
 # shellcheck source=scripts/pulumi-env.sh
 source scripts/pulumi-env.sh              # local file backend, passphrase file
 

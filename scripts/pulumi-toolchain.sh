@@ -5,20 +5,26 @@
 # resource plugins at the versions that the Python packages in the venv ask for.
 #
 #   scripts/pulumi-toolchain.sh            # find or build, then print what it used
+#   scripts/pulumi-toolchain.sh command docker   # only these plugins (the local stack's)
 #   source scripts/pulumi-env.sh           # the environment it chose (see below)
+#
+# Arguments name the resource plugins to build (each must be a pulumi-NAME==X of
+# requirements.txt); with none, all of requirements.txt's. A plugin not asked for is
+# neither built nor needs its source archives, so a job pays only for what it uses.
 #
 # Two ways, chosen by DKIM_RELAY_PULUMI (default auto):
 #   path    The official Pulumi CLI on PATH (https://www.pulumi.com/docs/install/), at
 #           least the Python SDK's version. Pulumi installs resource plugins itself,
 #           as for every Pulumi user; nothing is built.
-#   source  The offline fallback: build the CLI, the language host and the command
-#           and docker plugins from Go source with Go >= 1.26. The CLI comes through
-#           the Go module proxy; the language host, the command provider and the docker
-#           provider with its upstream Terraform provider, whose modules the proxy does
-#           not serve, come from `git archive` exports of their release tags in
-#           DKIM_RELAY_SOURCE_ARCHIVES (default: ../shared/toolchain-src beside the
-#           checkout), each checked against the sha256 pinned below before unpacking.
-#           The cloudflare plugin has no source build (reported UNAVAILABLE).
+#   source  The offline fallback: build the CLI, the language host and the asked-for
+#           plugins (command, docker, hcloud) from Go source with Go >= 1.26. The CLI
+#           comes through the Go module proxy; the language host, the command provider
+#           and the docker and hcloud providers with the Terraform providers they bridge,
+#           whose modules the proxy does not serve, come from `git archive` exports of
+#           their release tags in DKIM_RELAY_SOURCE_ARCHIVES (default:
+#           ../shared/toolchain-src beside the checkout), each checked against the sha256
+#           pinned below before unpacking. The cloudflare plugin has no source build
+#           (reported UNAVAILABLE).
 #           Automatic plugin download is then off: the engine uses only what was built.
 #   auto    path when a usable CLI is on PATH, else source.
 #
@@ -32,9 +38,9 @@
 #     toolchain.env      what scripts/pulumi-env.sh sources: the chosen way's environment
 # A warm run only checks stamps and binaries (well under a second, no network).
 #
-# Exit status: 0 all parts present; 3 some resource plugin cannot be built from
-# source (reported UNAVAILABLE with the reason), the rest is set up and usable;
-# anything else: an error.
+# Exit status: 0 all parts present; 3 some asked-for resource plugin cannot be built
+# from source (reported UNAVAILABLE with the reason), the rest is set up and usable;
+# anything else: an error (an unknown plugin name included).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,14 +61,17 @@ declare -A ARCHIVE_SHA256=(
   [pulumi-go-provider-v1.3.0.tar.gz]=9ad7bfabb046ef1ad0dbca74ede3f04b111cbfaf2d6b78f111dc4d6d22693e81
   [pulumi-docker-v5.1.0.tar.gz]=2946c6b7b8fa0047fea16e8ff01487682ebe18844cafed0d35259c99992c0773
   [terraform-provider-docker-v4.5.0.tar.gz]=287dfbb60846838ad269f9949ad8e6fe2fc2f14df6c173b0130c68828d57a7a3
+  [pulumi-hcloud-v1.39.1.tar.gz]=ea2c0664d1dcdf4b84cfdbb59ebbf8b0966dc590040ba55fd4496e10917fa639
+  [terraform-provider-hcloud-v1.66.1.tar.gz]=9df3838ef6bca8667e9aaadccf5f6fd94dc51b0c8152008ea009d6f068d4e3f3
 )
 # The archives each part is built from, by part and version ("langhost", or the plugin's
-# name). Before the long CLI build, those of every part still to build must be there.
-# The docker plugin's second archive is its `upstream` submodule (the Terraform provider).
+# name). Before the long CLI build, those of every asked-for part still to build must be
+# there. The docker and hcloud plugins' second archive is the Terraform provider they bridge.
 declare -A PART_ARCHIVES=(
   [langhost@$LANGHOST_TAG]="pulumi-language-python-v3.259.0.tar.gz"
   [command@1.2.1]="pulumi-command-provider-v1.2.1.tar.gz pulumi-go-provider-v1.3.0.tar.gz"
   [docker@5.1.0]="pulumi-docker-v5.1.0.tar.gz terraform-provider-docker-v4.5.0.tar.gz"
+  [hcloud@1.39.1]="pulumi-hcloud-v1.39.1.tar.gz terraform-provider-hcloud-v1.66.1.tar.gz"
 )
 
 log() { printf '[pulumi-toolchain] %s\n' "$*" >&2; }
@@ -256,6 +265,32 @@ recipe_docker() {
       -o "$BIN/pulumi-resource-docker-v$v" ./cmd/pulumi-resource-docker) \
     || { REASON="go build failed, see $CACHE/logs/plugin-docker.log"; return 1; }
 }
+# Bridged from hetznercloud/terraform-provider-hcloud, the one module of its build that the
+# proxy refuses: a directory replace points at its archive. No patches; the recipe of the
+# archives' README.
+recipe_hcloud() {
+  local v=$1 w="$CACHE/src/hcloud-$1" archive upstream
+  read -r archive upstream <<<"${PART_ARCHIVES[hcloud@$v]:-}"
+  [[ -n "$upstream" ]] || { REASON="no pinned source archives for pulumi-hcloud v$v"; return 3; }
+  # Both checked before either is unpacked.
+  check_archive "$archive"; check_archive "$upstream"
+  rm -rf "$w"
+  unpack "$archive" "$w"      # pulumi-hcloud/
+  unpack "$upstream" "$w"     # terraform-provider-hcloud/
+  local dir="$w/pulumi-hcloud/provider" mod
+  mod=$(sed -n 's/^module //p' "$dir/go.mod")
+  [[ -n "$mod" ]] || { REASON="no module line in pulumi-hcloud/provider/go.mod"; return 1; }
+  (cd "$dir" && "$GO" mod edit \
+      -replace github.com/hetznercloud/terraform-provider-hcloud=../../terraform-provider-hcloud)
+  : >"$CACHE/logs/plugin-hcloud-schema.log"
+  (cd "$dir/cmd/pulumi-resource-hcloud" && GOFLAGS="$GOFLAGS -buildvcs=false" VERSION=$v \
+      timed plugin-hcloud-schema "$GO" run -trimpath ./generate.go) \
+    || { REASON="go run ./generate.go (schema-embed.json) failed, see $CACHE/logs/plugin-hcloud-schema.log"; return 1; }
+  (cd "$dir" && GOFLAGS="$GOFLAGS -buildvcs=false" timed plugin-hcloud "$GO" build -trimpath \
+      -ldflags "-X $mod/pkg/version.Version=$v -s -w" \
+      -o "$BIN/pulumi-resource-hcloud-v$v" ./cmd/pulumi-resource-hcloud) \
+    || { REASON="go build failed, see $CACHE/logs/plugin-hcloud.log"; return 1; }
+}
 recipe_cloudflare() {
   # A bridged Terraform provider like docker, but with no source archive of it or of its
   # patched upstream submodule, and modules it needs that no proxy serves (docs/toolchain.md).
@@ -309,21 +344,41 @@ for line in pathlib.Path(sys.argv[1]).read_text().splitlines():
 EOF
 }
 
+# select_plugins [NAME...]: WANTED becomes the "NAME VERSION" lines of the plugins asked
+# for (all of requirements.txt's when none is named), in requirements.txt's order, so that
+# a job builds only what it uses (scripts/local-up.sh: command and docker).
+WANTED=""
+select_plugins() {
+  local all name v ask
+  all=$(wanted_plugins) || die "cannot read the wanted plugin versions from $VENV"
+  if (( $# == 0 )); then WANTED=$all; return; fi
+  local -A named=()
+  while read -r name v; do [[ -z "$name" ]] || named[$name]=$v; done <<<"$all"
+  for ask in "$@"; do
+    [[ -n "$ask" && -n "${named[$ask]:-}" ]] \
+      || die "no resource plugin '$ask' in requirements.txt (it names: $(cut -d' ' -f1 <<<"$all" | paste -sd' '))"
+  done
+  while read -r name v; do
+    for ask in "$@"; do
+      if [[ $ask == "$name" ]]; then WANTED+="$name $v"$'\n'; break; fi
+    done
+  done <<<"$all"
+}
+
 build_from_source() {
   mkdir -p "$CACHE"/{go/cache,go/mod,src,bin,pulumi-home,stamps,logs}
   export GOCACHE="$CACHE/go/cache" GOMODCACHE="$CACHE/go/mod"
   export GOFLAGS="-mod=mod -p=2" GOTOOLCHAIN=local CGO_ENABLED=0
   export PULUMI_HOME="$CACHE/pulumi-home" PULUMI_SKIP_UPDATE_CHECK=1
   export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION=true
-  local wanted name v plugins=()
-  wanted=$(wanted_plugins) || die "cannot read the wanted plugin versions from $VENV"
-  # Before the long CLI build: the archives of every part still to build are there.
+  local name v plugins=()
+  # Before the long CLI build: the archives of every asked-for part still to build are there.
   local parts=() part f what missing=()
   langhost_built || parts+=("langhost@$LANGHOST_TAG")
   while read -r name v; do
     [[ -n "$name" ]] || continue
     stamp_ok "plugin-$name" "$v" "pulumi-resource-$name-v$v" || parts+=("$name@$v")
-  done <<<"$wanted"
+  done <<<"$WANTED"
   for part in "${parts[@]}"; do
     what="the ${part%@*} plugin"; [[ $part != langhost@* ]] || what="the language host"
     for f in ${PART_ARCHIVES[$part]:-}; do
@@ -338,7 +393,7 @@ build_from_source() {
   while read -r name v; do
     [[ -n "$name" ]] || continue
     plugins+=("$name"); build_plugin "$name" "$v"
-  done <<<"$wanted"
+  done <<<"$WANTED"
   (( ${#plugins[@]} )) || die "requirements.txt names no Pulumi resource plugin"
   cat >&2 <<EOF
 [pulumi-toolchain] built from source into $CACHE (the offline fallback)
@@ -358,6 +413,7 @@ EOF
 
 main() {
   local found="" path="" v=""
+  select_plugins "$@"
   case $WAY in
     auto | path) found=$(ambient_cli) ;;
     source) ;;

@@ -37,6 +37,7 @@ EXPECTED_TYPES = {
     "command": "command:local:Command",
     "docker": "docker:index/network:Network",
     "cloudflare": "cloudflare:index/dnsRecord:DnsRecord",
+    "hcloud": "hcloud:index/sshKey:SshKey",
 }
 # Plugins that cannot be built on this machine (docs/toolchain.md says why, with the
 # commands and what they printed). They are not left out silently: the test below checks
@@ -74,6 +75,23 @@ if "cloudflare" in which:
         ttl=1,
         opts=pulumi.ResourceOptions(provider=cf),
     )
+
+if "hcloud" in which:
+    import pulumi_hcloud as hcloud
+    # The provider refuses to configure without a token; a dummy one, not a credential. A
+    # preview of a new key makes no API call (checked against a local server that saw no
+    # request); the endpoint, where nothing listens, keeps Hetzner's API out of reach should
+    # that change, even where the preview cannot be unplugged.
+    hc = hcloud.Provider(
+        "hc", token=pulumi.Output.secret("0" * 64), endpoint="http://127.0.0.1:9/v1"
+    )
+    hcloud.SshKey(
+        "smoke",
+        name="toolchain-smoke",
+        public_key="ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIGvKqP7Wm0Kp4m9g5n0yq9sX2b7u8yZ0c1d2e3f4g5h6",
+        opts=pulumi.ResourceOptions(provider=hc),
+    )
 """
 
 
@@ -82,7 +100,7 @@ PLUGINS = sorted(set(WANTED) - set(BLOCKED))
 
 
 def test_requirements_name_resource_plugins() -> None:
-    assert {"command", "docker"} <= set(WANTED), WANTED
+    assert {"command", "docker", "hcloud"} <= set(WANTED), WANTED
 
 
 @pytest.fixture(scope="module")
@@ -253,6 +271,53 @@ def test_blocked_plugin_is_reported_unavailable(engine_env: dict[str, str], name
     assert re.search(rf"{name}.*UNAVAILABLE|UNAVAILABLE.*{name}", text), text[-2000:]
 
 
+def test_asking_for_command_and_docker_leaves_hcloud_alone(tmp_path: pathlib.Path) -> None:
+    """What scripts/local-up.sh asks for: with the real cache's CLI, language host, command
+    and docker plugins (linked, with their stamps), no source archive and no Go, asking for
+    `command docker` succeeds without a word of hcloud or cloudflare: no build, and no
+    archive needed for them. The same cache asked for everything fails on hcloud's
+    archives, so this test sees a script that ignores its arguments."""
+    fresh = tmp_path / "cache"
+    for d in ("bin", "stamps", "pulumi-home/plugins"):
+        (fresh / d).mkdir(parents=True)
+    parts = {
+        "cli": ["pulumi"],
+        "langhost": [
+            "pulumi-language-python",
+            "pulumi-language-python-exec",
+            "pulumi-resource-pulumi-python",
+        ],
+    }
+    for name in ("command", "docker"):
+        parts[f"plugin-{name}"] = [f"pulumi-resource-{name}-v{WANTED[name]}"]
+        registered = f"pulumi-home/plugins/resource-{name}-v{WANTED[name]}"
+        assert (CACHE / registered).is_dir(), f"{CACHE / registered} missing: run the toolchain"
+        (fresh / registered).symlink_to(CACHE / registered)
+    for stamp, exes in parts.items():
+        assert (CACHE / "stamps" / stamp).is_file(), f"no {stamp} in {CACHE}: run the toolchain"
+        shutil.copy(CACHE / "stamps" / stamp, fresh / "stamps" / stamp)
+        for exe in exes:
+            (fresh / "bin" / exe).symlink_to(CACHE / "bin" / exe)
+    env = {
+        "DKIM_RELAY_PULUMI": "source",
+        "DKIM_RELAY_SOURCE_ARCHIVES": str(tmp_path / "none"),
+        "GO": "/bin/false",  # nothing may be built
+    }
+
+    out = toolchain(fresh, [], ("command", "docker"), **env)
+    assert out.returncode == 0, out.stderr
+    for name in ("command", "docker"):
+        assert re.search(rf"plugin {name}: +v{WANTED[name]} \(cached\)", out.stderr), out.stderr
+    said = out.stderr.replace(str(fresh), "CACHE").replace(str(REPO), "REPO")  # paths aside
+    assert "hcloud" not in said and "cloudflare" not in said, out.stderr
+    assert not (fresh / "stamps" / "plugin-hcloud").exists()
+    assert not list((fresh / "src").glob("hcloud-*")), "hcloud's sources were unpacked"
+
+    out = toolchain(fresh, [], **env)
+    assert out.returncode not in (0, 3), out.stderr
+    assert f"pulumi-hcloud-v{WANTED['hcloud']}.tar.gz (for the hcloud plugin)" in out.stderr
+
+
 DYNAMIC_PROGRAM = """\
 import pulumi
 import pulumi_command as command
@@ -277,11 +342,12 @@ pulumi.export("stdout", hello.stdout)
 
 
 def test_a_fresh_cache_builds_from_the_archives(tmp_path: pathlib.Path) -> None:
-    """A machine with no git snapshots and a cache of its own builds the language host, the
-    command plugin and the docker plugin from the source archives, each the same binary as
-    the cached one, and the engine then runs a program with a Python dynamic resource. Go's
-    module and build caches are reused by hard links (Go only adds entries), and so is the
-    CLI with its stamp, so only what the archives give is built (and mostly linked)."""
+    """A machine with no git snapshots and a cache of its own builds the language host and
+    every plugin of requirements.txt (no names given) from the source archives, each the
+    same binary as the cached one, and the engine then runs a program with a Python dynamic
+    resource. Go's module and build caches are reused by hard links (Go only adds entries),
+    and so is the CLI with its stamp, so only what the archives give is built (and mostly
+    linked)."""
     for part in ("bin/pulumi", "stamps/cli", "go/mod", "go/cache"):
         assert (CACHE / part).exists(), f"{CACHE / part} missing: run scripts/pulumi-toolchain.sh"
     fresh = tmp_path / "cache"
@@ -296,7 +362,7 @@ def test_a_fresh_cache_builds_from_the_archives(tmp_path: pathlib.Path) -> None:
     out = toolchain(fresh, [], DKIM_RELAY_PULUMI="source")
     assert out.returncode == 3, out.stderr  # 3: cloudflare, which has no source build
     assert re.search(r"language host: +v3\.259\.0\S* \(built\)", out.stderr), out.stderr
-    for name, version in (("command", "1.2.1"), ("docker", "5.1.0")):
+    for name, version in (("command", "1.2.1"), ("docker", "5.1.0"), ("hcloud", "1.39.1")):
         assert re.search(rf"plugin {name}: +v{version} \(built and registered\)", out.stderr)
         built = fresh / "bin" / f"pulumi-resource-{name}-v{version}"
         reference = CACHE / "bin" / f"pulumi-resource-{name}-v{version}"

@@ -113,6 +113,10 @@ WANTED = wanted_plugins()
 SCRIPT = TOOLCHAIN.read_text()
 PINNED = re.findall(r"\[([a-z0-9.-]+\.tar\.gz)\]=", SCRIPT)
 DOCKER_ARCHIVES = ["pulumi-docker-v5.1.0.tar.gz", "terraform-provider-docker-v4.5.0.tar.gz"]
+HCLOUD_ARCHIVES = ["pulumi-hcloud-v1.39.1.tar.gz", "terraform-provider-hcloud-v1.66.1.tar.gz"]
+# The plugins built from two archives: the Pulumi provider and the Terraform provider it
+# bridges.
+PAIRS = {"docker": DOCKER_ARCHIVES, "hcloud": HCLOUD_ARCHIVES}
 SOURCE_ARCHIVES = pathlib.Path(
     os.environ.get("DKIM_RELAY_SOURCE_ARCHIVES", REPO.parent / "shared" / "toolchain-src")
 )
@@ -151,17 +155,20 @@ def built_cache(cache: pathlib.Path, tmp_path: pathlib.Path, plugins: dict[str, 
         (home / f"pulumi-resource-{name}").symlink_to(cli)
 
 
-@pytest.mark.parametrize("tampered", DOCKER_ARCHIVES)
-def test_a_docker_archive_with_another_checksum_is_not_unpacked(
-    tmp_path: pathlib.Path, tampered: str
+@pytest.mark.parametrize(
+    ("plugin", "tampered"), [(p, a) for p, pair in PAIRS.items() for a in pair]
+)
+def test_a_bridged_plugin_archive_with_another_checksum_is_not_unpacked(
+    tmp_path: pathlib.Path, plugin: str, tampered: str
 ) -> None:
-    """Both docker archives are checked before either is unpacked: with the genuine
-    pulumi-docker archive beside a tampered Terraform provider, neither is unpacked."""
-    assert set(DOCKER_ARCHIVES) <= set(PINNED), PINNED
+    """Both archives of a bridged plugin are checked before either is unpacked: with the
+    genuine Pulumi provider's archive beside a tampered Terraform provider (or the other way
+    round), neither is unpacked."""
+    assert set(PAIRS[plugin]) <= set(PINNED), PINNED
     cache, archives = tmp_path / "cache", tmp_path / "archives"
-    built_cache(cache, tmp_path, {"command": WANTED["command"]})
+    built_cache(cache, tmp_path, {})
     archives.mkdir()
-    for name in DOCKER_ARCHIVES:
+    for name in PAIRS[plugin]:
         if name == tampered:
             (archives / name).write_bytes(b"not the archive")
         elif (SOURCE_ARCHIVES / name).is_file():
@@ -171,21 +178,23 @@ def test_a_docker_archive_with_another_checksum_is_not_unpacked(
     out = toolchain(
         cache,
         [],
+        (plugin,),
         DKIM_RELAY_PULUMI="source",
         DKIM_RELAY_SOURCE_ARCHIVES=str(archives),
         GO="/bin/false",  # nothing may reach a build
     )
     assert out.returncode not in (0, 3)
     assert f"{tampered} has sha256" in out.stderr and "not unpacking" in out.stderr, out.stderr
-    assert "pulumi-resource-docker v5.1.0: not built yet" in out.stderr, out.stderr
-    unpacked = cache / "src" / f"docker-{WANTED['docker']}"
-    assert not (unpacked / "pulumi-docker").exists()
-    assert not (unpacked / "terraform-provider-docker").exists()
+    version = WANTED[plugin]
+    assert f"pulumi-resource-{plugin} v{version}: not built yet" in out.stderr, out.stderr
+    unpacked = cache / "src" / f"{plugin}-{version}"
+    assert not (unpacked / f"pulumi-{plugin}").exists()
+    assert not (unpacked / f"terraform-provider-{plugin}").exists()
 
 
-@pytest.mark.parametrize("missing", DOCKER_ARCHIVES)
-def test_a_missing_docker_archive_is_named_before_the_cli_build(
-    tmp_path: pathlib.Path, missing: str
+@pytest.mark.parametrize(("plugin", "missing"), [(p, a) for p, pair in PAIRS.items() for a in pair])
+def test_a_missing_bridged_plugin_archive_is_named_before_the_cli_build(
+    tmp_path: pathlib.Path, plugin: str, missing: str
 ) -> None:
     archives = tmp_path / "archives"
     archives.mkdir()
@@ -200,7 +209,7 @@ def test_a_missing_docker_archive_is_named_before_the_cli_build(
         GO="/bin/false",
     )
     assert out.returncode not in (0, 3)
-    assert "not found in" in out.stderr and f"{missing} (for the docker plugin)" in out.stderr
+    assert "not found in" in out.stderr and f"{missing} (for the {plugin} plugin)" in out.stderr
     assert "building pulumi CLI" not in out.stderr
     assert [n for n in PINNED if n in out.stderr] == [missing], out.stderr
 
@@ -214,14 +223,49 @@ def test_archives_are_needed_only_for_parts_still_to_build(tmp_path: pathlib.Pat
     )
     assert out.returncode not in (0, 3)
     named = [n for n in PINNED if n in out.stderr]
-    assert sorted(named) == sorted(DOCKER_ARCHIVES), out.stderr
-    # Once the docker plugin is built too, no archive is needed: only cloudflare is left,
-    # which has no source build (3).
+    assert sorted(named) == sorted(DOCKER_ARCHIVES + HCLOUD_ARCHIVES), out.stderr
+    # Once the docker and hcloud plugins are built too, no archive is needed: only
+    # cloudflare is left, which has no source build (3).
     shutil.rmtree(cache)
-    built_cache(cache, tmp_path / "again", {n: WANTED[n] for n in ("command", "docker")})
+    built = {n: WANTED[n] for n in ("command", "docker", "hcloud")}
+    built_cache(cache, tmp_path / "again", built)
     out = toolchain(
         cache, [], DKIM_RELAY_PULUMI="source", DKIM_RELAY_SOURCE_ARCHIVES=none, GO="/bin/false"
     )
     assert out.returncode == 3, out.stderr
     assert "not found" not in out.stderr
     assert re.search(r"plugin docker: +v5\.1\.0 \(cached\)", out.stderr), out.stderr
+
+
+def test_archives_are_needed_only_for_the_plugins_asked_for(tmp_path: pathlib.Path) -> None:
+    """Named plugins narrow the archive check before the CLI build: with the command plugin
+    built and no archive at all, `docker` names docker's archives and not hcloud's, and
+    `command` needs none."""
+    cache = tmp_path / "cache"
+    built_cache(cache, tmp_path, {"command": WANTED["command"]})
+    env = {
+        "DKIM_RELAY_PULUMI": "source",
+        "DKIM_RELAY_SOURCE_ARCHIVES": str(tmp_path / "none"),
+        "GO": "/bin/false",
+    }
+    out = toolchain(cache, [], ("docker",), **env)
+    assert out.returncode not in (0, 3)
+    assert sorted(n for n in PINNED if n in out.stderr) == sorted(DOCKER_ARCHIVES), out.stderr
+    out = toolchain(cache, [], ("command",), **env)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"plugin command: +v1\.2\.1 \(cached\)", out.stderr), out.stderr
+    assert not re.search(r"plugin (docker|hcloud|cloudflare)", out.stderr), out.stderr
+
+
+@pytest.mark.parametrize("asked", [("nope",), ("command", "hetzner"), ("pulumi-hcloud",)])
+def test_an_unknown_plugin_name_is_refused(tmp_path: pathlib.Path, asked: tuple[str, ...]) -> None:
+    """A name that is no plugin of requirements.txt stops the script before anything is
+    built or chosen, naming it and the plugins there are."""
+    unknown = asked[-1]
+    cache = tmp_path / "cache"
+    out = toolchain(cache, [], asked, DKIM_RELAY_PULUMI="source", GO="/bin/false")
+    assert out.returncode not in (0, 3)
+    assert f"no resource plugin '{unknown}' in requirements.txt" in out.stderr, out.stderr
+    assert " ".join(WANTED) in out.stderr, out.stderr
+    assert "building pulumi CLI" not in out.stderr
+    assert not (cache / "toolchain.env").exists()

@@ -25,8 +25,14 @@ def stand_in_cli(d: pathlib.Path, version: str) -> pathlib.Path:
 
 
 def toolchain(
-    cache: pathlib.Path, path_dirs: list[pathlib.Path], **env: str
+    cache: pathlib.Path,
+    path_dirs: list[pathlib.Path],
+    plugins: tuple[str, ...] = (),
+    /,
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
+    """Run the script on CACHE with only PATH_DIRS and the system folders on PATH; PLUGINS
+    are its arguments (none: every plugin of requirements.txt)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PULUMI_", "DKIM_RELAY_"))}
     base.update(
         DKIM_RELAY_CACHE=str(cache),
@@ -34,7 +40,7 @@ def toolchain(
         **env,
     )
     return subprocess.run(
-        ["bash", str(TOOLCHAIN)], env=base, capture_output=True, text=True, timeout=600
+        ["bash", str(TOOLCHAIN), *plugins], env=base, capture_output=True, text=True, timeout=600
     )
 
 
