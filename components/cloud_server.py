@@ -169,8 +169,10 @@ class HetznerServer(pulumi.ComponentResource):
                 )
             return address or ""
 
-        self.ipv4 = server.ipv4_address
         self.ipv6 = server.ipv6_address.apply(need_ipv6)
+        # Everything that uses the server waits for that check: a server refused for want
+        # of IPv6 gets no PTR and no SSH connection attempt.
+        self.ipv4 = pulumi.Output.all(server.ipv4_address, self.ipv6).apply(lambda a: str(a[0]))
         self.host_key = host_key.public_key
         self.server_id = server.id
         server_id = server.id.apply(int)

@@ -407,7 +407,8 @@ class Stack:
         path = self.config_file
         old = yaml.safe_load(path.read_text()) if path.exists() else {}
         kept = {k: v for k, v in (old or {}).get("config", {}).items() if isinstance(v, dict)}
-        plain = {f"{NAMESPACE}:{k}": v for k, v in config.items()}
+        # A key with a namespace (a provider's, e.g. hcloud:endpoint) is kept as it is.
+        plain = {k if ":" in k else f"{NAMESPACE}:{k}": v for k, v in config.items()}
         doc = {"encryptionsalt": self.salt, "config": {**kept, **plain}}
         path.write_text(yaml.safe_dump(doc))
         self.config = dict(config)

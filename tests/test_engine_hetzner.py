@@ -1,0 +1,407 @@
+"""vpsProvider hetzner under the real engine: from a cloud token to signed mail in one
+`pulumi up`, against a fake Hetzner Cloud API whose servers are namespace VPSs.
+
+* the API: tests/fake_hcloud.py on loopback (``hcloud:endpoint``), driven by the real
+  hcloud plugin (the bridged Terraform provider) the toolchain built;
+* its servers: tests/cloud_vps_support.py. Creating a server boots a prepared namespace
+  VPS with what the stack handed over: the host key in the cloud-init user data and the
+  SSH key's public half for root, sshd on 22, a dockerd, a metadata service serving the
+  user data at 169.254.169.254. The namespace reaches no package mirror, so the relay's
+  image is loaded into it at boot (the stack's build then takes every step from it);
+* the rest as for an existing VPS (tests/test_engine_vps.py): pebble as Let's Encrypt,
+  the sink as ``relayNexthop``, the private key in an ssh-agent.
+
+The stack's config is the user's (``domain``, ``vpsProvider: hetzner``, the token, the
+SSH key, the SMTP users) plus what points it at the stand-ins (endpoint, ACME server,
+next hop, probe host). The tests run in file order on one stack; the error cases each
+have a stack of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from components.host import public_key_line
+from tests.cloud_vps_support import USERDATA_URL, CloudServer, CloudVpsPool, cloud_vps_pool
+from tests.common import free_port
+from tests.engine_support import REPO, Engine
+from tests.fake_hcloud import BootRequest, FakeHcloud
+from tests.relay_support import Sink
+from tests.verify_support import Nsd, reverse_zones, zone_file
+from tests.vps_docker_support import (
+    STACK_DOMAIN,
+    PulumiRun,
+    preload_relay_image,
+    send_signed,
+)
+from tests.vps_support import PROBE_HOST, RELAY_HOST, port25_listener, ssh_agent
+
+pytestmark = [pytest.mark.engine, pytest.mark.timeout(2400)]
+
+CONTAINER = f"dkr-hz-{uuid.uuid4().hex[:6]}"
+TOKEN = secrets.token_hex(32)  # 64 characters, as Hetzner's
+
+
+def client_key() -> str:
+    return (
+        ed25519.Ed25519PrivateKey.generate()
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+
+
+@dataclass
+class Cloud:
+    """The fake API and its servers. ``held``: server names whose sshd is held back
+    (a server that does not boot); ``booted``: server id -> its IPv4 address."""
+
+    pool: CloudVpsPool
+    fake: FakeHcloud
+    held: set[str] = field(default_factory=set)
+    held_requests: dict[str, tuple[BootRequest, CloudServer]] = field(default_factory=dict)
+    booted: dict[int, str] = field(default_factory=dict)
+
+    def boot(self, req: BootRequest) -> tuple[str | None, str | None]:
+        if req.name in self.held:
+            waiting = next(s for s in self.pool.servers if s.state == "prepared")
+            self.held_requests[req.name] = (req, waiting)
+            return waiting.vps.ip4, waiting.vps.ip6_network if req.ipv6 else None
+        got = self.pool.boot(req.user_data, req.public_keys)
+        self.booted[req.server_id] = got.ipv4
+        return got.ipv4, got.ipv6_network if req.ipv6 else None
+
+    def release(self, name: str) -> CloudServer:
+        """The held-back server boots now, with what it was handed at creation."""
+        req, server = self.held_requests.pop(name)
+        self.held.discard(name)
+        got = self.pool.boot(req.user_data, req.public_keys)
+        assert got.ipv4 == server.vps.ip4
+        self.booted[req.server_id] = got.ipv4
+        return server
+
+    def halt(self, server_id: int) -> None:
+        if server_id in self.booted:
+            self.pool.halt(self.booted.pop(server_id))
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Cloud]:
+    def preload(server: CloudServer) -> None:
+        assert server.docker is not None
+        preload_relay_image(server.docker, CONTAINER)
+
+    with cloud_vps_pool(on_boot=preload) as pool:
+        holder: list[Cloud] = []
+        with FakeHcloud(
+            TOKEN, boot=lambda r: holder[0].boot(r), halt=lambda i: holder[0].halt(i)
+        ) as fake:
+            holder.append(Cloud(pool, fake))
+            yield holder[0]
+            assert fake.unhandled == [], fake.unhandled
+
+
+def stack_config(cloud: Cloud, server: CloudServer, sink: Sink, **over: Any) -> dict[str, Any]:
+    """A user's hetzner stack, pointed at the stand-ins of ``server`` (still prepared)."""
+    vps = server.vps
+    cfg: dict[str, Any] = {
+        "domain": STACK_DOMAIN,
+        "vpsProvider": "hetzner",
+        "smtpUsers": ["gmail"],
+        "relayHost": RELAY_HOST,
+        "acmeEmail": f"postmaster@{STACK_DOMAIN}",
+        "dkimSelector": "one",
+        "relayContainerName": CONTAINER,
+        # The stand-ins: the fake API, pebble, the sink, the port 25 probe.
+        "hcloud:endpoint": cloud.fake.url,
+        "hcloud:pollInterval": "200ms",
+        "acmeServer": vps.acme_server,
+        "acmeCaBundle": vps.acme_ca_bundle,
+        "relayNexthop": f"[{vps.host_ip4}]:{sink.port}",
+        "port25Probe": PROBE_HOST,
+    }
+    cfg.update(over)
+    return cfg
+
+
+@dataclass
+class Deployed:
+    run: PulumiRun
+    server: CloudServer
+    sink: Sink
+    key: str
+    first_up: str
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, cloud: Cloud) -> Iterator[Deployed]:
+    server = cloud.pool.prepare()
+    vps = server.vps
+    sink = Sink(vps.host_ip4, free_port(vps.host_ip4))
+    sink.start()
+    key = client_key()
+    vps.private_key = key  # what LocalVps.ssh logs in with
+    engine = Engine(tmp_path_factory.mktemp("engine-hetzner"))
+    try:
+        with port25_listener(vps.host_ip4, vps.host_ip6), ssh_agent(key) as agent:
+            stack = engine.stack(
+                f"hz{uuid.uuid4().hex[:6]}", stack_config(cloud, server, sink), env=agent
+            )
+            stack.set_secret("sshPrivateKey", key)
+            stack.set_secret("hcloud:token", TOKEN)
+            run = PulumiRun(stack)
+            try:
+                out = run.ok("up", "--yes", "--skip-preview")
+                yield Deployed(run, server, sink, key, out)
+            finally:
+                run.run("destroy", "--yes", "--skip-preview")
+                stack.run("stack", "rm", "--yes", "--force")
+    finally:
+        sink.stop()
+
+
+# --- the happy path, in file order ------------------------------------------------------
+def test_one_up_creates_the_server_and_deploys_the_relay(cloud: Cloud, deployed: Deployed) -> None:
+    out = deployed.run.outputs()
+    fake, vps = cloud.fake, deployed.server.vps
+    assert len(fake.servers) == 1 and len(fake.ssh_keys) == 1 and len(fake.firewalls) == 1
+    (srv,) = fake.servers.values()
+    assert srv.name == RELAY_HOST
+    # The server's addresses are the stack's, and both PTRs name the relay.
+    assert (out["vpsIpv4"], out["vpsIpv6"]) == (vps.ip4, vps.ip6)
+    assert fake.ptrs() == {vps.ip4: RELAY_HOST, vps.ip6: RELAY_HOST}
+    # It let in the stack's own key and offers the host key the stack generated.
+    (ssh_key,) = fake.ssh_keys.values()
+    assert ssh_key.public_key.split()[:2] == (public_key_line(deployed.key) or "").split()
+    assert deployed.server.host_keys == [out["sshHostKey"]]
+    # The records take the server's addresses.
+    records = {(r["type"], r["name"]): r["content"] for r in out["dnsRecords"]}
+    assert records[("A", RELAY_HOST)] == vps.ip4 and records[("AAAA", RELAY_HOST)] == vps.ip6
+    # A message submitted with the stack's credentials arrives signed (dkimpy).
+    send_signed(out, vps, deployed.sink, CONTAINER)
+
+
+def test_the_cloud_firewall_opens_only_what_the_relay_needs(cloud: Cloud, deployed: Deployed) -> None:
+    (fw,) = cloud.fake.firewalls.values()
+    ports = sorted((r["direction"], r["port"]) for r in fw.rules)
+    assert ports == [("in", "22"), ("in", "587"), ("in", "80")]
+    assert list(fw.servers) == list(cloud.fake.servers), "the firewall is on the server"
+
+
+def test_verify_finds_both_ptrs(tmp_path: Path, cloud: Cloud, deployed: Deployed) -> None:
+    """`dkim-relay verify` against nsd serving the stack's zone snippet and the PTRs the
+    fake API recorded (as Hetzner's reverse zones would)."""
+    out = deployed.run.outputs()
+    zones = {f"{STACK_DOMAIN}.": zone_file(STACK_DOMAIN, out["zoneSnippet"])}
+    nsd = Nsd(tmp_path / "nsd", zones | reverse_zones(cloud.fake.ptrs()))
+    try:
+        outputs = tmp_path / "outputs.json"
+        outputs.write_text(json.dumps(out))
+        cafile = tmp_path / "pebble-root.pem"
+        cafile.write_text(deployed.server.vps.pebble_root_pem())
+        res = subprocess.run(
+            [
+                str(REPO / "bin" / "dkim-relay"),
+                "verify",
+                "--json",
+                "--outputs",
+                str(outputs),
+                "--nameserver",
+                f"{nsd.host}:{nsd.port}",
+                "--cafile",
+                str(cafile),
+                "--timeout",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        nsd.stop()
+    report = json.loads(res.stdout)
+    status = {c["name"]: c["status"] for c in report["checks"]}
+    vps = deployed.server.vps
+    assert status[f"dns.ptr[{vps.ip4}]"] == "pass", report
+    assert status[f"dns.ptr[{vps.ip6}]"] == "pass", report
+
+
+def test_a_second_up_changes_nothing(deployed: Deployed) -> None:
+    deployed.run.ok("preview", "--expect-no-changes")
+    out = deployed.run.ok("up", "--yes", "--skip-preview", "--expect-no-changes")
+    assert "unchanged" in out
+
+
+def test_the_relay_cannot_read_the_user_data(deployed: Deployed) -> None:
+    """The metadata service serves the host key's private half; the host still reads it,
+    the relay's containers do not, also after a ufw reload (the rule is in after.rules)."""
+    vps = deployed.server.vps
+    assert "ed25519_private" in vps.run_inside(f"curl -sS --max-time 10 {USERDATA_URL}").stdout
+    probe = (
+        "exec 3<>/dev/tcp/169.254.169.254/80 && "
+        "printf 'GET /hetzner/v1/userdata HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3"
+    )
+
+    def from_relay() -> subprocess.CompletedProcess[str]:
+        return vps.run_inside(
+            f"docker exec {CONTAINER} timeout 10 bash -c \"{probe}\"", check=False, timeout=60
+        )
+
+    res = from_relay()
+    assert res.returncode != 0 and "ed25519_private" not in res.stdout, res.stdout
+    vps.run_inside("ufw reload")
+    res = from_relay()
+    assert res.returncode != 0 and "ed25519_private" not in res.stdout, res.stdout
+    # Without the rule the relay would read it: the check above can fail.
+    rule = "-d 169.254.169.254/32 -m comment --comment 'dkim-relay metadata' -j REJECT"
+    vps.run_inside(f"iptables -D DOCKER-USER {rule}")
+    try:
+        assert "ed25519_private" in from_relay().stdout
+    finally:
+        vps.run_inside(f"iptables -I DOCKER-USER 1 {rule}")
+
+
+def test_no_secret_in_plain_state_or_output(deployed: Deployed) -> None:
+    state = deployed.run.ok("stack", "export")
+    texts = [state, deployed.first_up, *(t for _, t in deployed.run.texts)]
+    host_private = deployed.server.cloud_init.host_keys["ed25519"]  # type: ignore[union-attr]
+    for text in texts:
+        assert TOKEN not in text
+        assert host_private.strip().splitlines()[1] not in text
+        assert deployed.key.strip().splitlines()[1] not in text
+
+
+def test_destroy_deletes_server_firewall_keys_and_ptrs(cloud: Cloud, deployed: Deployed) -> None:
+    deployed.run.ok("destroy", "--yes", "--skip-preview")
+    fake = cloud.fake
+    assert (fake.servers, fake.ssh_keys, fake.firewalls, fake.ptrs()) == ({}, {}, {}, {})
+    assert deployed.server.state == "halted"
+
+
+# --- errors: each names its cause; what it leaves, the next run finishes or removes ------
+def error_stack(
+    tmp_path: Path, cloud: Cloud, server: CloudServer, sink: Sink, token: str, **over: Any
+) -> tuple[PulumiRun, dict[str, str]]:
+    key = client_key()
+    server.vps.private_key = key
+    engine = Engine(tmp_path)
+    agent_cm = ssh_agent(key)
+    agent = agent_cm.__enter__()
+    stack = engine.stack(
+        f"hz{uuid.uuid4().hex[:6]}", stack_config(cloud, server, sink, **over), env=agent
+    )
+    stack.set_secret("sshPrivateKey", key)
+    stack.set_secret("hcloud:token", token)
+    run = PulumiRun(stack)
+    run.agent_cm = agent_cm  # type: ignore[attr-defined]
+    return run, agent
+
+
+def close(run: PulumiRun) -> None:
+    run.stack.run("stack", "rm", "--yes", "--force")
+    run.agent_cm.__exit__(None, None, None)  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def spare(cloud: Cloud) -> Iterator[tuple[CloudServer, Sink]]:
+    server = next((s for s in cloud.pool.servers if s.state == "prepared"), None)
+    server = server or cloud.pool.prepare()
+    sink = Sink(server.vps.host_ip4, free_port(server.vps.host_ip4))
+    sink.start()
+    try:
+        yield server, sink
+    finally:
+        sink.stop()
+
+
+def test_a_wrong_token_stops_before_anything_is_made(
+    tmp_path: Path, cloud: Cloud, spare: tuple[CloudServer, Sink]
+) -> None:
+    run, _ = error_stack(tmp_path, cloud, *spare, token=secrets.token_hex(32))
+    try:
+        before = len(cloud.fake.requests)
+        for cmd in (("preview",), ("up", "--yes", "--skip-preview")):
+            res = run.run(*cmd)
+            assert res.returncode != 0
+            assert "hcloud:token was refused by the Hetzner Cloud API" in res.stdout + res.stderr
+        made = [r for r in cloud.fake.requests[before:] if r.method != "GET"]
+        assert made == [], made
+        assert not cloud.fake.servers
+    finally:
+        close(run)
+
+
+def test_a_location_without_ipv6_is_named_and_destroy_cleans_up(
+    tmp_path: Path, cloud: Cloud, spare: tuple[CloudServer, Sink]
+) -> None:
+    server, sink = spare
+    name = "noipv6.dkim-relay.test"
+    cloud.held.add(name)  # nothing to boot: the error comes first
+    run, _ = error_stack(
+        tmp_path,
+        cloud,
+        server,
+        sink,
+        TOKEN,
+        relayHost=name,
+        hetznerLocation="ipv4only1",
+        serverBootTimeout=10,
+    )
+    try:
+        res = run.run("up", "--yes", "--skip-preview")
+        text = res.stdout + res.stderr
+        assert res.returncode != 0
+        assert "hetznerLocation 'ipv4only1' got no IPv6 address" in text, text[-3000:]
+        assert "did not answer SSH" not in text, "no wait for a server already refused"
+        run.ok("destroy", "--yes", "--skip-preview")
+        assert not cloud.fake.servers and not cloud.fake.firewalls and not cloud.fake.ssh_keys
+    finally:
+        cloud.held.discard(name)
+        cloud.held_requests.pop(name, None)
+        close(run)
+
+
+def test_a_server_that_does_not_boot_is_named_and_the_next_up_finishes(
+    tmp_path: Path, cloud: Cloud, spare: tuple[CloudServer, Sink]
+) -> None:
+    server, sink = spare
+    name = "late.dkim-relay.test"
+    cloud.held.add(name)
+    run, _ = error_stack(
+        tmp_path, cloud, server, sink, TOKEN, relayHost=name, serverBootTimeout=10
+    )
+    try:
+        with port25_listener(server.vps.host_ip4, server.vps.host_ip6):
+            res = run.run("up", "--yes", "--skip-preview")
+            text = res.stdout + res.stderr
+            assert res.returncode != 0
+            assert "did not answer SSH on port 22 within 10 s (serverBootTimeout)" in text, text[
+                -3000:
+            ]
+            assert len(cloud.fake.servers) == 1
+            # It boots after all: the next `up` goes on from there, on the same server.
+            cloud.release(name)
+            run.ok("up", "--yes", "--skip-preview")
+            assert len(cloud.fake.servers) == 1
+            out = run.outputs()
+            assert out["vpsIpv4"] == server.vps.ip4
+            assert cloud.fake.ptrs() == {server.vps.ip4: name, server.vps.ip6: name}
+            run.ok("destroy", "--yes", "--skip-preview")
+        assert not cloud.fake.servers and not cloud.fake.ptrs()
+    finally:
+        cloud.held.discard(name)
+        close(run)
