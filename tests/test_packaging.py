@@ -16,7 +16,7 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parent.parent
 # What only tests and linters use; none of it may reach a user's venv.
-DEV_ONLY = {"pytest", "pytest-timeout", "aiosmtpd", "moto", "boto3", "ruff", "mypy"}
+DEV_ONLY = {"pytest", "pytest-timeout", "aiosmtpd", "moto", "boto3", "hcloud", "ruff", "mypy"}
 
 
 def names(path: Path) -> dict[str, str]:
