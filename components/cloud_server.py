@@ -116,8 +116,11 @@ class HetznerServer(pulumi.ComponentResource):
         public = pulumi.Output.unsecret(
             pulumi.Output.from_input(args.ssh_private_key).apply(_public_half)
         )
+        # Names (and key fingerprints) are unique in a Hetzner project: a replacement
+        # must delete the old one first.
+        unique = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
         ssh_key = hcloud.SshKey(
-            f"{name}-ssh-key", name=args.name, public_key=public, labels=args.labels, opts=child
+            f"{name}-ssh-key", name=args.name, public_key=public, labels=args.labels, opts=unique
         )
         firewall = hcloud.Firewall(
             f"{name}-firewall",
@@ -155,6 +158,7 @@ class HetznerServer(pulumi.ComponentResource):
             labels=args.labels,
             opts=pulumi.ResourceOptions(
                 parent=self,
+                delete_before_replace=True,
                 custom_timeouts=pulumi.CustomTimeouts(create=args.create_timeout),
             ),
         )

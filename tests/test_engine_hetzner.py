@@ -195,11 +195,13 @@ def test_one_up_creates_the_server_and_deploys_the_relay(cloud: Cloud, deployed:
     send_signed(out, vps, deployed.sink, CONTAINER)
 
 
-def test_the_cloud_firewall_opens_only_what_the_relay_needs(cloud: Cloud, deployed: Deployed) -> None:
+def test_the_cloud_firewall_opens_only_what_the_relay_needs(
+    cloud: Cloud, deployed: Deployed
+) -> None:
     (fw,) = cloud.fake.firewalls.values()
     ports = sorted((r["direction"], r["port"]) for r in fw.rules)
     assert ports == [("in", "22"), ("in", "587"), ("in", "80")]
-    assert list(fw.servers) == list(cloud.fake.servers), "the firewall is on the server"
+    assert fw.servers() == list(cloud.fake.servers), "the firewall is on the server"
 
 
 def test_verify_finds_both_ptrs(tmp_path: Path, cloud: Cloud, deployed: Deployed) -> None:
@@ -258,7 +260,7 @@ def test_the_relay_cannot_read_the_user_data(deployed: Deployed) -> None:
 
     def from_relay() -> subprocess.CompletedProcess[str]:
         return vps.run_inside(
-            f"docker exec {CONTAINER} timeout 10 bash -c \"{probe}\"", check=False, timeout=60
+            f'docker exec {CONTAINER} timeout 10 bash -c "{probe}"', check=False, timeout=60
         )
 
     res = from_relay()
@@ -381,9 +383,7 @@ def test_a_server_that_does_not_boot_is_named_and_the_next_up_finishes(
     server, sink = spare
     name = "late.dkim-relay.test"
     cloud.held.add(name)
-    run, _ = error_stack(
-        tmp_path, cloud, server, sink, TOKEN, relayHost=name, serverBootTimeout=10
-    )
+    run, _ = error_stack(tmp_path, cloud, server, sink, TOKEN, relayHost=name, serverBootTimeout=10)
     try:
         with port25_listener(server.vps.host_ip4, server.vps.host_ip6):
             res = run.run("up", "--yes", "--skip-preview")
