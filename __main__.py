@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+from pulumi.runtime.config import is_config_secret
 
 from components.cloud_server import HetznerServer, HetznerServerArgs
 from components.credentials import SmtpCredentials, SmtpCredentialsArgs
@@ -99,8 +100,11 @@ def read_config() -> tuple[RelayConfig, pulumi.Config]:
     }
     if pulumi.Config("hcloud").get_secret("token") is not None:
         secrets_set.add("hcloud:token")
+    # Each secret key, as the stack file holds it: encrypted, or (wrongly) in plain text.
+    full = {k: k if ":" in k else f"{pulumi.get_project()}:{k}" for k in secrets_set}
+    plain = {k for k in secrets_set if not is_config_secret(full[k])}
     try:
-        cfg = load_config(raw, secrets_set)
+        cfg = load_config(raw, secrets_set, plain)
     except ConfigError as err:
         raise pulumi.RunError(str(err)) from None
     if cfg.cloud_server:

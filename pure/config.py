@@ -1235,13 +1235,26 @@ def _smarthost_checks(raw: Mapping[str, Any], secrets_set: set[str]) -> list[tup
     return []
 
 
-def load_config(raw: Mapping[str, Any], secrets_set: set[str] | None = None) -> RelayConfig:
+def load_config(
+    raw: Mapping[str, Any],
+    secrets_set: set[str] | None = None,
+    plain_secrets: set[str] | None = None,
+) -> RelayConfig:
     """Validate raw stack config (camelCase keys); raise ConfigError listing every problem.
 
     An empty string means "not set": Pulumi.yaml cannot declare a null default.
+    ``plain_secrets``: secret keys set without --secret (readable in the stack file).
     """
     raw = {k: v for k, v in raw.items() if v is not None and v != ""}
     problems = _cross_checks(raw, secrets_set or set())
+    problems += [
+        (
+            key,
+            "is stored in plain text in the stack file; it must be a secret. Fix: pulumi "
+            f"config rm {key} && pulumi config set --secret {key}",
+        )
+        for key in sorted(plain_secrets or ())
+    ]
     try:
         model = RelayConfig.model_validate(raw)
     except ValidationError as err:

@@ -335,3 +335,12 @@ def test_an_existing_vps_stack_creates_no_cloud_resource(monkeypatch: pytest.Mon
     assert unwrap(run.named("relay-engine").inputs)["sshOpts"] == json.dumps(
         rc.ssh_opts(MOCK_SERVER_HOST_KEY)
     )
+
+
+def test_a_secret_set_in_plain_text_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pulumi config set hcloud:token X` without --secret leaves it readable in the stack
+    file: refused, naming the key and the fix, before anything is made."""
+    with pytest.raises(Exception, match=r"hcloud:token: is stored in plain text") as err:
+        run_program(monkeypatch, {**HETZNER, "hcloud:token": TOKEN}, {"sshPrivateKey": SSH_KEY})
+    assert "pulumi config set --secret hcloud:token" in str(err.value)
+    assert TOKEN not in str(err.value)
