@@ -155,6 +155,7 @@ def create_server(cfg: RelayConfig, config: pulumi.Config) -> HetznerServer:
             ],
             labels=cloud_labels(pulumi.get_stack(), pulumi.get_project()),
             ssh_port=cfg.ssh_port,
+            create_timeout=f"{cfg.server_boot_timeout}s",
         ),
     )
 

@@ -164,7 +164,14 @@ class HetznerServer(pulumi.ComponentResource):
         )
         location = args.location
 
-        def need_ipv6(address: str | None) -> str:
+        def need_ipv6(values: list[Any]) -> str:
+            address, status = values
+            if not address and not pulumi.runtime.is_dry_run() and status != "running":
+                raise pulumi.RunError(
+                    f"the server is not created yet (Hetzner reports it {status!r}, within "
+                    "serverBootTimeout it was not running); nothing else was changed. Run "
+                    "pulumi up again once the Hetzner Cloud Console shows it running"
+                )
             if not address and not pulumi.runtime.is_dry_run():
                 raise pulumi.RunError(
                     f"the server in hetznerLocation {location!r} got no IPv6 address; the "
@@ -173,7 +180,7 @@ class HetznerServer(pulumi.ComponentResource):
                 )
             return address or ""
 
-        self.ipv6 = server.ipv6_address.apply(need_ipv6)
+        self.ipv6 = pulumi.Output.all(server.ipv6_address, server.status).apply(need_ipv6)
         # Everything that uses the server waits for that check: a server refused for want
         # of IPv6 gets no PTR and no SSH connection attempt.
         self.ipv4 = pulumi.Output.all(server.ipv4_address, self.ipv6).apply(lambda a: str(a[0]))

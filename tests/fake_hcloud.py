@@ -1296,6 +1296,13 @@ class FakeHcloud:
             for aid in server.create_actions:
                 self.actions[aid].finish(error)
 
+    def finish_boot(self, name: str) -> None:
+        """A server of ``never_boot`` boots after all (its create action then finishes)."""
+        with self._lock:
+            self.never_boot.discard(name)
+            server = next(s for s in self.servers.values() if s.name == name)
+            server.worker = self._spawn(lambda: self._boot(server), f"boot-{server.id}")
+
     def _pool_addresses(self, request: BootRequest) -> tuple[str | None, str | None]:
         n = next(self._pool)
         return f"10.77.{n // 250}.{n % 250 + 2}", f"fd00:77:0:{n:x}::/64"

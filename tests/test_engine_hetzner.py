@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from components.host import public_key_line
 from tests.cloud_vps_support import USERDATA_URL, CloudServer, CloudVpsPool, cloud_vps_pool
-from tests.common import free_port
+from tests.common import free_port, wait_for
 from tests.engine_support import REPO, Engine
 from tests.fake_hcloud import BootRequest, FakeHcloud
 from tests.relay_support import Sink
@@ -410,4 +410,40 @@ def test_a_server_that_does_not_boot_is_named_and_the_next_up_finishes(
         assert not cloud.fake.servers and not cloud.fake.ptrs()
     finally:
         cloud.held.discard(name)
+        close(run)
+
+
+def test_a_create_that_never_finishes_stops_up_and_the_next_up_finishes(
+    tmp_path: Path, cloud: Cloud, spare: tuple[CloudServer, Sink]
+) -> None:
+    """The API never reports the server created (its create action stays running): `up`
+    stops after serverBootTimeout; once it is created after all, the next `up` takes the
+    server in the state and goes on."""
+    server, sink = spare
+    name = "stuck.dkim-relay.test"
+    cloud.fake.never_boot.add(name)
+    run, _ = error_stack(tmp_path, cloud, server, sink, TOKEN, relayHost=name, serverBootTimeout=10)
+    try:
+        with port25_listener(server.vps.host_ip4, server.vps.host_ip6):
+            res = run.run("up", "--yes", "--skip-preview")
+            text = res.stdout + res.stderr
+            assert res.returncode != 0
+            # The provider's words: the create action was still running at the deadline.
+            assert "context deadline exceeded: remaining running actions" in text, text[-3000:]
+            print(next(line for line in text.splitlines() if "remaining running" in line))
+            assert len(cloud.fake.servers) == 1
+            cloud.fake.finish_boot(name)
+            wait_for(
+                "the server created",
+                lambda: all(s.status == "running" for s in cloud.fake.servers.values()),
+                300,
+            )
+            run.ok("up", "--yes", "--skip-preview")
+            assert len(cloud.fake.servers) == 1
+            assert cloud.fake.ptrs() == {server.vps.ip4: name, server.vps.ip6: name}
+            run.ok("preview", "--expect-no-changes")
+            run.ok("destroy", "--yes", "--skip-preview")
+        assert not cloud.fake.servers and not cloud.fake.ptrs()
+    finally:
+        cloud.fake.never_boot.discard(name)
         close(run)
