@@ -543,7 +543,8 @@ class RelayConfig(BaseModel):
     ] = Field(
         300,
         description=(
-            "vpsProvider hetzner: how long a new server may take to answer SSH, in seconds"
+            "vpsProvider hetzner: how long a new server may take to be created, and then to "
+            "answer SSH, in seconds"
         ),
         examples=[300],
     )
