@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from components.cloud_server import generate_host_key
 from components.relay import read_tree
 from pure import relay_container as rc
 from scripts.local_ca import issue
@@ -48,23 +49,6 @@ from tests.vps_support import ssh_agent
 pytestmark = [pytest.mark.engine, pytest.mark.timeout(1200)]
 
 
-def _ed25519_pair() -> tuple[str, str]:
-    """(OpenSSH private key, public key line) of a new ed25519 key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
-
-    key = ed25519.Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    ).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    )
-    return private, public.decode()
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return Engine(tmp_path_factory.mktemp("engine"))
@@ -82,8 +66,8 @@ def _ops(steps: list[dict[str, Any]]) -> set[tuple[str, str]]:
 
 
 def test_preview_of_a_vps_stack_with_manual_dns(engine: Engine) -> None:
-    private, _ = _ed25519_pair()
-    _, host_key = _ed25519_pair()
+    private, _ = generate_host_key()
+    _, host_key = generate_host_key()
     # As a user runs it: the key the Docker provider's ssh uses is in an ssh-agent.
     with ssh_agent(private) as agent:
         stack = engine.stack(

@@ -24,14 +24,14 @@ import secrets
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from components.cloud_server import generate_host_key
 from components.host import public_key_line
 from tests.cloud_vps_support import USERDATA_URL, CloudServer, CloudVpsPool, cloud_vps_pool
 from tests.common import free_port, wait_for
@@ -54,15 +54,7 @@ TOKEN = secrets.token_hex(32)  # 64 characters, as Hetzner's
 
 
 def client_key() -> str:
-    return (
-        ed25519.Ed25519PrivateKey.generate()
-        .private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-        .decode()
-    )
+    return generate_host_key()[0]  # an ed25519 key like any other
 
 
 @dataclass
@@ -139,43 +131,52 @@ def stack_config(cloud: Cloud, server: CloudServer, sink: Sink, **over: Any) -> 
 
 
 @dataclass
-class Deployed:
+class OwnStack:
     run: PulumiRun
     server: CloudServer
     sink: Sink
-    key: str
-    first_up: str
+    key: str  # sshPrivateKey
 
 
-@pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory, cloud: Cloud) -> Iterator[Deployed]:
-    server = cloud.pool.prepare()
+@contextmanager
+def own_stack(
+    tmp_path: Path, cloud: Cloud, server: CloudServer, token: str, **over: Any
+) -> Iterator[OwnStack]:
+    """A stack of its own, pointed at ``server`` (still prepared) and its stand-ins: its
+    sink, its pebble, the port 25 probe host, an ssh-agent with the stack's key."""
+    key = client_key()
+    server.vps.private_key = key  # what LocalVps.ssh logs in with
     vps = server.vps
     sink = Sink(vps.host_ip4, free_port(vps.host_ip4))
     sink.start()
-    key = client_key()
-    vps.private_key = key  # what LocalVps.ssh logs in with
-    engine = Engine(tmp_path_factory.mktemp("engine-hetzner"))
     try:
-        with port25_listener(vps.host_ip4, vps.host_ip6), ssh_agent(key) as agent:
-            stack = engine.stack(
-                f"hz{uuid.uuid4().hex[:6]}", stack_config(cloud, server, sink), env=agent
+        with ssh_agent(key) as agent, port25_listener(vps.host_ip4, vps.host_ip6):
+            stack = Engine(tmp_path).stack(
+                f"hz{uuid.uuid4().hex[:6]}", stack_config(cloud, server, sink, **over), env=agent
             )
             stack.set_secret("sshPrivateKey", key)
-            stack.set_secret("hcloud:token", TOKEN)
-            run = PulumiRun(stack)
+            stack.set_secret("hcloud:token", token)
             try:
-                out = run.ok("up", "--yes", "--skip-preview")
-                yield Deployed(run, server, sink, key, out)
+                yield OwnStack(PulumiRun(stack), server, sink, key)
             finally:
-                run.run("destroy", "--yes", "--skip-preview")
                 stack.run("stack", "rm", "--yes", "--force")
     finally:
         sink.stop()
 
 
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory, cloud: Cloud) -> Iterator[OwnStack]:
+    """The user's stack, after its first and only `pulumi up` (kept in ``run.texts``)."""
+    with own_stack(tmp_path_factory.mktemp("hetzner"), cloud, cloud.pool.prepare(), TOKEN) as st:
+        try:
+            st.run.ok("up", "--yes", "--skip-preview")
+            yield st
+        finally:
+            st.run.run("destroy", "--yes", "--skip-preview")
+
+
 # --- the happy path, in file order ------------------------------------------------------
-def test_one_up_creates_the_server_and_deploys_the_relay(cloud: Cloud, deployed: Deployed) -> None:
+def test_one_up_creates_the_server_and_deploys_the_relay(cloud: Cloud, deployed: OwnStack) -> None:
     out = deployed.run.outputs()
     fake, vps = cloud.fake, deployed.server.vps
     assert len(fake.servers) == 1 and len(fake.ssh_keys) == 1 and len(fake.firewalls) == 1
@@ -196,7 +197,7 @@ def test_one_up_creates_the_server_and_deploys_the_relay(cloud: Cloud, deployed:
 
 
 def test_the_cloud_firewall_opens_only_what_the_relay_needs(
-    cloud: Cloud, deployed: Deployed
+    cloud: Cloud, deployed: OwnStack
 ) -> None:
     (fw,) = cloud.fake.firewalls.values()
     ports = sorted((r["direction"], r["port"]) for r in fw.rules)
@@ -204,7 +205,7 @@ def test_the_cloud_firewall_opens_only_what_the_relay_needs(
     assert fw.servers() == list(cloud.fake.servers), "the firewall is on the server"
 
 
-def test_verify_finds_both_ptrs(tmp_path: Path, cloud: Cloud, deployed: Deployed) -> None:
+def test_verify_finds_both_ptrs(tmp_path: Path, cloud: Cloud, deployed: OwnStack) -> None:
     """`dkim-relay verify` against nsd serving the stack's zone snippet and the PTRs the
     fake API recorded (as Hetzner's reverse zones would)."""
     out = deployed.run.outputs()
@@ -244,13 +245,13 @@ def test_verify_finds_both_ptrs(tmp_path: Path, cloud: Cloud, deployed: Deployed
     assert [n for n, st in status.items() if st == "FAIL"] == [], report
 
 
-def test_a_second_up_changes_nothing(deployed: Deployed) -> None:
+def test_a_second_up_changes_nothing(deployed: OwnStack) -> None:
     deployed.run.ok("preview", "--expect-no-changes")
     out = deployed.run.ok("up", "--yes", "--skip-preview", "--expect-no-changes")
     assert "unchanged" in out
 
 
-def test_the_relay_cannot_read_the_user_data(deployed: Deployed) -> None:
+def test_the_relay_cannot_read_the_user_data(deployed: OwnStack) -> None:
     """The metadata service serves the host key's private half; the host still reads it,
     the relay's containers do not, also after a ufw reload (the rule is in after.rules)."""
     vps = deployed.server.vps
@@ -279,9 +280,9 @@ def test_the_relay_cannot_read_the_user_data(deployed: Deployed) -> None:
         vps.run_inside(f"iptables -I DOCKER-USER 1 {rule}")
 
 
-def test_no_secret_in_plain_state_or_output(deployed: Deployed) -> None:
+def test_no_secret_in_plain_state_or_output(deployed: OwnStack) -> None:
     state = deployed.run.ok("stack", "export")
-    texts = [state, deployed.first_up, *(t for _, t in deployed.run.texts)]
+    texts = [state, *(t for _, t in deployed.run.texts)]
     host_private = deployed.server.cloud_init.host_keys["ed25519"]  # type: ignore[union-attr]
     for text in texts:
         assert TOKEN not in text
@@ -289,7 +290,7 @@ def test_no_secret_in_plain_state_or_output(deployed: Deployed) -> None:
         assert deployed.key.strip().splitlines()[1] not in text
 
 
-def test_destroy_deletes_server_firewall_keys_and_ptrs(cloud: Cloud, deployed: Deployed) -> None:
+def test_destroy_deletes_server_firewall_keys_and_ptrs(cloud: Cloud, deployed: OwnStack) -> None:
     deployed.run.ok("destroy", "--yes", "--skip-preview")
     fake = cloud.fake
     assert (fake.servers, fake.ssh_keys, fake.firewalls, fake.ptrs()) == ({}, {}, {}, {})
@@ -297,153 +298,114 @@ def test_destroy_deletes_server_firewall_keys_and_ptrs(cloud: Cloud, deployed: D
 
 
 # --- errors: each names its cause; what it leaves, the next run finishes or removes ------
-def error_stack(
-    tmp_path: Path, cloud: Cloud, server: CloudServer, sink: Sink, token: str, **over: Any
-) -> tuple[PulumiRun, dict[str, str]]:
-    key = client_key()
-    server.vps.private_key = key
-    engine = Engine(tmp_path)
-    agent_cm = ssh_agent(key)
-    agent = agent_cm.__enter__()
-    stack = engine.stack(
-        f"hz{uuid.uuid4().hex[:6]}", stack_config(cloud, server, sink, **over), env=agent
-    )
-    stack.set_secret("sshPrivateKey", key)
-    stack.set_secret("hcloud:token", token)
-    run = PulumiRun(stack)
-    run.agent_cm = agent_cm  # type: ignore[attr-defined]
-    return run, agent
+def fails_saying(run: PulumiRun, *cmd: str, words: str) -> None:
+    res = run.run(*cmd)
+    text = res.stdout + res.stderr
+    assert res.returncode != 0 and words in text, text[-3000:]
+    print(next(line for line in text.splitlines() if words in line))
 
 
-def close(run: PulumiRun) -> None:
-    run.stack.run("stack", "rm", "--yes", "--force")
-    run.agent_cm.__exit__(None, None, None)  # type: ignore[attr-defined]
+def finishes_on_the_same_server(run: PulumiRun, cloud: Cloud, server: CloudServer) -> None:
+    """The next `up` takes the server in the state over: the same one, its PTRs set, a
+    clean preview after; `destroy` then leaves nothing in the fake."""
+    ids = list(cloud.fake.servers)
+    run.ok("up", "--yes", "--skip-preview")
+    assert list(cloud.fake.servers) == ids and len(ids) == 1
+    name = run.stack.config["relayHost"]
+    assert cloud.fake.ptrs() == {server.vps.ip4: name, server.vps.ip6: name}
+    run.ok("preview", "--expect-no-changes")
+    run.ok("destroy", "--yes", "--skip-preview")
+    assert cloud.fake.empty(), (cloud.fake.servers, cloud.fake.firewalls, cloud.fake.ssh_keys)
 
 
 @pytest.fixture
-def spare(cloud: Cloud) -> Iterator[tuple[CloudServer, Sink]]:
-    server = next((s for s in cloud.pool.servers if s.state == "prepared"), None)
-    server = server or cloud.pool.prepare()
-    sink = Sink(server.vps.host_ip4, free_port(server.vps.host_ip4))
-    sink.start()
-    try:
-        yield server, sink
-    finally:
-        sink.stop()
+def spare(cloud: Cloud) -> CloudServer:
+    """A prepared server (the one an error test left unbooted, or a new one)."""
+    waiting = next((s for s in cloud.pool.servers if s.state == "prepared"), None)
+    return waiting or cloud.pool.prepare()
+
+
+def test_a_preview_of_a_new_stack_makes_nothing(
+    tmp_path: Path, cloud: Cloud, spare: CloudServer
+) -> None:
+    """A pull request's preview: the whole plan, only look-ups at the API."""
+    with own_stack(tmp_path, cloud, spare, TOKEN, relayHost="plan.dkim-relay.test") as st:
+        before = len(cloud.fake.requests)
+        out = st.run.ok("preview")
+        for created in ("hcloud:index:Server", "hcloud:index:Rdns", "docker:index:Container"):
+            assert f"+  {created}" in out, out[-3000:]
+        made = [r for r in cloud.fake.requests[before:] if r.method != "GET"]
+        assert made == [] and cloud.fake.empty(), made
 
 
 def test_a_wrong_token_stops_before_anything_is_made(
-    tmp_path: Path, cloud: Cloud, spare: tuple[CloudServer, Sink]
+    tmp_path: Path, cloud: Cloud, spare: CloudServer
 ) -> None:
-    run, _ = error_stack(tmp_path, cloud, *spare, token=secrets.token_hex(32))
-    try:
+    with own_stack(tmp_path, cloud, spare, secrets.token_hex(32)) as st:
+        run = st.run
         before = len(cloud.fake.requests)
-        for cmd in (("preview",), ("up", "--yes", "--skip-preview")):
-            res = run.run(*cmd)
-            assert res.returncode != 0
-            text = res.stdout + res.stderr
-            assert "hcloud:token was refused by the Hetzner Cloud API" in text, text[-3000:]
-            print(next(line for line in text.splitlines() if "hcloud:token was refused" in line))
+        words = "hcloud:token was refused by the Hetzner Cloud API"
+        fails_saying(run, "preview", words=words)
+        fails_saying(run, "up", "--yes", "--skip-preview", words=words)
         made = [r for r in cloud.fake.requests[before:] if r.method != "GET"]
-        assert made == [], made
-        assert not cloud.fake.servers
-    finally:
-        close(run)
+        assert made == [] and cloud.fake.empty(), made
 
 
 def test_a_location_without_ipv6_is_named_and_destroy_cleans_up(
-    tmp_path: Path, cloud: Cloud, spare: tuple[CloudServer, Sink]
+    tmp_path: Path, cloud: Cloud, spare: CloudServer
 ) -> None:
-    server, sink = spare
     name = "noipv6.dkim-relay.test"
     cloud.held.add(name)  # nothing to boot: the error comes first
-    run, _ = error_stack(
-        tmp_path,
-        cloud,
-        server,
-        sink,
-        TOKEN,
-        relayHost=name,
-        hetznerLocation="ipv4only1",
-        serverBootTimeout=10,
-    )
+    over = {"relayHost": name, "hetznerLocation": "ipv4only1", "serverBootTimeout": 10}
     try:
-        res = run.run("up", "--yes", "--skip-preview")
-        text = res.stdout + res.stderr
-        assert res.returncode != 0
-        assert "hetznerLocation 'ipv4only1' got no IPv6 address" in text, text[-3000:]
-        assert "did not answer SSH" not in text, "no wait for a server already refused"
-        print(next(line for line in text.splitlines() if "got no IPv6" in line))
-        run.ok("destroy", "--yes", "--skip-preview")
-        assert not cloud.fake.servers and not cloud.fake.firewalls and not cloud.fake.ssh_keys
+        with own_stack(tmp_path, cloud, spare, TOKEN, **over) as st:
+            run = st.run
+            words = "hetznerLocation 'ipv4only1' got no IPv6 address"
+            fails_saying(run, "up", "--yes", "--skip-preview", words=words)
+            assert "did not answer SSH" not in run.texts[-1][1], "no wait for a refused server"
+            assert not cloud.fake.ptrs(), "no PTR for a server refused"
+            run.ok("destroy", "--yes", "--skip-preview")
+            assert cloud.fake.empty()
     finally:
         cloud.held.discard(name)
         cloud.held_requests.pop(name, None)
-        close(run)
 
 
 def test_a_server_that_does_not_boot_is_named_and_the_next_up_finishes(
-    tmp_path: Path, cloud: Cloud, spare: tuple[CloudServer, Sink]
+    tmp_path: Path, cloud: Cloud, spare: CloudServer
 ) -> None:
-    server, sink = spare
     name = "late.dkim-relay.test"
     cloud.held.add(name)
-    run, _ = error_stack(tmp_path, cloud, server, sink, TOKEN, relayHost=name, serverBootTimeout=10)
     try:
-        with port25_listener(server.vps.host_ip4, server.vps.host_ip6):
-            res = run.run("up", "--yes", "--skip-preview")
-            text = res.stdout + res.stderr
-            assert res.returncode != 0
-            assert "did not answer SSH on port 22 within 10 s (serverBootTimeout)" in text, text[
-                -3000:
-            ]
-            print(next(line for line in text.splitlines() if "did not answer SSH" in line))
-            assert len(cloud.fake.servers) == 1
-            # It boots after all: the next `up` goes on from there, on the same server.
-            cloud.release(name)
-            run.ok("up", "--yes", "--skip-preview")
-            assert len(cloud.fake.servers) == 1
-            out = run.outputs()
-            assert out["vpsIpv4"] == server.vps.ip4
-            assert cloud.fake.ptrs() == {server.vps.ip4: name, server.vps.ip6: name}
-            run.ok("destroy", "--yes", "--skip-preview")
-        assert not cloud.fake.servers and not cloud.fake.ptrs()
+        with own_stack(tmp_path, cloud, spare, TOKEN, relayHost=name, serverBootTimeout=10) as st:
+            run = st.run
+            words = "did not answer SSH on port 22 within 10 s (serverBootTimeout)"
+            fails_saying(run, "up", "--yes", "--skip-preview", words=words)
+            cloud.release(name)  # it boots after all
+            finishes_on_the_same_server(run, cloud, spare)
     finally:
         cloud.held.discard(name)
-        close(run)
 
 
 def test_a_create_that_never_finishes_stops_up_and_the_next_up_finishes(
-    tmp_path: Path, cloud: Cloud, spare: tuple[CloudServer, Sink]
+    tmp_path: Path, cloud: Cloud, spare: CloudServer
 ) -> None:
     """The API never reports the server created (its create action stays running): `up`
-    stops after serverBootTimeout; once it is created after all, the next `up` takes the
-    server in the state and goes on."""
-    server, sink = spare
+    stops after serverBootTimeout with the provider's words; once it is created after
+    all, the next `up` goes on."""
     name = "stuck.dkim-relay.test"
     cloud.fake.never_boot.add(name)
-    run, _ = error_stack(tmp_path, cloud, server, sink, TOKEN, relayHost=name, serverBootTimeout=10)
     try:
-        with port25_listener(server.vps.host_ip4, server.vps.host_ip6):
-            res = run.run("up", "--yes", "--skip-preview")
-            text = res.stdout + res.stderr
-            assert res.returncode != 0
-            # The provider's words: the create action was still running at the deadline.
-            assert "context deadline exceeded: remaining running actions" in text, text[-3000:]
-            print(next(line for line in text.splitlines() if "remaining running" in line))
-            assert len(cloud.fake.servers) == 1
+        with own_stack(tmp_path, cloud, spare, TOKEN, relayHost=name, serverBootTimeout=10) as st:
+            run = st.run
+            words = "context deadline exceeded: remaining running actions"
+            fails_saying(run, "up", "--yes", "--skip-preview", words=words)
             cloud.fake.finish_boot(name)
             wait_for(
                 "the server created",
                 lambda: all(s.status == "running" for s in cloud.fake.servers.values()),
                 300,
             )
-            run.ok("up", "--yes", "--skip-preview")
-            assert len(cloud.fake.servers) == 1
-            assert cloud.fake.ptrs() == {server.vps.ip4: name, server.vps.ip6: name}
-            run.ok("preview", "--expect-no-changes")
-            run.ok("destroy", "--yes", "--skip-preview")
-        assert not cloud.fake.servers and not cloud.fake.ptrs()
+            finishes_on_the_same_server(run, cloud, spare)
     finally:
         cloud.fake.never_boot.discard(name)
-        close(run)

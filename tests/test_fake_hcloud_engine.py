@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from components.cloud_server import generate_host_key
 from tests.engine_support import Engine, write_project
 from tests.fake_hcloud import BootRequest, FakeHcloud, make_token
 
@@ -64,12 +63,7 @@ USER_DATA = "#cloud-config\nruncmd:\n  - [touch, /run/booted-by-the-fake]\n"
 
 
 def test_the_provider_creates_refreshes_and_destroys_on_the_fake(tmp_path: Path) -> None:
-    public = (
-        ed25519.Ed25519PrivateKey.generate()
-        .public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
+    _, public = generate_host_key()
     booted: list[BootRequest] = []
     halted: list[int] = []
 
