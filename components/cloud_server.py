@@ -112,7 +112,9 @@ class HetznerServer(pulumi.ComponentResource):
     ) -> None:
         super().__init__("dkimrelay:index:HetznerServer", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        host_key = SshHostKey(f"{name}-host-key", args.name, child)
+        # Keyed by the component's name, not relayHost: renaming the relay renames the
+        # server in place and keeps its host key (a new key would mean a new server).
+        host_key = SshHostKey(f"{name}-host-key", name, child)
         public = pulumi.Output.unsecret(
             pulumi.Output.from_input(args.ssh_private_key).apply(_public_half)
         )
@@ -160,6 +162,10 @@ class HetznerServer(pulumi.ComponentResource):
                 parent=self,
                 delete_before_replace=True,
                 custom_timeouts=pulumi.CustomTimeouts(create=args.create_timeout),
+                # The SSH key is root's at creation only; a new sshPrivateKey would
+                # otherwise replace the server (and its queue). docs/deploy.md says how
+                # to rotate it.
+                ignore_changes=["sshKeys"],
             ),
         )
         location = args.location

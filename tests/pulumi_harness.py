@@ -43,6 +43,7 @@ class Registered:
     delete_before_replace: bool = False
     retain_on_delete: bool = False
     additional_secret_outputs: list[str] = field(default_factory=list)
+    ignore_changes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -125,6 +126,7 @@ class Mocks(pulumi.runtime.Mocks):
         # given no IPv6 address.
         self.hcloud_error: str | None = None
         self.server_without_ipv6 = False
+        self.server_initializing = False
         self.last = threading.local()  # the registration `Monitor` completes
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
@@ -147,9 +149,13 @@ class Mocks(pulumi.runtime.Mocks):
             outs["private_key"] = HOST_PRIVATE_MARKER
             outs["public_key"] = MOCK_SERVER_HOST_KEY
         if args.typ == "hcloud:index/server:Server":  # what Hetzner assigns
-            outs.update(ipv4Address=MOCK_SERVER_IPV4, ipv6Address=MOCK_SERVER_IPV6)
+            outs.update(
+                ipv4Address=MOCK_SERVER_IPV4, ipv6Address=MOCK_SERVER_IPV6, status="running"
+            )
             if self.server_without_ipv6:
                 outs["ipv6Address"] = ""
+            if self.server_initializing:  # created, not yet running: no addresses yet
+                outs.update(ipv4Address="", ipv6Address="", status="initializing")
             return "4711", outs
         if args.typ.startswith("hcloud:"):
             return str(100 + len(self.resources)), outs
@@ -187,6 +193,7 @@ class Monitor(MockMonitor):
             registered.delete_before_replace = bool(request.deleteBeforeReplace)
             registered.retain_on_delete = bool(request.retainOnDelete)
             registered.additional_secret_outputs = list(request.additionalSecretOutputs)
+            registered.ignore_changes = list(request.ignoreChanges)
         return response
 
 

@@ -211,6 +211,12 @@ def test_the_server_and_what_it_is_made_of(monkeypatch: pytest.MonkeyPatch) -> N
     assert plain["publicNets"] == [{"ipv4Enabled": True, "ipv6Enabled": True}]
     assert plain["sshKeys"] == ["vps-ssh-key-id"] or plain["sshKeys"][0].isdigit()
     assert plain["firewallIds"] and plain["labels"]["managed-by"] == "dkim-relay"
+    # Names are unique at Hetzner: replaced delete-first. A new sshPrivateKey does not
+    # replace the server (ssh_keys is create-only there).
+    srv = run.named("vps-server")
+    assert srv.delete_before_replace and srv.ignore_changes == ["sshKeys"]
+    assert run.named("vps-ssh-key").delete_before_replace
+    assert unwrap(run.named("vps-host-key").inputs)["server"] == "vps", "not relayHost"
     fw = unwrap(run.named("vps-firewall").inputs)
     assert [(r["port"], r["sourceIps"]) for r in fw["rules"]] == [
         ("22", ["0.0.0.0/0", "::/0"]),
@@ -316,6 +322,14 @@ def test_a_server_without_ipv6_is_an_error_naming_the_location(
 
     with pytest.raises(Exception, match=r"hetznerLocation 'fsn1' got no IPv6 address"):
         run_program(monkeypatch, HETZNER, secrets=SECRETS, mocks=no_ipv6)
+
+
+def test_a_server_not_yet_created_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    def initializing(m: Mocks) -> None:
+        m.server_initializing = True
+
+    with pytest.raises(Exception, match=r"not created yet \(Hetzner reports it 'initializing'"):
+        run_program(monkeypatch, HETZNER, secrets=SECRETS, mocks=initializing)
 
 
 def test_an_existing_vps_stack_creates_no_cloud_resource(monkeypatch: pytest.MonkeyPatch) -> None:
