@@ -379,9 +379,12 @@ class RelayHost(pulumi.ComponentResource):
                     return "ok"
                 host, key, pinned = values
                 target = SshTarget(host, args.ssh_port, args.ssh_user, pinned)
-                if args.boot_wait:
-                    wait_for_boot(target, args.boot_wait)
-                preflight_check(target, key)
+                try:
+                    if args.boot_wait:
+                        wait_for_boot(target, args.boot_wait)
+                    preflight_check(target, key)
+                except HostPreflightError as err:  # the message says it all: no traceback
+                    raise pulumi.RunError(str(err)) from None
                 return "ok"
 
             # "ok" carries no secret; unsecret it so the trigger reads plainly.
