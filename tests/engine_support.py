@@ -462,3 +462,26 @@ class Stack:
         """`pulumi preview --json`'s steps; with ``refresh: always`` (the project's and
         write_project's) they include a "refresh" step for each resource read back."""
         return list(json.loads(self.ok("preview", "--json")).get("steps", []))
+
+
+def local_stack_images(name: str) -> list[str]:
+    """The images a local stack whose relay is ``name`` builds: the relay's and the sink's."""
+    from components.relay import read_tree
+    from pure import relay_container as rc
+
+    return [
+        rc.image_name(name, read_tree(rc.RELAY_DIR)),
+        rc.image_name(f"{name}-sink", read_tree(rc.SINK_DIR)),
+    ]
+
+
+def remove_local_stack(name: str) -> None:
+    """What a local stack whose relay is ``name`` left on the machine's engine, removed."""
+    from tests.common import docker
+
+    for c in (name, f"{name}-sink"):
+        docker("rm", "-f", c, check=False)
+    docker("network", "rm", f"{name}-net", check=False)
+    docker("volume", "rm", f"{name}-queue", check=False)
+    for image in local_stack_images(name):
+        docker("image", "rm", image, check=False)

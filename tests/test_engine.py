@@ -29,8 +29,6 @@ from typing import Any
 import pytest
 
 from components.cloud_server import generate_host_key
-from components.relay import read_tree
-from pure import relay_container as rc
 from scripts.local_ca import issue
 from tests import engine_support
 from tests.common import docker, exists, free_port, wait_for
@@ -157,18 +155,10 @@ class Local:
         assert docker("inspect", "-f", "{{.State.Running}}", f"{self.name}-sink") == "true"
 
     def images(self) -> list[str]:
-        return [
-            rc.image_name(self.name, read_tree(rc.RELAY_DIR)),
-            rc.image_name(f"{self.name}-sink", read_tree(rc.SINK_DIR)),
-        ]
+        return engine_support.local_stack_images(self.name)
 
     def cleanup(self) -> None:
-        for c in (self.name, f"{self.name}-sink"):
-            docker("rm", "-f", c, check=False)
-        docker("network", "rm", f"{self.name}-net", check=False)
-        docker("volume", "rm", f"{self.name}-queue", check=False)
-        for image in self.images():
-            docker("image", "rm", image, check=False)
+        engine_support.remove_local_stack(self.name)
         shutil.rmtree(REPO / ".local" / self.name, ignore_errors=True)
 
 

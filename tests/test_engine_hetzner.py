@@ -34,7 +34,7 @@ import pytest
 from components.cloud_server import generate_host_key
 from components.host import public_key_line
 from tests.cloud_vps_support import USERDATA_URL, CloudServer, CloudVpsPool, cloud_vps_pool
-from tests.common import free_port, wait_for
+from tests.common import wait_for
 from tests.engine_support import REPO, Engine
 from tests.fake_hcloud import BootRequest, FakeHcloud
 from tests.relay_support import Sink
@@ -44,6 +44,7 @@ from tests.vps_docker_support import (
     PulumiRun,
     preload_relay_image,
     send_signed,
+    sink_beside,
 )
 from tests.vps_support import PROBE_HOST, RELAY_HOST, port25_listener, ssh_agent
 
@@ -147,21 +148,20 @@ def own_stack(
     key = client_key()
     server.vps.private_key = key  # what LocalVps.ssh logs in with
     vps = server.vps
-    sink = Sink(vps.host_ip4, free_port(vps.host_ip4))
-    sink.start()
-    try:
-        with ssh_agent(key) as agent, port25_listener(vps.host_ip4, vps.host_ip6):
-            stack = Engine(tmp_path).stack(
-                f"hz{uuid.uuid4().hex[:6]}", stack_config(cloud, server, sink, **over), env=agent
-            )
-            stack.set_secret("sshPrivateKey", key)
-            stack.set_secret("hcloud:token", token)
-            try:
-                yield OwnStack(PulumiRun(stack), server, sink, key)
-            finally:
-                stack.run("stack", "rm", "--yes", "--force")
-    finally:
-        sink.stop()
+    with (
+        sink_beside(vps) as sink,
+        ssh_agent(key) as agent,
+        port25_listener(vps.host_ip4, vps.host_ip6),
+    ):
+        stack = Engine(tmp_path).stack(
+            f"hz{uuid.uuid4().hex[:6]}", stack_config(cloud, server, sink, **over), env=agent
+        )
+        stack.set_secret("sshPrivateKey", key)
+        stack.set_secret("hcloud:token", token)
+        try:
+            yield OwnStack(PulumiRun(stack), server, sink, key)
+        finally:
+            stack.run("stack", "rm", "--yes", "--force")
 
 
 @pytest.fixture(scope="module")

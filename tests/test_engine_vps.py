@@ -50,7 +50,6 @@ import pytest
 
 from pure import host_scripts as hs
 from pure.shell import command_line
-from tests.common import free_port
 from tests.engine_support import REPO, Engine
 from tests.relay_support import Sink
 from tests.vps_docker_support import (
@@ -60,6 +59,7 @@ from tests.vps_docker_support import (
     preload_relay_image,
     send_signed,
     signature_ok,
+    sink_beside,
     submit,
     vps_docker,
     vps_stack_config,
@@ -104,12 +104,8 @@ def relay_image(vdocker: VpsDocker) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def sink(vps: LocalVps) -> Iterator[Sink]:
-    s = Sink(vps.host_ip4, free_port(vps.host_ip4))
-    s.start()
-    try:
+    with sink_beside(vps) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

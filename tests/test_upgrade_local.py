@@ -26,8 +26,6 @@ from typing import Any
 
 import pytest
 
-from components.relay import read_tree
-from pure import relay_container as rc
 from scripts.local_ca import issue
 from tests import engine_support
 from tests.common import docker, wait_for
@@ -124,18 +122,10 @@ class Old:
         return docker("inspect", "-f", "{{.State.Health.Status}}", self.name)
 
     def new_images(self) -> list[str]:
-        return [
-            rc.image_name(self.name, read_tree(rc.RELAY_DIR)),
-            rc.image_name(f"{self.name}-sink", read_tree(rc.SINK_DIR)),
-        ]
+        return engine_support.local_stack_images(self.name)
 
     def cleanup(self) -> None:
-        for c in (self.name, f"{self.name}-sink"):
-            docker("rm", "-f", c, check=False)
-        docker("network", "rm", f"{self.name}-net", check=False)
-        docker("volume", "rm", f"{self.name}-queue", check=False)
-        for image in self.new_images():
-            docker("image", "rm", image, check=False)
+        engine_support.remove_local_stack(self.name)
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.common import free_port
 from tests.engine_support import REPO, Engine
 from tests.relay_support import Sink
 from tests.vps_docker_support import (
@@ -41,6 +40,7 @@ from tests.vps_docker_support import (
     preload_relay_image,
     send_signed,
     signature_ok,
+    sink_beside,
     submit,
     vps_docker,
     vps_stack_config,
@@ -73,12 +73,8 @@ def vdocker(vps: LocalVps) -> Iterator[VpsDocker]:
 
 @pytest.fixture(scope="module")
 def sink(vps: LocalVps) -> Iterator[Sink]:
-    s = Sink(vps.host_ip4, free_port(vps.host_ip4))
-    s.start()
-    try:
+    with sink_beside(vps) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture(scope="module")

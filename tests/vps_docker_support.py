@@ -68,7 +68,7 @@ from components.relay import read_tree
 from pure import host_scripts as hs
 from pure import relay_container as rc
 from pure.shell import command_line
-from tests.common import docker
+from tests.common import docker, free_port
 from tests.engine_support import Stack
 from tests.relay_support import Sink, dnsfunc_for, ensure_engine, make_message
 from tests.vps_support import PROBE_HOST, RELAY_HOST, LocalVps, nxdomain_dns
@@ -299,6 +299,18 @@ def preload_relay_image(
     for other in also:
         d.docker("tag", name, other)
     return name, image_id
+
+
+@contextmanager
+def sink_beside(vps: LocalVps) -> Iterator[Sink]:
+    """The receiving mail server of a stack on ``vps`` (its ``relayNexthop``): an aiosmtpd
+    sink on the machine side of the VPS's veth, bound to that address only."""
+    sink = Sink(vps.host_ip4, free_port(vps.host_ip4))
+    sink.start()
+    try:
+        yield sink
+    finally:
+        sink.stop()
 
 
 def vps_stack_config(vps: LocalVps, sink: Sink, container: str, **over: Any) -> dict[str, Any]:
