@@ -60,10 +60,10 @@ class GuideInput:
 
 HETZNER_PORT25 = (
     "Hetzner Cloud blocks outbound ports 25 and 465 on new accounts. Once the account's "
-    "first invoice is paid, ask for them to be opened: in the Hetzner Cloud Console, "
-    'Support > Limits > "Request to unblock port 25/465" (say it is a relay for your '
-    "own domain's mail, with SPF, DKIM and DMARC). Meanwhile a smarthost on port 587 "
-    f"works: `{SMARTHOST_FIX}`."
+    "first invoice is paid, ask for them to be opened: a request to unblock port 25/465 "
+    "from the Hetzner Cloud Console (the project's limits, or a support request; say it "
+    "is a relay for your own domain's mail, with SPF, DKIM and DMARC). Meanwhile a "
+    f"smarthost on port 587 works: `{SMARTHOST_FIX}`."
 )
 
 
