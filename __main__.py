@@ -149,10 +149,9 @@ def create_server(cfg: RelayConfig, config: pulumi.Config) -> HetznerServer:
             image=cfg.hetzner_image,
             ssh_private_key=config.require_secret("sshPrivateKey"),
             ssh_allow_from=cfg.ssh_allow_from,
-            submission_ports=[
-                cfg.smtp_port,
-                *([cfg.submissions_port] if cfg.submissions465 else []),
-            ],
+            # Both submission ports, as Gmail offers both; ufw on the server opens the
+            # implicit-TLS one only with submissions465.
+            submission_ports=[cfg.smtp_port, cfg.submissions_port],
             labels=cloud_labels(pulumi.get_stack(), pulumi.get_project()),
             ssh_port=cfg.ssh_port,
             create_timeout=f"{cfg.server_boot_timeout}s",

@@ -43,8 +43,9 @@ def firewall_rules(
     ssh_port: int, ssh_allow_from: Sequence[str], submission_ports: Sequence[int]
 ) -> list[FirewallRule]:
     """Inbound: SSH from ``ssh_allow_from``, the submission ports and 80 from anywhere (80
-    for certbot's HTTP-01 challenge; ufw on the server opens it only while certbot runs).
-    No outbound rule: Hetzner then lets everything out."""
+    for certbot's HTTP-01 challenge). The server's ufw stays the finer gate: it opens 80
+    only while certbot runs, 465 only with submissions465. No outbound rule: Hetzner
+    then lets everything out."""
     rules = [FirewallRule(ssh_port, tuple(ssh_allow_from), "SSH (the stack's steps, Docker)")]
     rules += [
         FirewallRule(p, ANY, "mail submission (STARTTLS or implicit TLS)")

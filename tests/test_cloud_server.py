@@ -183,7 +183,7 @@ def hetzner_run(monkeypatch: pytest.MonkeyPatch, **over: Any) -> Run:
 
 
 def test_the_server_and_what_it_is_made_of(monkeypatch: pytest.MonkeyPatch) -> None:
-    run = hetzner_run(monkeypatch, submissions465=True)
+    run = hetzner_run(monkeypatch, smtpPort=2587, submissionsPort=2465)
     assert sorted(r.name for r in run.of_type("hcloud:")) == [
         "vps-firewall",
         "vps-rdns-ipv4",
@@ -220,8 +220,8 @@ def test_the_server_and_what_it_is_made_of(monkeypatch: pytest.MonkeyPatch) -> N
     fw = unwrap(run.named("vps-firewall").inputs)
     assert [(r["port"], r["sourceIps"]) for r in fw["rules"]] == [
         ("22", ["0.0.0.0/0", "::/0"]),
-        ("587", ["0.0.0.0/0", "::/0"]),
-        ("465", ["0.0.0.0/0", "::/0"]),
+        ("2587", ["0.0.0.0/0", "::/0"]),
+        ("2465", ["0.0.0.0/0", "::/0"]),
         ("80", ["0.0.0.0/0", "::/0"]),
     ]
     ptrs = {

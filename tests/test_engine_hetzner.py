@@ -201,7 +201,7 @@ def test_the_cloud_firewall_opens_only_what_the_relay_needs(
 ) -> None:
     (fw,) = cloud.fake.firewalls.values()
     ports = sorted((r["direction"], r["port"]) for r in fw.rules)
-    assert ports == [("in", "22"), ("in", "587"), ("in", "80")]
+    assert ports == [("in", "22"), ("in", "465"), ("in", "587"), ("in", "80")]
     assert fw.servers() == list(cloud.fake.servers), "the firewall is on the server"
 
 
