@@ -159,12 +159,17 @@ def create_server(cfg: RelayConfig, config: pulumi.Config) -> HetznerServer:
     )
 
 
+def vps_addresses(
+    cfg: RelayConfig, server: HetznerServer | None
+) -> tuple[pulumi.Input[str | None], pulumi.Input[str | None]]:
+    """The VPS's (IPv4, IPv6): config for an existing VPS, the created server's otherwise."""
+    return (server.ipv4, server.ipv6) if server else (cfg.vps_ipv4, cfg.vps_ipv6)
+
+
 def main() -> None:
     cfg, config = read_config()
     server = create_server(cfg, config) if cfg.cloud_server else None
-    # The VPS's addresses: config for an existing VPS, the created server's otherwise.
-    vps_ipv4: pulumi.Input[str | None] = server.ipv4 if server else cfg.vps_ipv4
-    vps_ipv6: pulumi.Input[str | None] = server.ipv6 if server else cfg.vps_ipv6
+    vps_ipv4, vps_ipv6 = vps_addresses(cfg, server)
     addresses = pulumi.Output.all(server.ipv4, server.ipv6) if server else None
 
     # The primary domain's keys keep the names they had before there were several domains
@@ -316,6 +321,7 @@ def deploy_relay(
 ) -> tuple[SmtpRelay, pulumi.Output[Any] | None]:
     """The VPS (over SSH) or this machine's engine, and the relay container on it; with the
     outbound port 25 check of the VPS (none on this machine)."""
+    vps_ipv4, vps_ipv6 = vps_addresses(cfg, server)
     private_keys = {s: k.private_key_pem for s, k in keys_by_domain[cfg.domain].items()}
     extra_keys = {
         d: pulumi.Output.all(**{s: k.private_key_pem for s, k in ks.items()})
@@ -349,8 +355,8 @@ def deploy_relay(
             if not m.primary
         ],
         smtp_users=[SmtpUserSpec(u, cfg.send_as.get(u, ())) for u in cfg.user_names],
-        publish_ipv4=server.ipv4 if server else cfg.vps_ipv4,
-        publish_ipv6=server.ipv6 if server else cfg.vps_ipv6,
+        publish_ipv4=vps_ipv4,
+        publish_ipv6=vps_ipv6,
         submission_host_port=cfg.smtp_port,
         submissions_465=cfg.submissions465,
         submissions_host_port=cfg.submissions_port,
@@ -399,7 +405,7 @@ def deploy_relay(
             container_name=cfg.relay_container_name,
             secret_files=secret_files,
             port25_probe=cfg.port25_probe,
-            vps_ipv6=server.ipv6 if server else cfg.vps_ipv6,
+            vps_ipv6=vps_ipv6,
             boot_wait=cfg.server_boot_timeout if server else 0,
             metadata_address=METADATA_ADDRESS if server else None,
         ),

@@ -172,19 +172,19 @@ class HetznerServer(pulumi.ComponentResource):
 
         def need_ipv6(values: list[Any]) -> str:
             address, status = values
-            if not address and not pulumi.runtime.is_dry_run() and status != "running":
+            if address or pulumi.runtime.is_dry_run():
+                return address or ""
+            if status != "running":
                 raise pulumi.RunError(
                     f"the server is not created yet (Hetzner reports it {status!r}, within "
                     "serverBootTimeout it was not running); nothing else was changed. Run "
                     "pulumi up again once the Hetzner Cloud Console shows it running"
                 )
-            if not address and not pulumi.runtime.is_dry_run():
-                raise pulumi.RunError(
-                    f"the server in hetznerLocation {location!r} got no IPv6 address; the "
-                    "relay publishes an AAAA record and sends over IPv6. Fix: pulumi config "
-                    "set hetznerLocation fsn1 (a location with IPv6), then pulumi up"
-                )
-            return address or ""
+            raise pulumi.RunError(
+                f"the server in hetznerLocation {location!r} got no IPv6 address; the "
+                "relay publishes an AAAA record and sends over IPv6. Fix: pulumi config "
+                "set hetznerLocation fsn1 (a location with IPv6), then pulumi up"
+            )
 
         self.ipv6 = pulumi.Output.all(server.ipv6_address, server.status).apply(need_ipv6)
         # Everything that uses the server waits for that check: a server refused for want

@@ -60,13 +60,12 @@ class MailDns(pulumi.ComponentResource):
         planned: pulumi.Output[list[Record]] = pulumi.Output.all(
             addresses, *[args.dkim_values[s] for s in selectors]
         ).apply(build)
-        self._planned = planned
         self.records = planned.apply(lambda rs: [r.public() for r in rs])
         self.zone_snippet = planned.apply(lambda rs: zone_snippet(cfg.domain, rs))
 
         if cfg.dns_provider == "cloudflare":
             assert args.zone_id, "validated by load_config"
-            self._cloudflare(name, cfg, args)
+            self._cloudflare(name, cfg, args, planned)
         self.register_outputs({"records": self.records, "zoneSnippet": self.zone_snippet})
 
     def _cloudflare(
@@ -74,6 +73,7 @@ class MailDns(pulumi.ComponentResource):
         name: str,
         cfg: RelayConfig,
         args: MailDnsArgs,
+        planned: pulumi.Output[list[Record]],
     ) -> None:
         import pulumi_cloudflare as cloudflare  # only a cloudflare stack loads the provider
 
@@ -93,7 +93,7 @@ class MailDns(pulumi.ComponentResource):
                 selector = rec.role.removeprefix("dkim-")
                 content = pulumi.Output.from_input(args.dkim_values[selector]).apply(txt_content)
             elif args.addresses is not None and rec.role in ("a-relay", "aaaa-relay", "spf"):
-                content = self._planned.apply(functools.partial(_content_of, rec.role))
+                content = planned.apply(functools.partial(_content_of, rec.role))
             cloudflare.DnsRecord(
                 f"{name}-{rec.role}",
                 zone_id=args.zone_id,

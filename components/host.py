@@ -323,7 +323,7 @@ class RelayHostArgs:
     secret_file_mode: int = 0o600
     secret_owner: tuple[int, int] = (0, 0)
     port25_probe: str = DEFAULT_PORT25_PROBE
-    vps_ipv6: pulumi.Input[str] | None = None  # also probe IPv6, and expect mail from it
+    vps_ipv6: pulumi.Input[str | None] = None  # also probe IPv6, and expect mail from it
     # A server the stack created: wait this long for its first SSH answer (0: no wait).
     boot_wait: float = 0
     # The cloud's metadata service (it serves the host key's private half): the relay's
@@ -518,7 +518,7 @@ def step_scripts(args: RelayHostArgs) -> dict[str, StepScripts]:
     if not args.acme_email:
         raise ValueError("acmeEmail is required (the ACME account e-mail for the certificate)")
     uid, gid = args.secret_owner
-    return {
+    scripts = {
         "preflight": StepScripts(hs.render_preflight()),
         "firewall": StepScripts(
             hs.render_firewall(args.ssh_port, args.submissions465, args.extra_ports),
@@ -545,17 +545,13 @@ def step_scripts(args: RelayHostArgs) -> dict[str, StepScripts]:
             hs.render_secrets_delete(hs.SECRETS_DIR),
         ),
         "port25": StepScripts(hs.render_port25(args.port25_probe, args.vps_ipv6 is not None)),
-        **(
-            {
-                "metadata": StepScripts(
-                    hs.render_metadata(args.metadata_address),
-                    hs.render_metadata_delete(args.metadata_address),
-                )
-            }
-            if args.metadata_address
-            else {}
-        ),
     }
+    if args.metadata_address:
+        scripts["metadata"] = StepScripts(
+            hs.render_metadata(args.metadata_address),
+            hs.render_metadata_delete(args.metadata_address),
+        )
+    return scripts
 
 
 @dataclass(frozen=True)
